@@ -1,0 +1,1 @@
+//! Cross-process tests of vdi (see tests/ and the vdi-peer binary).

@@ -1,0 +1,1235 @@
+//! The client role: the backup application.
+//!
+//! The client creates a named set ([`ClientSet::create`]), waits for the server to
+//! configure it ([`ClientSet::get_configuration`]), opens its devices
+//! ([`ClientSet::open_device`]) and serves each device's commands
+//! ([`ClientDevice::get_command`], [`Command::complete`]) until `VD_E_CLOSE`. Other
+//! processes may serve some devices ([`ClientSet::open_in_secondary`]) and pass buffers
+//! by handle ([`ClientSet::get_buffer_handle`], [`ClientSet::map_buffer_handle`]).
+//!
+//! A [`Command`] lends its buffer — `&[u8]` to read a Write's data, `&mut [u8]` to fill a
+//! Read — until it is completed; completing consumes it, so the buffer cannot be touched
+//! afterwards. Several commands may be outstanding on a device (fetch, then complete in
+//! any order, from any thread).
+//!
+//! ```no_run
+//! use vdi::{ClientSet, VdConfig, Timeout, CommandCode, completion, ErrorCode};
+//! # fn main() -> Result<(), vdi::VdError> {
+//! let set = ClientSet::create("my-backup-set", &VdConfig::with_devices(1))?;
+//! // ... start the engine: it opens "my-backup-set" with vdi::ServerSet::open ...
+//! let cfg = set.get_configuration(Timeout::from_millis(10_000))?;
+//! let dev = set.open_device("my-backup-set")?;
+//! let mut out = Vec::new();
+//! loop {
+//!     let cmd = match dev.get_command(Timeout::Infinite) {
+//!         Ok(cmd) => cmd,
+//!         Err(e) if e.code() == ErrorCode::Close => break,
+//!         Err(e) => return Err(e),
+//!     };
+//!     match cmd.code() {
+//!         CommandCode::WRITE => {
+//!             let data = cmd.buffer().unwrap_or(&[]);
+//!             out.extend_from_slice(data);
+//!             let n = data.len() as u32;
+//!             cmd.complete(completion::ERROR_SUCCESS, n, 0)?;
+//!         }
+//!         CommandCode::FLUSH | CommandCode::CLEAR_ERROR => cmd.complete_ok()?,
+//!         _ => cmd.complete(completion::ERROR_NOT_SUPPORTED, 0, 0)?,
+//!     }
+//! }
+//! set.close()?;
+//! # let _ = cfg; Ok(()) }
+//! ```
+
+mod service;
+
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crate::config::{Timeout, VdConfig};
+use crate::consts::{CommandCode, completion, features};
+use crate::error::{AbortCause, ErrorCode, Reason, Result, VdError};
+use crate::protocol::event;
+use crate::protocol::layout::{
+    self, ControlSegment, DeviceView, MAGIC, MAX_AREAS, NO_BUFFER, QueueGeometry, QueueSegment,
+    SetHeader, VERSION, dev, phase,
+};
+use crate::protocol::msg::{MAX_MSG, Msg, Role, SegmentKind};
+use crate::protocol::ring::{Consumer, Producer, Ring};
+use crate::shared::{Shared, Watchdog, socket_name, sys_err, validate_set_name};
+use crate::sys::poll::Stopper;
+use crate::sys::shm::SharedMemory;
+use crate::sys::socket::{Conn, Listener};
+
+use service::{Access, ServiceState};
+
+/// Options for [`ClientSet::create_with`].
+#[derive(Clone, Copy, Debug, Default)]
+#[non_exhaustive]
+pub struct ClientOptions {
+    /// A group whose members may also open the set (as server or secondary client).
+    /// By default only processes of the creating user may.
+    pub allow_group: Option<u32>,
+}
+
+impl ClientOptions {
+    /// Admits processes of group `gid` besides the creating user.
+    pub fn allow_group(mut self, gid: u32) -> ClientOptions {
+        self.allow_group = Some(gid);
+        self
+    }
+}
+
+enum Link {
+    Primary {
+        state: Arc<ServiceState>,
+        stopper: Arc<Stopper>,
+        thread: Mutex<Option<JoinHandle<()>>>,
+    },
+    Secondary {
+        conn: Mutex<Option<Conn>>,
+        watchdog: Mutex<Option<Watchdog>>,
+    },
+}
+
+struct ClientInner {
+    shared: Arc<Shared>,
+    link: Link,
+    process_no: u32,
+    /// GetConfiguration has returned (the set is Initializing for this client).
+    configured: AtomicBool,
+    /// Close was called (DNE for this object).
+    closed: AtomicBool,
+    /// Devices opened and not yet normally terminated.
+    open_devices: AtomicU32,
+    config: Mutex<Option<VdConfig>>,
+}
+
+/// A virtual device set, as the client (backup application) sees it.
+///
+/// Cheap to clone; all clones refer to the same set. The set is released when the last
+/// clone, device and command is gone (or at [`ClientSet::close`]).
+#[derive(Clone)]
+pub struct ClientSet {
+    inner: Arc<ClientInner>,
+}
+
+impl std::fmt::Debug for ClientSet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientSet")
+            .field("name", &self.inner.shared.name)
+            .field("process_no", &self.inner.process_no)
+            .finish()
+    }
+}
+
+fn wrong_state(call: &'static str, state: &'static str) -> VdError {
+    VdError::protocol(call, state)
+}
+
+impl ClientSet {
+    /// `CreateEx`: creates the set `name` with the client's configuration, readable by
+    /// processes of the same user. See [`ClientSet::create_with`].
+    pub fn create(name: &str, config: &VdConfig) -> Result<ClientSet> {
+        ClientSet::create_with(name, config, ClientOptions::default())
+    }
+
+    /// `CreateEx` with options (for example, a group that may attach).
+    ///
+    /// Errors: `VD_E_INVALID` (bad name), `VD_E_NOTSUPPORTED` (a configuration field is
+    /// invalid; the message names it), `VD_E_BUSY` (a set of that name exists).
+    pub fn create_with(name: &str, config: &VdConfig, options: ClientOptions) -> Result<ClientSet> {
+        validate_set_name(name)?;
+        config.validate_client()?;
+        let mut cfg = *config;
+        // Output fields are ignored on input.
+        cfg.block_size = 0;
+        cfg.max_io_depth = 0;
+        cfg.max_transfer_size = 0;
+        cfg.buffer_area_size = 0;
+        let mem = SharedMemory::create("vdi-control", ControlSegment::SIZE).map_err(|e| {
+            VdError::new(
+                ErrorCode::Memory,
+                Reason::OutOfMemory(format!("control segment: {e}")),
+            )
+        })?;
+        let control = ControlSegment::new(mem).ok_or_else(|| {
+            VdError::new(
+                ErrorCode::Unexpected,
+                Reason::InvalidArgument("control segment too small".into()),
+            )
+        })?;
+        let (uid, _gid) = crate::sys::current_credentials();
+        {
+            let h = control.header();
+            h.magic.store(MAGIC, Ordering::Relaxed);
+            h.version.store(VERSION, Ordering::Relaxed);
+            h.header_size
+                .store(ControlSegment::SIZE as u32, Ordering::Relaxed);
+            h.client_pid
+                .store(crate::sys::current_pid(), Ordering::Relaxed);
+            h.client_uid.store(uid, Ordering::Relaxed);
+            layout::store_config(&h.client_config, &cfg);
+            h.phase.store(phase::CREATED, Ordering::Release);
+        }
+        let listener = Listener::bind(&socket_name(name)).map_err(|e| {
+            if e == rustix::io::Errno::ADDRINUSE {
+                VdError::new(
+                    ErrorCode::Busy,
+                    Reason::NameInUse(format!(
+                        "a virtual device set named '{name}' already exists; choose another name (a GUID is recommended) or close the other set"
+                    )),
+                )
+            } else {
+                VdError::system("binding the set's socket", e)
+            }
+        })?;
+        let shared = Arc::new(Shared::new(name.to_owned(), control));
+        let state = Arc::new(ServiceState::new(
+            shared.clone(),
+            Access {
+                uid,
+                group: options.allow_group,
+            },
+        ));
+        let stopper = Arc::new(Stopper::new().map_err(|e| {
+            VdError::new(
+                ErrorCode::Unexpected,
+                Reason::System {
+                    op: "eventfd",
+                    errno: e.raw_os_error().unwrap_or(0),
+                },
+            )
+        })?);
+        let (st2, stop2) = (state.clone(), stopper.clone());
+        let thread = std::thread::Builder::new()
+            .name("vdi-set".into())
+            .spawn(move || service::run(listener, stop2, st2))
+            .map_err(|e| {
+                VdError::new(
+                    ErrorCode::Unexpected,
+                    Reason::System {
+                        op: "spawning the set thread",
+                        errno: e.raw_os_error().unwrap_or(0),
+                    },
+                )
+            })?;
+        Ok(ClientSet {
+            inner: Arc::new(ClientInner {
+                shared,
+                link: Link::Primary {
+                    state,
+                    stopper,
+                    thread: Mutex::new(Some(thread)),
+                },
+                process_no: 1,
+                configured: AtomicBool::new(false),
+                closed: AtomicBool::new(false),
+                open_devices: AtomicU32::new(0),
+                config: Mutex::new(None),
+            }),
+        })
+    }
+
+    /// `OpenInSecondary`: opens, from another process, a set whose primary has completed
+    /// `GetConfiguration`. The secondary then opens and serves devices like the primary.
+    ///
+    /// Errors: `VD_E_INVALID` (bad name), `VD_E_PROTOCOL` (no such set, or not ready for
+    /// secondaries), `VD_E_SECURITY` (this user may not open it), `VD_E_ABORT`.
+    pub fn open_in_secondary(name: &str) -> Result<ClientSet> {
+        validate_set_name(name)?;
+        let conn = Conn::connect(&socket_name(name)).map_err(|_| {
+            VdError::new(
+                ErrorCode::Protocol,
+                Reason::NoSuchSet(format!(
+                    "no virtual device set named '{name}' has been created (or its creator is gone)"
+                )),
+            )
+        })?;
+        conn.send(
+            &Msg::Hello {
+                role: Role::Secondary,
+                pid: crate::sys::current_pid(),
+            }
+            .encode(),
+            &[],
+        )
+        .map_err(sys_err("sending Hello"))?;
+        let (control, segments, process_no) = receive_welcome(&conn, name)?;
+        let shared = Arc::new(Shared::new(name.to_owned(), control));
+        let cfg = layout::load_config(&shared.header().client_config);
+        for _ in 0..segments {
+            receive_segment(&conn, &shared, cfg.device_count)?;
+        }
+        if shared.queues.get().is_none() {
+            return Err(VdError::violation("the primary sent no queue segment"));
+        }
+        let sh2 = shared.clone();
+        let watchdog = Watchdog::spawn(conn.try_clone().map_err(sys_err("dup"))?, move || {
+            sh2.abort(AbortCause::ClientDied)
+        })?;
+        let inner = ClientInner {
+            shared,
+            link: Link::Secondary {
+                conn: Mutex::new(Some(conn)),
+                watchdog: Mutex::new(Some(watchdog)),
+            },
+            process_no,
+            configured: AtomicBool::new(true),
+            closed: AtomicBool::new(false),
+            open_devices: AtomicU32::new(0),
+            config: Mutex::new(None),
+        };
+        let set = ClientSet {
+            inner: Arc::new(inner),
+        };
+        let final_cfg = set.read_final_config()?;
+        *lock(&set.inner.config) = Some(final_cfg);
+        Ok(set)
+    }
+
+    /// The set name.
+    pub fn name(&self) -> &str {
+        &self.inner.shared.name
+    }
+
+    /// Whether this object opened the set as a secondary client.
+    pub fn is_secondary(&self) -> bool {
+        matches!(self.inner.link, Link::Secondary { .. })
+    }
+
+    fn check_open(&self, call: &'static str) -> Result<()> {
+        if self.inner.closed.load(Ordering::Acquire) {
+            return Err(wrong_state(call, "closed"));
+        }
+        Ok(())
+    }
+
+    /// `GetConfiguration`: waits until the server has configured the set and returns the
+    /// final configuration (with `WRITE_MEDIA` for a backup, `READ_MEDIA` for a restore).
+    ///
+    /// Errors: `VD_E_TIMEOUT`, `VD_E_ABORT` (the set was aborted, the server died),
+    /// `VD_E_PROTOCOL` (closed, or the server published an invalid configuration).
+    pub fn get_configuration(&self, timeout: impl Into<Timeout>) -> Result<VdConfig> {
+        self.check_open("GetConfiguration")?;
+        let sh = &self.inner.shared;
+        sh.check_abort()?;
+        if let Some(c) = *lock(&self.inner.config) {
+            return Ok(c);
+        }
+        let h = sh.header();
+        let ready = || {
+            sh.abort_cause().is_some()
+                || (h.phase.load(Ordering::Acquire) >= phase::CONFIGURED
+                    && sh.queues.get().is_some()
+                    && areas_received(sh))
+        };
+        if !event::wait_until(&h.set_event, timeout.into().deadline(), ready) {
+            return Err(VdError::timeout());
+        }
+        sh.check_abort()?;
+        let cfg = self.read_final_config()?;
+        *lock(&self.inner.config) = Some(cfg);
+        self.inner.configured.store(true, Ordering::Release);
+        if let Link::Primary { state, .. } = &self.inner.link {
+            state.configured.store(true, Ordering::Release);
+        }
+        Ok(cfg)
+    }
+
+    fn read_final_config(&self) -> Result<VdConfig> {
+        let sh = &self.inner.shared;
+        let h = sh.header();
+        let asked = layout::load_config(&h.client_config);
+        let c = layout::load_config(&h.final_config);
+        let problem = validate_final(&asked, &c);
+        if let Some(p) = problem {
+            return Err(sh.violation(format!(
+                "the server published an invalid configuration: {p}"
+            )));
+        }
+        Ok(c)
+    }
+
+    /// `OpenDevice`: opens the device called `name` (device 0 has the set's name; the
+    /// others have the names the server gave them). Waits, if needed, until the server
+    /// has opened a device of that name.
+    ///
+    /// Errors: `VD_E_PROTOCOL` (before `GetConfiguration`, after `Close`, or this device
+    /// is already open), `VD_E_OPEN` (every device is already open), `VD_E_INVALID` (no
+    /// device has that name), `VD_E_ABORT`.
+    pub fn open_device(&self, name: &str) -> Result<ClientDevice> {
+        self.check_open("OpenDevice")?;
+        let inner = &self.inner;
+        let sh = &inner.shared;
+        sh.check_abort()?;
+        if !inner.configured.load(Ordering::Acquire) {
+            return Err(wrong_state(
+                "OpenDevice",
+                "not yet configured (call GetConfiguration first)",
+            ));
+        }
+        let n = sh.device_count();
+        let all_owned = || {
+            (0..n).all(|i| {
+                sh.device(i)
+                    .is_some_and(|d| d.block.owner.load(Ordering::Acquire) != 0)
+            })
+        };
+        if all_owned() {
+            return Err(VdError::new(ErrorCode::Open, Reason::AllDevicesOpen));
+        }
+        let mut found = None;
+        let h = sh.header();
+        event::wait_until(&h.set_event, None, || {
+            if sh.abort_cause().is_some() {
+                return true;
+            }
+            found = find_device(sh, name);
+            found.is_some()
+                || (0..n).all(|i| {
+                    sh.device(i).is_some_and(|d| {
+                        d.block.state.load(Ordering::Acquire) & dev::SERVER_OPEN != 0
+                    })
+                })
+        });
+        sh.check_abort()?;
+        let Some(index) = found else {
+            return Err(VdError::invalid(format!(
+                "no device of set '{}' is named '{name}'",
+                sh.name
+            )));
+        };
+        let Some(d) = sh.device(index) else {
+            return Err(VdError::invalid(format!("no device {index}")));
+        };
+        if d.block
+            .owner
+            .compare_exchange(0, inner.process_no, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
+        {
+            return Err(wrong_state(
+                "OpenDevice",
+                "already open (this device is served by another thread or process)",
+            ));
+        }
+        d.block.state.fetch_or(dev::CLIENT_OPEN, Ordering::AcqRel);
+        inner.open_devices.fetch_add(1, Ordering::AcqRel);
+        let cfg = lock(&inner.config).unwrap_or_default();
+        Ok(ClientDevice {
+            set: self.inner.clone(),
+            index,
+            name: name.to_owned(),
+            prefix: cfg.prefix_zone_size,
+            max_transfer: cfg.max_transfer_size,
+            consumer: Mutex::new(ConsumerState {
+                consumer: Consumer::attach(&sub_ring(&d)),
+                pending_clear: None,
+            }),
+            producer: Mutex::new(Producer::attach(&comp_ring(&d))),
+            outstanding: AtomicU32::new(0),
+            clear_pending: AtomicBool::new(false),
+            terminated: AtomicBool::new(false),
+        })
+    }
+
+    /// `SignalAbort`: aborts the set. Blocked and later calls on both sides return
+    /// `VD_E_ABORT`; the server's outstanding commands complete with
+    /// `ERROR_OPERATION_ABORTED`.
+    pub fn signal_abort(&self) -> Result<()> {
+        self.check_open("SignalAbort")?;
+        self.inner.shared.abort(AbortCause::ClientSignalled);
+        Ok(())
+    }
+
+    /// `Close`: releases the set. With devices still open (not yet at `VD_E_CLOSE`) it
+    /// aborts the set and returns `VD_E_OPEN`; the set is released in every case.
+    /// A second `Close` returns `VD_E_PROTOCOL`.
+    pub fn close(&self) -> Result<()> {
+        if self.inner.closed.swap(true, Ordering::AcqRel) {
+            return Err(wrong_state("Close", "closed"));
+        }
+        let open = self.inner.open_devices.load(Ordering::Acquire);
+        if open > 0 && self.inner.shared.abort_cause().is_none() {
+            self.inner.shared.abort(AbortCause::ClientSignalled);
+        }
+        self.inner.release();
+        if open > 0 {
+            return Err(VdError::new(ErrorCode::Open, Reason::DevicesStillOpen));
+        }
+        Ok(())
+    }
+
+    /// Whether the set has been aborted, and why.
+    pub fn abort_cause(&self) -> Option<AbortCause> {
+        self.inner.shared.abort_cause()
+    }
+
+    /// `GetBufferHandle`: a process-independent handle for the buffer at `ptr` (the data
+    /// start of a command's buffer), for another process of the same set.
+    ///
+    /// Errors: `VD_E_PROTOCOL` (closed), `VD_E_INVALID` (not a buffer address).
+    pub fn get_buffer_handle(&self, ptr: *const u8) -> Result<u32> {
+        self.check_open("GetBufferHandle")?;
+        let (area, offset) = self.inner.shared.locate(ptr).ok_or_else(|| {
+            VdError::invalid("the address is not inside a buffer area of this set")
+        })?;
+        encode_handle(area, offset)
+            .ok_or_else(|| VdError::invalid("the address is not the start of a buffer"))
+    }
+
+    /// `MapBufferHandle`: the buffer behind `handle` in this process.
+    ///
+    /// Errors: `VD_E_PROTOCOL` (closed), `VD_E_INVALID` (not a handle of this set).
+    pub fn map_buffer_handle(&self, handle: u32) -> Result<MappedBuffer<'_>> {
+        self.check_open("MapBufferHandle")?;
+        let (area, offset) = decode_handle(handle);
+        self.inner.ensure_area(area)?;
+        let m = self.inner.shared.areas[area as usize]
+            .get()
+            .ok_or_else(|| {
+                VdError::invalid(format!(
+                    "buffer handle 0x{handle:08X} names no area of this set"
+                ))
+            })?;
+        if offset >= m.len() as u64 {
+            return Err(VdError::invalid(format!(
+                "buffer handle 0x{handle:08X} is out of range"
+            )));
+        }
+        let len = m.len() - offset as usize;
+        let ptr = self
+            .inner
+            .shared
+            .buffer_ptr(area, offset, len as u64)
+            .ok_or_else(|| VdError::invalid("buffer handle out of range"))?;
+        Ok(MappedBuffer {
+            ptr,
+            len,
+            _set: std::marker::PhantomData,
+        })
+    }
+}
+
+fn validate_final(asked: &VdConfig, c: &VdConfig) -> Option<String> {
+    if c.device_count != asked.device_count {
+        return Some(format!(
+            "deviceCount {} != {}",
+            c.device_count, asked.device_count
+        ));
+    }
+    if !c.block_size.is_power_of_two() || !(512..=65536).contains(&c.block_size) {
+        return Some(format!("blockSize {}", c.block_size));
+    }
+    if !c.alignment.is_power_of_two() || c.alignment < c.block_size || c.alignment > 65536 {
+        return Some(format!("alignment {}", c.alignment));
+    }
+    if c.max_transfer_size == 0 || c.max_transfer_size % 65536 != 0 || c.max_transfer_size > 4 << 20
+    {
+        return Some(format!("maxTransferSize {}", c.max_transfer_size));
+    }
+    if c.features & (features::WRITE_MEDIA | features::READ_MEDIA) == 0 {
+        return Some("neither VDF_WriteMedia nor VDF_ReadMedia".into());
+    }
+    if c.prefix_zone_size != asked.prefix_zone_size {
+        return Some("prefixZoneSize changed".into());
+    }
+    None
+}
+
+fn areas_received(sh: &Shared) -> bool {
+    let n = (sh.header().area_count.load(Ordering::Acquire) as usize).min(MAX_AREAS);
+    sh.areas[..n].iter().all(|a| a.get().is_some())
+}
+
+fn find_device(sh: &Shared, name: &str) -> Option<u32> {
+    if name == sh.name {
+        return Some(0);
+    }
+    (1..sh.device_count()).find(|&i| {
+        sh.device(i).is_some_and(|d| {
+            d.block.state.load(Ordering::Acquire) & dev::SERVER_OPEN != 0
+                && layout::load_name(d.block).as_deref() == Some(name)
+        })
+    })
+}
+
+fn sub_ring<'a>(d: &DeviceView<'a>) -> Ring<'a> {
+    Ring {
+        tail: &d.block.sub_tail.pos,
+        head: &d.block.sub_head.pos,
+        entries: d.sub,
+    }
+}
+
+fn comp_ring<'a>(d: &DeviceView<'a>) -> Ring<'a> {
+    Ring {
+        tail: &d.block.comp_tail.pos,
+        head: &d.block.comp_head.pos,
+        entries: d.comp,
+    }
+}
+
+/// Handles: area in the top 6 bits, offset / 512 in the low 26.
+fn encode_handle(area: u32, offset: u64) -> Option<u32> {
+    if area >= 64 || offset % 512 != 0 || offset / 512 >= 1 << 26 {
+        return None;
+    }
+    Some(area << 26 | (offset / 512) as u32)
+}
+
+fn decode_handle(h: u32) -> (u32, u64) {
+    (h >> 26, u64::from(h & ((1 << 26) - 1)) * 512)
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn receive_welcome(conn: &Conn, name: &str) -> Result<(ControlSegment, u32, u32)> {
+    let mut buf = [0u8; MAX_MSG];
+    let (n, mut fds) = conn
+        .recv(&mut buf, Some(Duration::from_secs(10)))
+        .map_err(|e| {
+            if e == rustix::io::Errno::TIMEDOUT {
+                VdError::timeout()
+            } else {
+                VdError::new(
+                    ErrorCode::Protocol,
+                    Reason::NoSuchSet(format!("the creator of set '{name}' closed the connection")),
+                )
+            }
+        })?;
+    match Msg::decode(&buf[..n]) {
+        Ok(Msg::Welcome {
+            process_no,
+            segments,
+        }) if fds.len() == 1 => {
+            let control = attach_control(fds.remove(0))?;
+            Ok((control, segments.min(MAX_AREAS as u32 + 1), process_no))
+        }
+        Ok(Msg::Refused { code, reason }) => {
+            let code = ErrorCode::from_hresult(code).unwrap_or(ErrorCode::Unexpected);
+            let reason = if code == ErrorCode::Security {
+                Reason::AccessDenied(reason)
+            } else {
+                Reason::InvalidArgument(reason)
+            };
+            Err(VdError::new(code, reason))
+        }
+        _ => Err(VdError::violation(
+            "the set's creator sent an unexpected reply",
+        )),
+    }
+}
+
+/// Maps and checks a control segment received from the creator.
+pub(crate) fn attach_control(fd: std::os::fd::OwnedFd) -> Result<ControlSegment> {
+    let mem = SharedMemory::attach(fd, Some(ControlSegment::SIZE as u64))
+        .map_err(|e| VdError::violation(format!("control segment refused: {e:?}")))?;
+    let control =
+        ControlSegment::new(mem).ok_or_else(|| VdError::violation("control segment too small"))?;
+    let h: &SetHeader = control.header();
+    if h.magic.load(Ordering::Acquire) != MAGIC
+        || h.version.load(Ordering::Acquire) != VERSION
+        || h.header_size.load(Ordering::Acquire) != ControlSegment::SIZE as u32
+    {
+        return Err(VdError::violation(
+            "the control segment has a wrong magic number or version (a different vdi version?)",
+        ));
+    }
+    Ok(control)
+}
+
+fn receive_segment(conn: &Conn, sh: &Shared, devices: u32) -> Result<()> {
+    let mut buf = [0u8; MAX_MSG];
+    let (n, mut fds) = conn
+        .recv(&mut buf, Some(Duration::from_secs(10)))
+        .map_err(|_| VdError::aborted(AbortCause::ClientDied))?;
+    match Msg::decode(&buf[..n]) {
+        Ok(Msg::Segment { kind, index, size }) if fds.len() == 1 => {
+            let fd = fds.remove(0);
+            match kind {
+                SegmentKind::Queues => {
+                    let geo = QueueGeometry {
+                        device_count: devices,
+                        capacity: index,
+                    };
+                    if !geo.is_valid() || size != geo.segment_size() as u64 {
+                        return Err(VdError::violation("invalid queue segment"));
+                    }
+                    let mem = SharedMemory::attach(fd, Some(size))
+                        .map_err(|e| VdError::violation(format!("queue segment refused: {e:?}")))?;
+                    let q = QueueSegment::new(mem, geo)
+                        .ok_or_else(|| VdError::violation("queue segment too small"))?;
+                    let _ = sh.queues.set(q);
+                }
+                SegmentKind::Area => {
+                    if index as usize >= MAX_AREAS {
+                        return Err(VdError::violation("area index out of range"));
+                    }
+                    let mem = SharedMemory::attach(fd, Some(size))
+                        .map_err(|e| VdError::violation(format!("buffer area refused: {e:?}")))?;
+                    let _ = sh.areas[index as usize].set(mem);
+                }
+            }
+            Ok(())
+        }
+        Ok(Msg::Refused { reason, .. }) => Err(VdError::invalid(reason)),
+        _ => Err(VdError::violation("expected a segment message")),
+    }
+}
+
+impl ClientInner {
+    /// Makes sure buffer area `area` is mapped here (a secondary asks the primary).
+    fn ensure_area(&self, area: u32) -> Result<()> {
+        let sh = &self.shared;
+        let Some(slot) = sh.areas.get(area as usize) else {
+            return Err(VdError::invalid(format!("buffer area {area} out of range")));
+        };
+        if slot.get().is_some() {
+            return Ok(());
+        }
+        let published = sh.header().area_count.load(Ordering::Acquire);
+        if area >= published.min(MAX_AREAS as u32) {
+            return Err(VdError::invalid(format!(
+                "buffer area {area} does not exist"
+            )));
+        }
+        match &self.link {
+            Link::Primary { .. } => {
+                // The server sends the segment before publishing it; the set thread
+                // maps it promptly. Wait for it (or an abort).
+                let h = sh.header();
+                let deadline = std::time::Instant::now() + Duration::from_secs(5);
+                event::wait_until(&h.set_event, Some(deadline), || {
+                    slot.get().is_some() || sh.abort_cause().is_some()
+                });
+                sh.check_abort()?;
+                if slot.get().is_none() {
+                    return Err(
+                        sh.violation(format!("buffer area {area} was published but never sent"))
+                    );
+                }
+                Ok(())
+            }
+            Link::Secondary { conn, .. } => {
+                let conn = lock(conn);
+                let Some(conn) = conn.as_ref() else {
+                    return Err(wrong_state("buffer access", "closed"));
+                };
+                conn.send(&Msg::AreaRequest { index: area }.encode(), &[])
+                    .map_err(|_| VdError::aborted(AbortCause::ClientDied))?;
+                let devices = sh.device_count();
+                receive_segment(conn, sh, devices)
+            }
+        }
+    }
+
+    /// Releases the link: stops the set thread or says goodbye to the primary.
+    fn release(&self) {
+        match &self.link {
+            Link::Primary {
+                state,
+                stopper,
+                thread,
+            } => {
+                state.closing.store(true, Ordering::Release);
+                stopper.signal();
+                if let Some(t) = lock(thread).take()
+                    && t.thread().id() != std::thread::current().id()
+                {
+                    let _ = t.join();
+                }
+            }
+            Link::Secondary { conn, watchdog } => {
+                drop(lock(watchdog).take());
+                if let Some(c) = lock(conn).take() {
+                    let _ = c.send(&Msg::Bye.encode(), &[]);
+                }
+            }
+        }
+    }
+}
+
+impl Drop for ClientInner {
+    fn drop(&mut self) {
+        if !self.closed.swap(true, Ordering::AcqRel) {
+            if self.open_devices.load(Ordering::Acquire) > 0 {
+                self.shared.abort(AbortCause::ClientSignalled);
+            }
+            self.release();
+        }
+    }
+}
+
+struct ConsumerState {
+    consumer: Consumer,
+    /// A ClearError held back until the outstanding commands are completed.
+    pending_clear: Option<u32>,
+}
+
+/// One virtual device, as the client serves it.
+///
+/// `Sync`: one thread may wait in [`get_command`](ClientDevice::get_command) while others
+/// complete earlier commands.
+pub struct ClientDevice {
+    set: Arc<ClientInner>,
+    index: u32,
+    name: String,
+    prefix: u32,
+    max_transfer: u32,
+    consumer: Mutex<ConsumerState>,
+    producer: Mutex<Producer>,
+    outstanding: AtomicU32,
+    clear_pending: AtomicBool,
+    terminated: AtomicBool,
+}
+
+impl std::fmt::Debug for ClientDevice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientDevice")
+            .field("index", &self.index)
+            .field("name", &self.name)
+            .finish()
+    }
+}
+
+impl ClientDevice {
+    /// The device's index in the set (0 = the set's name).
+    pub fn index(&self) -> u32 {
+        self.index
+    }
+
+    /// The device's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn view(&self) -> Result<DeviceView<'_>> {
+        self.set
+            .shared
+            .device(self.index)
+            .ok_or_else(|| VdError::violation("device vanished"))
+    }
+
+    /// Commands fetched and not yet completed.
+    pub fn outstanding(&self) -> u32 {
+        self.outstanding.load(Ordering::Acquire)
+    }
+
+    /// `GetCommand`: the next command, waiting up to `timeout`.
+    ///
+    /// Errors: `VD_E_CLOSE` (the server closed the device: the normal end; returned again
+    /// on every later call), `VD_E_TIMEOUT`, `VD_E_ABORT`, `VD_E_PROTOCOL` (the set was
+    /// closed, or the server broke the protocol).
+    pub fn get_command(&self, timeout: impl Into<Timeout>) -> Result<Command<'_>> {
+        let sh = &self.set.shared;
+        if self.set.closed.load(Ordering::Acquire) {
+            return Err(wrong_state("GetCommand", "closed"));
+        }
+        let d = self.view()?;
+        let deadline = timeout.into().deadline();
+        loop {
+            sh.check_abort()?;
+            if self.terminated.load(Ordering::Acquire) {
+                return Err(VdError::new(ErrorCode::Close, Reason::DeviceClosed));
+            }
+            {
+                let mut cons = lock(&self.consumer);
+                if let Some(cmd) = self.try_next(&d, &mut cons)? {
+                    return Ok(cmd);
+                }
+                let state = d.block.state.load(Ordering::Acquire);
+                if state & dev::SERVER_CLOSED != 0
+                    && !cons.consumer.has_next(&sub_ring(&d))
+                    && cons.pending_clear.is_none()
+                {
+                    if !self.terminated.swap(true, Ordering::AcqRel) {
+                        d.block.state.fetch_or(dev::CLIENT_DONE, Ordering::AcqRel);
+                        self.set.open_devices.fetch_sub(1, Ordering::AcqRel);
+                    }
+                    return Err(VdError::new(ErrorCode::Close, Reason::DeviceClosed));
+                }
+            }
+            let ring = sub_ring(&d);
+            let ready = event::wait_until(&d.block.sub_event, deadline, || {
+                sh.abort_cause().is_some()
+                    || ring.tail.load(Ordering::Acquire) != ring.head.load(Ordering::Relaxed)
+                    || d.block.state.load(Ordering::Acquire) & dev::SERVER_CLOSED != 0
+                    || (self.clear_pending.load(Ordering::Acquire)
+                        && self.outstanding.load(Ordering::Acquire) == 0)
+            });
+            if !ready {
+                // One last look, so a command that arrived at the deadline is not lost.
+                let mut cons = lock(&self.consumer);
+                if let Some(cmd) = self.try_next(&d, &mut cons)? {
+                    return Ok(cmd);
+                }
+                sh.check_abort()?;
+                return Err(VdError::timeout());
+            }
+        }
+    }
+
+    fn try_next(
+        &self,
+        d: &DeviceView<'_>,
+        cons: &mut ConsumerState,
+    ) -> Result<Option<Command<'_>>> {
+        if let Some(slot) = cons.pending_clear {
+            if self.outstanding.load(Ordering::Acquire) > 0 {
+                return Ok(None);
+            }
+            cons.pending_clear = None;
+            self.clear_pending.store(false, Ordering::Release);
+            return self.deliver(d, slot).map(Some);
+        }
+        let ring = sub_ring(d);
+        loop {
+            let idx = match cons.consumer.pop(&ring) {
+                Ok(Some(i)) => i,
+                Ok(None) => return Ok(None),
+                Err(_) => {
+                    return Err(self
+                        .set
+                        .shared
+                        .violation("submission ring positions are corrupt".into()));
+                }
+            };
+            if idx as usize >= d.slots.len() {
+                return Err(self
+                    .set
+                    .shared
+                    .violation(format!("submission names slot {idx}")));
+            }
+            let code = CommandCode::from(d.slots[idx as usize].code.load(Ordering::Relaxed));
+            let io_error = d.block.state.load(Ordering::Acquire) & dev::IO_ERROR != 0;
+            if code == CommandCode::CLEAR_ERROR {
+                if self.outstanding.load(Ordering::Acquire) > 0 {
+                    cons.pending_clear = Some(idx);
+                    self.clear_pending.store(true, Ordering::Release);
+                    return Ok(None);
+                }
+                return self.deliver(d, idx).map(Some);
+            }
+            if io_error {
+                // Flushed: the client never sees commands queued behind an error.
+                self.push_completion(d, idx, completion::ERROR_IO_DEVICE, 0, 0)?;
+                event::notify(&self.set.shared.header().completion_event);
+                continue;
+            }
+            return self.deliver(d, idx).map(Some);
+        }
+    }
+
+    /// Reads and validates slot `idx` and hands it out.
+    fn deliver(&self, d: &DeviceView<'_>, idx: u32) -> Result<Command<'_>> {
+        let sh = &self.set.shared;
+        let s = &d.slots[idx as usize];
+        let code = CommandCode::from(s.code.load(Ordering::Relaxed));
+        let size = s.size.load(Ordering::Relaxed);
+        let position = s.position.load(Ordering::Relaxed);
+        let area = s.area.load(Ordering::Relaxed);
+        let offset = s.offset.load(Ordering::Relaxed);
+        let mut buffer = None;
+        if area != NO_BUFFER {
+            self.set.ensure_area(area)?;
+            let prefix = u64::from(self.prefix);
+            let ok =
+                size <= self.max_transfer.max(crate::config::MAX_TRANSFER_SIZE) && offset >= prefix;
+            let ptr = ok
+                .then(|| sh.buffer_ptr(area, offset - prefix, prefix + u64::from(size)))
+                .flatten();
+            match ptr {
+                // SAFETY: `buffer_ptr` checked `[offset - prefix, offset + size)` lies in
+                // the area, so adding `prefix` stays in range.
+                Some(p) => buffer = Some(unsafe { p.add(prefix as usize) }),
+                None => {
+                    return Err(sh.violation(format!(
+                        "command {code} names bytes {offset}..+{size} of area {area}, outside the buffers"
+                    )));
+                }
+            }
+        } else if code.carries_data() && size > 0 {
+            return Err(sh.violation(format!("{code} of {size} bytes without a buffer")));
+        }
+        self.outstanding.fetch_add(1, Ordering::AcqRel);
+        Ok(Command {
+            dev: self,
+            slot: idx,
+            code,
+            size,
+            position,
+            buffer,
+            done: false,
+        })
+    }
+
+    fn push_completion(
+        &self,
+        d: &DeviceView<'_>,
+        idx: u32,
+        code: u32,
+        bytes: u32,
+        pos: u64,
+    ) -> Result<()> {
+        let s = &d.slots[idx as usize];
+        s.completion_code.store(code, Ordering::Relaxed);
+        s.bytes_transferred.store(bytes, Ordering::Relaxed);
+        s.out_position.store(pos, Ordering::Relaxed);
+        let mut p = lock(&self.producer);
+        p.push(&comp_ring(d), idx).map_err(|_| {
+            self.set
+                .shared
+                .violation("completion ring positions are corrupt".into())
+        })
+    }
+
+    fn complete_slot(
+        &self,
+        idx: u32,
+        cmd_code: CommandCode,
+        code: u32,
+        bytes: u32,
+        pos: u64,
+    ) -> Result<()> {
+        let sh = &self.set.shared;
+        let result = (|| {
+            if self.set.closed.load(Ordering::Acquire) {
+                return Err(wrong_state("CompleteCommand", "closed"));
+            }
+            sh.check_abort()?;
+            let d = self.view()?;
+            if code == completion::ERROR_SUCCESS {
+                if cmd_code == CommandCode::CLEAR_ERROR {
+                    d.block.state.fetch_and(!dev::IO_ERROR, Ordering::AcqRel);
+                }
+                self.push_completion(&d, idx, code, bytes, pos)?;
+            } else {
+                // IO-ERROR: mark the device, report this command, then flush what the
+                // server queued behind it (reference §2.4).
+                let mut cons = lock(&self.consumer);
+                d.block.state.fetch_or(dev::IO_ERROR, Ordering::AcqRel);
+                self.push_completion(&d, idx, code, bytes, pos)?;
+                let ring = sub_ring(&d);
+                while cons.pending_clear.is_none() {
+                    match cons.consumer.pop(&ring) {
+                        Ok(Some(i)) if (i as usize) < d.slots.len() => {
+                            if d.slots[i as usize].code.load(Ordering::Relaxed)
+                                == CommandCode::CLEAR_ERROR.value()
+                            {
+                                cons.pending_clear = Some(i);
+                                self.clear_pending.store(true, Ordering::Release);
+                            } else {
+                                self.push_completion(&d, i, completion::ERROR_IO_DEVICE, 0, 0)?;
+                            }
+                        }
+                        Ok(None) => break,
+                        _ => return Err(sh.violation("submission ring corrupt".into())),
+                    }
+                }
+            }
+            event::notify(&sh.header().completion_event);
+            Ok(())
+        })();
+        if self.outstanding.fetch_sub(1, Ordering::AcqRel) == 1
+            && self.clear_pending.load(Ordering::Acquire)
+        {
+            if let Ok(d) = self.view() {
+                event::notify(&d.block.sub_event);
+            }
+        }
+        result
+    }
+}
+
+/// A command fetched by [`ClientDevice::get_command`]. It lends the command's buffer
+/// until it is completed; dropping it without completing completes it with
+/// `ERROR_OPERATION_ABORTED` (which puts the device in IO-ERROR).
+pub struct Command<'d> {
+    dev: &'d ClientDevice,
+    slot: u32,
+    code: CommandCode,
+    size: u32,
+    position: u64,
+    buffer: Option<*mut u8>,
+    done: bool,
+}
+
+// SAFETY: the buffer pointer is into a mapping kept alive by `dev` (which is Sync); the
+// protocol gives this command exclusive use of the buffer until it is completed, so
+// moving the command to another thread moves that exclusive use with it.
+unsafe impl Send for Command<'_> {}
+// SAFETY: `&Command` only gives shared (read) access to the buffer.
+unsafe impl Sync for Command<'_> {}
+
+impl std::fmt::Debug for Command<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Command")
+            .field("code", &self.code)
+            .field("size", &self.size)
+            .field("position", &self.position)
+            .field("has_buffer", &self.buffer.is_some())
+            .finish()
+    }
+}
+
+impl Command<'_> {
+    /// The command code.
+    pub fn code(&self) -> CommandCode {
+        self.code
+    }
+
+    /// Bytes to transfer (Read/Write), or the command's parameter (SkipMarks count,
+    /// SetPosition whence, ...).
+    pub fn size(&self) -> u32 {
+        self.size
+    }
+
+    /// The position (random access Read/Write, SetPosition).
+    pub fn position(&self) -> u64 {
+        self.position
+    }
+
+    /// The device that delivered the command.
+    pub fn device(&self) -> &ClientDevice {
+        self.dev
+    }
+
+    /// The buffer's `size` data bytes (a Write's data to store), if the command has one.
+    pub fn buffer(&self) -> Option<&[u8]> {
+        // SAFETY: `deliver` checked `size` bytes at `p` lie inside a mapped area; the
+        // protocol lends them to this command until completion (the server does not touch
+        // a buffer while its command is outstanding), and `&self` prevents a concurrent
+        // `&mut` from `buffer_mut`.
+        self.buffer
+            .map(|p| unsafe { std::slice::from_raw_parts(p, self.size as usize) })
+    }
+
+    /// The buffer's `size` data bytes, writable (to fill for a Read).
+    pub fn buffer_mut(&mut self) -> Option<&mut [u8]> {
+        // SAFETY: as in `buffer`, and `&mut self` makes this the only reference.
+        self.buffer
+            .map(|p| unsafe { std::slice::from_raw_parts_mut(p, self.size as usize) })
+    }
+
+    /// The client's prefix zone in front of the buffer (`prefixZoneSize` bytes).
+    pub fn prefix_mut(&mut self) -> Option<&mut [u8]> {
+        let n = self.dev.prefix as usize;
+        // SAFETY: `deliver` checked that the `prefix` bytes before the data start lie in
+        // the same area; they belong to the client while the command is outstanding.
+        self.buffer
+            .map(|p| unsafe { std::slice::from_raw_parts_mut(p.sub(n), n) })
+    }
+
+    /// The buffer's handle, for [`ClientSet::map_buffer_handle`] in another process.
+    pub fn buffer_handle(&self) -> Option<u32> {
+        let p = self.buffer?;
+        let (area, offset) = self.dev.set.shared.locate(p)?;
+        encode_handle(area, offset)
+    }
+
+    /// `CompleteCommand`: reports the outcome. `bytes_transferred` is for Read and Write,
+    /// `position` for GetPosition and SetPosition. Any code other than `ERROR_SUCCESS`
+    /// puts the device in IO-ERROR.
+    ///
+    /// Errors: `VD_E_INVALID` (more bytes than the command asked for; the command is then
+    /// completed with `ERROR_INVALID_DATA`), `VD_E_ABORT`, `VD_E_PROTOCOL`.
+    pub fn complete(
+        mut self,
+        completion_code: u32,
+        bytes_transferred: u32,
+        position: u64,
+    ) -> Result<()> {
+        self.done = true;
+        if self.code.carries_data() && bytes_transferred > self.size {
+            let _ =
+                self.dev
+                    .complete_slot(self.slot, self.code, completion::ERROR_INVALID_DATA, 0, 0);
+            return Err(VdError::invalid(format!(
+                "bytesTransferred {bytes_transferred} is more than the command's size {}",
+                self.size
+            )));
+        }
+        self.dev.complete_slot(
+            self.slot,
+            self.code,
+            completion_code,
+            bytes_transferred,
+            position,
+        )
+    }
+
+    /// Completes with `ERROR_SUCCESS`, the full size for Read/Write, position 0.
+    pub fn complete_ok(self) -> Result<()> {
+        let n = if self.code.carries_data() {
+            self.size
+        } else {
+            0
+        };
+        self.complete(completion::ERROR_SUCCESS, n, 0)
+    }
+}
+
+impl Drop for Command<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            let _ = self.dev.complete_slot(
+                self.slot,
+                self.code,
+                completion::ERROR_OPERATION_ABORTED,
+                0,
+                0,
+            );
+        }
+    }
+}
+
+/// A buffer mapped from a handle ([`ClientSet::map_buffer_handle`]).
+///
+/// The bytes belong to the command that lent them, which another process holds; this
+/// view gives the address and the bytes up to the end of the buffer area. Reading or
+/// writing them is only sound while that command is outstanding and nobody else touches
+/// the same bytes, which this type cannot check: hence the `unsafe` accessors.
+pub struct MappedBuffer<'s> {
+    ptr: *mut u8,
+    len: usize,
+    _set: std::marker::PhantomData<&'s ClientSet>,
+}
+
+impl MappedBuffer<'_> {
+    /// The address of the buffer's data in this process.
+    pub fn as_ptr(&self) -> *mut u8 {
+        self.ptr
+    }
+
+    /// Bytes from the data start to the end of its area.
+    pub fn capacity(&self) -> usize {
+        self.len
+    }
+
+    /// The first `len` bytes.
+    ///
+    /// # Safety
+    /// The command that lent this buffer must be outstanding for as long as the slice is
+    /// used, and nobody may write these bytes meanwhile.
+    pub unsafe fn as_slice(&self, len: usize) -> Option<&[u8]> {
+        // SAFETY: `len <= capacity` keeps the slice inside the mapping (checked below);
+        // exclusivity is the caller's promise.
+        (len <= self.len).then(|| unsafe { std::slice::from_raw_parts(self.ptr, len) })
+    }
+
+    /// The first `len` bytes, writable.
+    ///
+    /// # Safety
+    /// As for [`as_slice`](Self::as_slice), and nobody else may read or write these bytes
+    /// while the slice is used.
+    #[allow(clippy::mut_from_ref)]
+    pub unsafe fn as_mut_slice(&self, len: usize) -> Option<&mut [u8]> {
+        // SAFETY: in range as checked; exclusivity is the caller's promise.
+        (len <= self.len).then(|| unsafe { std::slice::from_raw_parts_mut(self.ptr, len) })
+    }
+}

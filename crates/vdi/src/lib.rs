@@ -1,0 +1,52 @@
+//! # vdi — the Virtual Device Interface, both roles, in Rust
+//!
+//! The Virtual Device Interface (VDI) is how a database engine streams BACKUP and RESTORE
+//! data to and from backup software on the same machine with zero copies. The engine
+//! (the **server** role, [`ServerSet`]) allocates data buffers in shared memory and sends
+//! device commands (Read, Write, Flush, ClearError, ...); the backup application (the
+//! **client** role, [`ClientSet`]) fetches each command, moves the data to or from its
+//! media, and completes it; the server's **completion agent** then calls the command's
+//! callback. One operation may stripe over 1 to 64 devices.
+//!
+//! Calls, state machines, codes and command semantics follow the protocol reference; the
+//! shared layout is in `docs/shm-layout.md`.
+//!
+//! ```no_run
+//! use vdi::{ClientSet, ServerSet, VdConfig, Timeout, features, ServerCommand};
+//! # fn main() -> Result<(), vdi::VdError> {
+//! // Client process:
+//! let client = ClientSet::create("set-1", &VdConfig::with_devices(1))?;
+//! // Server process (another process in real use):
+//! let server = ServerSet::open("set-1")?;
+//! server.begin_configuration(features::WRITE_MEDIA, 512, 0, 64 * 1024, 1000)?;
+//! server.request_buffers(64 * 1024, 0, 2)?;
+//! server.end_configuration()?;
+//! let cfg = client.get_configuration(Timeout::from_millis(1000))?;
+//! assert!(cfg.features & features::WRITE_MEDIA != 0);
+//! # Ok(()) }
+//! ```
+//!
+//! Layers: [`sys`] (system calls only), [`protocol`] (shared layout, rings, event
+//! counts, socket messages), and the role APIs ([`ClientSet`], [`ServerSet`]).
+
+#![deny(unsafe_code)]
+
+#[allow(unsafe_code)] // lends buffer slices; each block justified
+pub mod client;
+pub mod config;
+pub mod consts;
+pub mod error;
+#[allow(unsafe_code)]
+pub mod protocol;
+#[allow(unsafe_code)] // server buffers as slices; each block justified
+pub mod server;
+#[allow(unsafe_code)]
+mod shared;
+#[allow(unsafe_code)]
+pub mod sys;
+
+pub use client::{ClientDevice, ClientOptions, ClientSet, Command, MappedBuffer};
+pub use config::{INFINITE, Timeout, VdConfig};
+pub use consts::{CommandCode, completion, features, whence};
+pub use error::{AbortCause, ErrorCode, NOERROR, Reason, Result, VdError};
+pub use server::{Completion, ServerBuffer, ServerCommand, ServerDevice, ServerSet, ServerState};

@@ -1,0 +1,219 @@
+//! What both roles share about one set: its name, the mapped segments, abort and the
+//! watchdog that turns a peer's death into an abort.
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, OnceLock};
+use std::thread::JoinHandle;
+
+use crate::error::{AbortCause, ErrorCode, Reason, Result, VdError};
+use crate::protocol::event;
+use crate::protocol::layout::{
+    ControlSegment, DeviceView, MAX_AREAS, QueueSegment, SetHeader, dev,
+};
+use crate::sys::poll::{Stopper, poll};
+use crate::sys::shm::SharedMemory;
+use crate::sys::socket::Conn;
+
+/// Longest set name in bytes.
+pub const MAX_SET_NAME: usize = 100;
+
+/// Checks a set name: 1 to 100 bytes, no `/`, `\` or NUL.
+pub fn validate_set_name(name: &str) -> Result<()> {
+    if name.is_empty() || name.len() > MAX_SET_NAME {
+        return Err(VdError::invalid(format!(
+            "set name must be 1 to {MAX_SET_NAME} bytes long (got {})",
+            name.len()
+        )));
+    }
+    if let Some(c) = name.chars().find(|c| matches!(c, '/' | '\\' | '\0')) {
+        return Err(VdError::invalid(format!(
+            "set name {name:?} contains {c:?}; use letters, digits, '-', '_', '.', '{{', '}}' (a GUID is recommended)"
+        )));
+    }
+    Ok(())
+}
+
+/// The abstract socket name of a set.
+pub fn socket_name(set: &str) -> Vec<u8> {
+    let mut v = b"vdi/1/".to_vec();
+    v.extend_from_slice(set.as_bytes());
+    v
+}
+
+/// The segments of one set as mapped in this process.
+pub struct Shared {
+    /// The set name.
+    pub name: String,
+    /// The control segment.
+    pub control: ControlSegment,
+    /// The queue segment (from `EndConfiguration` on).
+    pub queues: OnceLock<QueueSegment>,
+    /// The buffer areas received so far.
+    pub areas: [OnceLock<SharedMemory>; MAX_AREAS],
+}
+
+impl Shared {
+    pub fn new(name: String, control: ControlSegment) -> Shared {
+        Shared {
+            name,
+            control,
+            queues: OnceLock::new(),
+            areas: std::array::from_fn(|_| OnceLock::new()),
+        }
+    }
+
+    pub fn header(&self) -> &SetHeader {
+        self.control.header()
+    }
+
+    /// The abort cause, if the set is aborted.
+    #[inline]
+    pub fn abort_cause(&self) -> Option<AbortCause> {
+        match self.header().abort.load(Ordering::Acquire) {
+            0 => None,
+            w => Some(AbortCause::from_word(w)),
+        }
+    }
+
+    /// `Err(VD_E_ABORT)` if the set is aborted.
+    #[inline]
+    pub fn check_abort(&self) -> Result<()> {
+        match self.abort_cause() {
+            None => Ok(()),
+            Some(c) => Err(VdError::aborted(c)),
+        }
+    }
+
+    /// Aborts the set (first cause wins) and wakes every waiter in every process.
+    pub fn abort(&self, cause: AbortCause) {
+        let _ = self.header().abort.compare_exchange(
+            0,
+            cause.to_word(),
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        );
+        self.wake_everyone();
+    }
+
+    /// Aborts because the peer broke the protocol; returns the error for the caller.
+    pub fn violation(&self, what: String) -> VdError {
+        self.abort(AbortCause::ProtocolViolation);
+        VdError::violation(what)
+    }
+
+    pub fn wake_everyone(&self) {
+        let h = self.header();
+        event::notify(&h.set_event);
+        event::notify(&h.completion_event);
+        if let Some(q) = self.queues.get() {
+            for i in 0..q.geometry().device_count {
+                if let Some(d) = q.device(i) {
+                    event::notify(&d.block.sub_event);
+                }
+            }
+        }
+    }
+
+    pub fn device(&self, i: u32) -> Option<DeviceView<'_>> {
+        self.queues.get().and_then(|q| q.device(i))
+    }
+
+    pub fn device_count(&self) -> u32 {
+        self.queues.get().map_or(0, |q| q.geometry().device_count)
+    }
+
+    /// Whether the server closed every device (the set ended normally).
+    pub fn all_devices_closed(&self) -> bool {
+        let n = self.device_count();
+        n > 0
+            && (0..n).all(|i| {
+                self.device(i).is_some_and(|d| {
+                    d.block.state.load(Ordering::Acquire) & dev::SERVER_CLOSED != 0
+                })
+            })
+    }
+
+    /// The address of `len` bytes at `offset` in area `area`, if that range is mapped.
+    pub fn buffer_ptr(&self, area: u32, offset: u64, len: u64) -> Option<*mut u8> {
+        let m = self.areas.get(area as usize)?.get()?;
+        let end = offset.checked_add(len)?;
+        if end > m.len() as u64 {
+            return None;
+        }
+        // SAFETY: `offset + len <= m.len()`, so the pointer stays inside the mapping.
+        Some(unsafe { m.as_ptr().add(offset as usize) })
+    }
+
+    /// Finds which area holds `p`: (area, offset).
+    pub fn locate(&self, p: *const u8) -> Option<(u32, u64)> {
+        self.areas.iter().enumerate().find_map(|(i, a)| {
+            let m = a.get()?;
+            m.contains(p)
+                .then(|| (i as u32, (p as usize - m.as_ptr() as usize) as u64))
+        })
+    }
+}
+
+/// A thread that watches a connection and calls `on_hangup` once if the peer goes away
+/// (it never reads: the owner may still use the connection for requests).
+pub struct Watchdog {
+    stopper: Arc<Stopper>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Watchdog {
+    pub fn spawn(conn: Conn, on_hangup: impl FnOnce() + Send + 'static) -> Result<Watchdog> {
+        let stopper = Arc::new(Stopper::new().map_err(|e| {
+            VdError::new(
+                ErrorCode::Unexpected,
+                Reason::System {
+                    op: "eventfd",
+                    errno: e.raw_os_error().unwrap_or(0),
+                },
+            )
+        })?);
+        let s2 = stopper.clone();
+        let thread = std::thread::Builder::new()
+            .name("vdi-watchdog".into())
+            .spawn(move || {
+                loop {
+                    let r = poll(&[conn.fd(), s2.fd()], &[false, true], None);
+                    if r[1].readable {
+                        return;
+                    }
+                    if r[0].hangup {
+                        on_hangup();
+                        return;
+                    }
+                }
+            })
+            .map_err(|e| {
+                VdError::new(
+                    ErrorCode::Unexpected,
+                    Reason::System {
+                        op: "spawning the watchdog thread",
+                        errno: e.raw_os_error().unwrap_or(0),
+                    },
+                )
+            })?;
+        Ok(Watchdog {
+            stopper,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        self.stopper.signal();
+        if let Some(t) = self.thread.take()
+            && t.thread().id() != std::thread::current().id()
+        {
+            let _ = t.join();
+        }
+    }
+}
+
+pub fn sys_err(op: &'static str) -> impl Fn(rustix::io::Errno) -> VdError {
+    move |e| VdError::system(op, e)
+}

@@ -1,0 +1,27 @@
+//! The system layer: the only code that makes system calls.
+//!
+//! Shared memory ([`shm`]: sealed memfds mapped at 64 KiB-aligned addresses and
+//! pre-faulted), futex waits and wakes of the *shared* kind ([`futex`]), the rendezvous
+//! socket ([`socket`]: abstract Unix sequenced-packet sockets carrying file descriptors
+//! and peer credentials) and a small poll/eventfd helper ([`poll`]). Everything above this
+//! module is safe code over these wrappers.
+
+#![allow(unsafe_code)]
+
+pub mod futex;
+pub mod poll;
+pub mod shm;
+pub mod socket;
+
+/// The caller's user and group ids and its supplementary groups.
+pub fn current_credentials() -> (u32, u32) {
+    (
+        rustix::process::getuid().as_raw(),
+        rustix::process::getgid().as_raw(),
+    )
+}
+
+/// The process id of the caller.
+pub fn current_pid() -> u32 {
+    rustix::process::getpid().as_raw_nonzero().get() as u32
+}

@@ -1,0 +1,95 @@
+//! Both roles in one process (two threads): the quickest check of the whole path.
+
+use std::sync::{Arc, Mutex};
+
+use vdi::*;
+
+fn unique(tag: &str) -> String {
+    format!(
+        "inproc-{tag}-{}-{:?}",
+        std::process::id(),
+        std::time::Instant::now()
+    )
+    .replace([' ', ':', '.'], "_")
+}
+
+#[test]
+fn backup_one_device_in_one_process() {
+    let name = unique("b1");
+    let client = ClientSet::create(&name, &VdConfig::with_devices(1)).unwrap();
+    let n2 = name.clone();
+    let server_thread = std::thread::spawn(move || {
+        let server = ServerSet::open(&n2).unwrap();
+        server
+            .begin_configuration(features::WRITE_MEDIA, 512, 0, 65536, 1000)
+            .unwrap();
+        server.request_buffers(65536, 0, 4).unwrap();
+        server.end_configuration().unwrap();
+        let sent = Arc::new(Mutex::new(Vec::<u32>::new()));
+        std::thread::scope(|s| {
+            let agent = s.spawn(|| server.execute_completion_agent());
+            let dev = server.open_device(&n2).unwrap();
+            for i in 0..100u32 {
+                let mut buf = loop {
+                    match server.allocate_buffer(65536, 0) {
+                        Ok(b) => break b,
+                        Err(e) if e.code() == ErrorCode::Memory => std::thread::yield_now(),
+                        Err(e) => panic!("{e}"),
+                    }
+                };
+                buf.as_mut_slice().fill(i as u8);
+                let sent = sent.clone();
+                dev.send_command(ServerCommand::write(buf, 65536), move |c| {
+                    assert!(c.is_success(), "{c:?}");
+                    sent.lock().unwrap().push(c.bytes_transferred);
+                })
+                .unwrap();
+            }
+            let s2 = sent.clone();
+            dev.send_command(ServerCommand::new(CommandCode::FLUSH), move |c| {
+                assert!(c.is_success());
+                s2.lock().unwrap().push(0);
+            })
+            .unwrap();
+            while server.outstanding() > 0 {
+                std::thread::yield_now();
+            }
+            dev.close_device().unwrap();
+            agent.join().unwrap().unwrap();
+        });
+        server.close().unwrap();
+        let v = sent.lock().unwrap().clone();
+        v
+    });
+    let cfg = client
+        .get_configuration(Timeout::from_millis(10_000))
+        .unwrap();
+    assert_eq!(cfg.features & features::WRITE_MEDIA, features::WRITE_MEDIA);
+    assert_eq!(cfg.max_transfer_size, 65536);
+    let dev = client.open_device(&name).unwrap();
+    let mut got = Vec::new();
+    loop {
+        match dev.get_command(Timeout::Infinite) {
+            Ok(cmd) => {
+                if cmd.code() == CommandCode::WRITE {
+                    let b = cmd.buffer().unwrap();
+                    assert!(b.iter().all(|&x| x == b[0]));
+                    got.push(b[0]);
+                }
+                cmd.complete_ok().unwrap();
+            }
+            Err(e) => {
+                assert_eq!(e.code(), ErrorCode::Close, "{e}");
+                break;
+            }
+        }
+    }
+    assert_eq!(
+        dev.get_command(Timeout::POLL).unwrap_err().code(),
+        ErrorCode::Close
+    );
+    client.close().unwrap();
+    let sent = server_thread.join().unwrap();
+    assert_eq!(got, (0..100u32).map(|i| i as u8).collect::<Vec<_>>());
+    assert_eq!(sent.len(), 101);
+}
