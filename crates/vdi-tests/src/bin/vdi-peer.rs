@@ -1,1 +1,265 @@
-fn main() {}
+//! `vdi-peer`: the other process of the cross-process tests.
+//!
+//! ```text
+//! vdi-peer server    set=NAME devices=N transfer=B depth=D total=B seed=S restore=BOOL [pause=POINT]
+//! vdi-peer client    (same keys)     creates the set, serves every device
+//! vdi-peer secondary which=1,2 (same keys)   opens the set in secondary, serves those devices
+//! vdi-peer open-server set=NAME      tries to open the set as server and reports
+//! vdi-peer open-secondary set=NAME   tries to open the set as a secondary client and reports
+//! vdi-peer handles set=NAME          maps buffer handles given on stdin and checks/fills them
+//! vdi-peer ioerror-server set=NAME   the server half of the IO-ERROR / ClearError script
+//! ```
+//! It prints progress lines (`OPENED`, `CREATED`, `PAUSED point`, `DONE ...`,
+//! `ERROR code message`) that the tests wait for. At `pause=POINT` it stops there until
+//! it is killed.
+
+use std::io::BufRead;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use vdi::{ClientSet, CommandCode, ErrorCode, ServerCommand, ServerSet, completion, features};
+use vdi_tests::{Plan, Report, device_name, pattern, run_client, run_server};
+
+fn say(s: &str) {
+    println!("{s}");
+}
+
+fn pause(point: &str) {
+    say(&format!("PAUSED {point}"));
+    loop {
+        std::thread::sleep(Duration::from_secs(3600));
+    }
+}
+
+fn done(r: &Report) -> i32 {
+    say(&format!(
+        "DONE bytes={} commands={} mismatches={} errors={}",
+        r.bytes.iter().sum::<u64>(),
+        r.commands.iter().sum::<u64>(),
+        r.mismatches,
+        r.errors
+    ));
+    i32::from(r.mismatches != 0 || r.errors != 0)
+}
+
+fn fail(e: &vdi::VdError) -> i32 {
+    say(&format!("ERROR {} {}", e.code().name(), e));
+    2
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let Some(mode) = args.first() else {
+        eprintln!("usage: vdi-peer MODE key=value...");
+        std::process::exit(64);
+    };
+    let plan = match Plan::from_args(&args[1..]) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("vdi-peer: {e}");
+            std::process::exit(64);
+        }
+    };
+    let code = match mode.as_str() {
+        "server" => match ServerSet::open(&plan.set) {
+            Ok(set) => {
+                say("OPENED");
+                match run_server(&set, &plan, &pause) {
+                    Ok(r) => done(&r),
+                    Err(e) => fail(&e),
+                }
+            }
+            Err(e) => fail(&e),
+        },
+        "client" => match ClientSet::create(&plan.set, &vdi_tests::client_config(&plan)) {
+            Ok(set) => {
+                say("CREATED");
+                let all: Vec<u32> = (0..plan.devices).collect();
+                let r = run_client(&set, &plan, &all, &pause);
+                let c = set.close();
+                match (r, c) {
+                    (Ok(r), Ok(())) => done(&r),
+                    (Err(e), _) | (_, Err(e)) => fail(&e),
+                }
+            }
+            Err(e) => fail(&e),
+        },
+        "secondary" => {
+            let which: Vec<u32> = args
+                .iter()
+                .find_map(|a| a.strip_prefix("which="))
+                .map(|w| w.split(',').filter_map(|x| x.parse().ok()).collect())
+                .unwrap_or_default();
+            match ClientSet::open_in_secondary(&plan.set) {
+                Ok(set) => {
+                    say("OPENED");
+                    let r = run_client(&set, &plan, &which, &pause);
+                    let c = set.close();
+                    match (r, c) {
+                        (Ok(r), Ok(())) => done(&r),
+                        (Err(e), _) | (_, Err(e)) => fail(&e),
+                    }
+                }
+                Err(e) => fail(&e),
+            }
+        }
+        "open-server" => report_open(ServerSet::open(&plan.set).map(|s| {
+            let _ = s.close();
+        })),
+        "open-secondary" => report_open(ClientSet::open_in_secondary(&plan.set).map(|s| {
+            let _ = s.close();
+        })),
+        "handles" => handles(&plan),
+        "ioerror-server" => ioerror_server(&plan),
+        other => {
+            eprintln!("vdi-peer: unknown mode {other}");
+            64
+        }
+    };
+    std::process::exit(code);
+}
+
+fn report_open(r: Result<(), vdi::VdError>) -> i32 {
+    match r {
+        Ok(()) => {
+            say("OPENED");
+            0
+        }
+        Err(e) => {
+            say(&format!("REFUSED {} {}", e.code().name(), e));
+            3
+        }
+    }
+}
+
+/// Serves buffer handles from stdin: `check|fill HANDLE LEN SEED DEVICE OFFSET`.
+fn handles(plan: &Plan) -> i32 {
+    let set = match ClientSet::open_in_secondary(&plan.set) {
+        Ok(s) => s,
+        Err(e) => return fail(&e),
+    };
+    say("READY");
+    for line in std::io::stdin().lock().lines().map_while(Result::ok) {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if f.first() == Some(&"quit") {
+            break;
+        }
+        let parse = |i: usize| f.get(i).and_then(|x| x.parse::<u64>().ok()).unwrap_or(0);
+        let (handle, len, seed, device, offset) = (
+            parse(1) as u32,
+            parse(2) as usize,
+            parse(3),
+            parse(4) as u32,
+            parse(5),
+        );
+        match set.map_buffer_handle(handle) {
+            Ok(m) => {
+                let ok = match f.first() {
+                    // SAFETY: the primary holds the command that lent this buffer and waits
+                    // for our answer before completing it; nobody else touches the bytes.
+                    Some(&"check") => unsafe { m.as_slice(len) }
+                        .is_some_and(|b| pattern::mismatch(seed, device, offset, b).is_none()),
+                    // SAFETY: as above.
+                    Some(&"fill") => unsafe { m.as_mut_slice(len) }
+                        .map(|b| pattern::fill(seed, device, offset, b))
+                        .is_some(),
+                    _ => false,
+                };
+                say(if ok { "OK" } else { "BAD" });
+            }
+            Err(e) => say(&format!("ERROR {} {}", e.code().name(), e)),
+        }
+    }
+    match set.close() {
+        Ok(()) => 0,
+        Err(e) => fail(&e),
+    }
+}
+
+/// The server half of the IO-ERROR script (see tests/io_error.rs for the client half).
+fn ioerror_server(plan: &Plan) -> i32 {
+    let run = || -> Result<String, vdi::VdError> {
+        let set = ServerSet::open(&plan.set)?;
+        set.begin_configuration(features::WRITE_MEDIA, 512, 0, 65536, 10_000)?;
+        set.request_buffers(65536, 0, 8)?;
+        set.end_configuration()?;
+        let codes: Arc<Mutex<Vec<(u32, u32)>>> = Arc::new(Mutex::new(Vec::new()));
+        let wait_for = |n: usize| {
+            let t = Instant::now();
+            while codes.lock().map(|c| c.len()).unwrap_or(0) < n
+                && t.elapsed() < Duration::from_secs(30)
+            {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        };
+        let send_write = |dev: &vdi::ServerDevice, k: u32| -> Result<(), vdi::VdError> {
+            let mut b = set.allocate_buffer(65536, 0)?;
+            pattern::fill(plan.seed, 0, u64::from(k) * 65536, b.as_mut_slice());
+            let c = codes.clone();
+            dev.send_command(ServerCommand::write(b, 65536), move |done| {
+                c.lock().map(|mut v| v.push((k, done.completion_code))).ok();
+            })
+        };
+        let mut line = String::new();
+        std::thread::scope(|s| -> Result<(), vdi::VdError> {
+            let agent = s.spawn(|| set.execute_completion_agent());
+            let dev = set.open_device(&device_name(&plan.set, 0))?;
+            for k in 0..5 {
+                send_write(&dev, k)?;
+            }
+            say("SENT5");
+            wait_for(4); // W0 (error) and W2..W4 (flushed)
+            let w5 = send_write(&dev, 5);
+            let w5_code = w5.as_ref().err().map(|e| e.code());
+            let c = codes.clone();
+            dev.send_command(ServerCommand::new(CommandCode::CLEAR_ERROR), move |done| {
+                c.lock()
+                    .map(|mut v| v.push((100, done.completion_code)))
+                    .ok();
+            })?;
+            say("CLEAR_SENT");
+            wait_for(7); // + W5 (sync), W1, ClearError
+            send_write(&dev, 6)?;
+            wait_for(8);
+            let c = codes.clone();
+            dev.send_command(ServerCommand::new(CommandCode::FLUSH), move |done| {
+                c.lock()
+                    .map(|mut v| v.push((200, done.completion_code)))
+                    .ok();
+            })?;
+            wait_for(9);
+            dev.close_device()?;
+            agent.join().map_err(|_| {
+                vdi::VdError::new(
+                    ErrorCode::Unexpected,
+                    vdi::Reason::InvalidArgument("agent panicked".into()),
+                )
+            })??;
+            let mut v = codes.lock().map(|v| v.clone()).unwrap_or_default();
+            v.sort();
+            line = format!(
+                "RESULT w5={} {}",
+                w5_code.map(|c| c.name()).unwrap_or("ok"),
+                v.iter()
+                    .map(|(k, c)| format!("{k}:{c}"))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            );
+            Ok(())
+        })?;
+        set.close()?;
+        Ok(line)
+    };
+    match run() {
+        Ok(l) => {
+            say(&l);
+            let want = format!(
+                "RESULT w5=VD_E_IO_ERROR 0:{} 1:0 2:{io} 3:{io} 4:{io} 5:{io} 6:0 100:0 200:0",
+                completion::ERROR_DISK_FULL,
+                io = completion::ERROR_IO_DEVICE
+            );
+            i32::from(l != want)
+        }
+        Err(e) => fail(&e),
+    }
+}
