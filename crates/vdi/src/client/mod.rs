@@ -445,18 +445,22 @@ impl ClientSet {
     }
 
     /// `Close`: releases the set. With devices still open (not yet at `VD_E_CLOSE`) it
-    /// aborts the set and returns `VD_E_OPEN`; the set is released in every case.
+    /// aborts the set and returns `VD_E_OPEN`; after an abort it returns `NOERROR` (the
+    /// state table's Abort column). The set is released in every case.
     /// A second `Close` returns `VD_E_PROTOCOL`.
     pub fn close(&self) -> Result<()> {
         if self.inner.closed.swap(true, Ordering::AcqRel) {
             return Err(wrong_state("Close", "closed"));
         }
-        let open = self.inner.open_devices.load(Ordering::Acquire);
-        if open > 0 && self.inner.shared.abort_cause().is_none() {
+        // After an abort the client need not wait for VD_E_CLOSE (reference §3.1): Close
+        // is then the normal way out and returns NOERROR.
+        let open = self.inner.open_devices.load(Ordering::Acquire) > 0
+            && self.inner.shared.abort_cause().is_none();
+        if open {
             self.inner.shared.abort(AbortCause::ClientSignalled);
         }
         self.inner.release();
-        if open > 0 {
+        if open {
             return Err(VdError::new(ErrorCode::Open, Reason::DevicesStillOpen));
         }
         Ok(())

@@ -861,7 +861,7 @@ impl ServerSet {
         Ok(())
     }
 
-    /// `Close`: releases the set. With devices still open it returns `VD_E_PROTOCOL`
+    /// `Close`: releases the set. With devices still open (and no abort yet) it returns `VD_E_PROTOCOL`
     /// after abort processing: every outstanding command is called back with
     /// `ERROR_OPERATION_ABORTED` (by the running completion agent, which then returns, or
     /// here if none runs). Memory stays mapped while buffers or handles still refer to
@@ -871,9 +871,11 @@ impl ServerSet {
         if inner.closed.swap(true, Ordering::AcqRel) {
             return Err(VdError::protocol("Close", "closed"));
         }
+        // In the Abnormally Terminated state Close is the normal way out (NOERROR).
         let devices_open = {
             let l = lock(&inner.local);
             l.opened > inner.closed_devices.load(Ordering::Acquire)
+                && inner.shared.abort_cause().is_none()
         };
         if devices_open || inner.outstanding.load(Ordering::Acquire) > 0 {
             inner.shared.abort(AbortCause::ServerSignalled);
