@@ -1061,8 +1061,12 @@ impl ServerInner {
             if outstanding == 0 {
                 last_progress = Instant::now();
             }
+            // With a server time-out and nothing outstanding, also wake (at the next
+            // re-check) when commands are sent, to start the clock.
+            let watch_sends = interval > 0 && outstanding == 0;
             event::wait_until(&h.completion_event, deadline, || {
                 sh.abort_cause().is_some()
+                    || (watch_sends && self.outstanding.load(Ordering::Acquire) != 0)
                     || devs.iter().enumerate().any(|(i, d)| {
                         d.open.load(Ordering::Acquire)
                             && sh.device(i as u32).is_some_and(|v| {
