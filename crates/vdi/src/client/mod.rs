@@ -1204,6 +1204,12 @@ pub struct MappedBuffer<'s> {
     _set: std::marker::PhantomData<&'s ClientSet>,
 }
 
+impl std::fmt::Debug for MappedBuffer<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MappedBuffer").field("ptr", &self.ptr).field("capacity", &self.len).finish()
+    }
+}
+
 impl MappedBuffer<'_> {
     /// The address of the buffer's data in this process.
     pub fn as_ptr(&self) -> *mut u8 {
