@@ -14,20 +14,36 @@ const PEER: &str = env!("CARGO_BIN_EXE_vdi-peer");
 fn error_flush_refuse_clear_error_recover() {
     let name = unique_name("ioe");
     let set = ClientSet::create(&name, &VdConfig::with_devices(1)).unwrap();
-    let mut peer = Peer::spawn(PEER, &["ioerror-server".into(), format!("set={name}"), "seed=9".into()], None);
+    let mut peer = Peer::spawn(
+        PEER,
+        &[
+            "ioerror-server".into(),
+            format!("set={name}"),
+            "seed=9".into(),
+        ],
+        None,
+    );
     set.get_configuration(Timeout::from_millis(30_000)).unwrap();
     let dev = set.open_device(&name).unwrap();
     peer.expect_line("SENT5", Duration::from_secs(30));
     let t = || Timeout::from_millis(30_000);
     let w0 = dev.get_command(t()).unwrap();
     let w1 = dev.get_command(t()).unwrap();
-    assert_eq!((w0.code(), w1.code()), (CommandCode::WRITE, CommandCode::WRITE));
+    assert_eq!(
+        (w0.code(), w1.code()),
+        (CommandCode::WRITE, CommandCode::WRITE)
+    );
     assert_eq!(pattern::mismatch(9, 0, 0, w0.buffer().unwrap()), None);
     // W0 fails: W2..W4, queued but not fetched, are flushed with ERROR_IO_DEVICE.
     w0.complete(completion::ERROR_DISK_FULL, 0, 0).unwrap();
     peer.expect_line("CLEAR_SENT", Duration::from_secs(30));
     // ClearError is held back while W1 is outstanding.
-    assert_eq!(dev.get_command(Duration::from_millis(200)).unwrap_err().code(), ErrorCode::Timeout);
+    assert_eq!(
+        dev.get_command(Duration::from_millis(200))
+            .unwrap_err()
+            .code(),
+        ErrorCode::Timeout
+    );
     w1.complete_ok().unwrap();
     let clear = dev.get_command(t()).unwrap();
     assert_eq!(clear.code(), CommandCode::CLEAR_ERROR);
@@ -35,12 +51,20 @@ fn error_flush_refuse_clear_error_recover() {
     // The device works again: W6, then Flush, then the end.
     let w6 = dev.get_command(t()).unwrap();
     assert_eq!(w6.code(), CommandCode::WRITE);
-    assert_eq!(pattern::mismatch(9, 0, 6 * 65536, w6.buffer().unwrap()), None);
+    assert_eq!(
+        pattern::mismatch(9, 0, 6 * 65536, w6.buffer().unwrap()),
+        None
+    );
     w6.complete_ok().unwrap();
     let flush = dev.get_command(t()).unwrap();
     assert_eq!(flush.code(), CommandCode::FLUSH);
     flush.complete_ok().unwrap();
     assert_eq!(dev.get_command(t()).unwrap_err().code(), ErrorCode::Close);
     set.close().unwrap();
-    assert_eq!(peer.wait(Duration::from_secs(30)), 0, "engine's view: {:?}", peer.seen);
+    assert_eq!(
+        peer.wait(Duration::from_secs(30)),
+        0,
+        "engine's view: {:?}",
+        peer.seen
+    );
 }

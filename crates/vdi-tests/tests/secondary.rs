@@ -22,9 +22,20 @@ fn secondary_serves_two_of_three_devices() {
     plan.transfer = 256 << 10;
     let set = ClientSet::create(&name, &client_config(&plan)).unwrap();
     // Before the primary's GetConfiguration, secondaries are refused.
-    let mut early = Peer::spawn(PEER, &["open-secondary".into(), format!("set={name}")], None);
+    let mut early = Peer::spawn(
+        PEER,
+        &["open-secondary".into(), format!("set={name}")],
+        None,
+    );
     assert_eq!(early.wait(Duration::from_secs(30)), 3);
-    assert!(early.seen.iter().any(|l| l.starts_with("REFUSED VD_E_PROTOCOL")), "{:?}", early.seen);
+    assert!(
+        early
+            .seen
+            .iter()
+            .any(|l| l.starts_with("REFUSED VD_E_PROTOCOL")),
+        "{:?}",
+        early.seen
+    );
     let mut server = Peer::spawn(PEER, &args("server", &plan), None);
     set.get_configuration(Timeout::from_millis(30_000)).unwrap();
     let mut sargs = args("secondary", &plan);
@@ -33,10 +44,27 @@ fn secondary_serves_two_of_three_devices() {
     let r = run_client(&set, &plan, &[0], &|_| {}).unwrap();
     assert_eq!((r.mismatches, r.errors), (0, 0));
     assert_eq!(r.bytes, vec![plan.device_bytes(0)]);
-    assert_eq!(secondary.wait(Duration::from_secs(120)), 0, "{:?}", secondary.seen);
+    assert_eq!(
+        secondary.wait(Duration::from_secs(120)),
+        0,
+        "{:?}",
+        secondary.seen
+    );
     let want = plan.device_bytes(1) + plan.device_bytes(2);
-    assert!(secondary.seen.iter().any(|l| l.starts_with(&format!("DONE bytes={want} "))), "{:?}", secondary.seen);
-    assert_eq!(server.wait(Duration::from_secs(120)), 0, "{:?}", server.seen);
+    assert!(
+        secondary
+            .seen
+            .iter()
+            .any(|l| l.starts_with(&format!("DONE bytes={want} "))),
+        "{:?}",
+        secondary.seen
+    );
+    assert_eq!(
+        server.wait(Duration::from_secs(120)),
+        0,
+        "{:?}",
+        server.seen
+    );
     set.close().unwrap();
 }
 
@@ -53,8 +81,14 @@ fn handles(restore: bool) {
     let mut worker = Peer::spawn(PEER, &["handles".into(), format!("set={name}")], None);
     worker.expect_line("READY", Duration::from_secs(30));
     let dev = set.open_device(&name).unwrap();
-    assert_eq!(set.map_buffer_handle(0xFFFF_FFFF).unwrap_err().code(), ErrorCode::Invalid);
-    assert_eq!(set.get_buffer_handle(&0u8).unwrap_err().code(), ErrorCode::Invalid);
+    assert_eq!(
+        set.map_buffer_handle(0xFFFF_FFFF).unwrap_err().code(),
+        ErrorCode::Invalid
+    );
+    assert_eq!(
+        set.get_buffer_handle(&0u8).unwrap_err().code(),
+        ErrorCode::Invalid
+    );
     let mut offset = 0u64;
     let mut moved = 0;
     loop {
@@ -72,12 +106,22 @@ fn handles(restore: bool) {
         let handle = cmd.buffer_handle().unwrap();
         let p = cmd.buffer().unwrap().as_ptr();
         assert_eq!(set.get_buffer_handle(p).unwrap(), handle);
-        assert_eq!(set.map_buffer_handle(handle).unwrap().as_ptr() as *const u8, p);
-        let verb = if cmd.code() == CommandCode::READ { "fill" } else { "check" };
+        assert_eq!(
+            set.map_buffer_handle(handle).unwrap().as_ptr() as *const u8,
+            p
+        );
+        let verb = if cmd.code() == CommandCode::READ {
+            "fill"
+        } else {
+            "check"
+        };
         worker.send_line(&format!("{verb} {handle} {} 77 0 {offset}", cmd.size()));
         assert_eq!(worker.expect_line("", Duration::from_secs(30)), "OK");
         if cmd.code() == CommandCode::READ {
-            assert_eq!(vdi_tests::pattern::mismatch(77, 0, offset, cmd.buffer().unwrap()), None);
+            assert_eq!(
+                vdi_tests::pattern::mismatch(77, 0, offset, cmd.buffer().unwrap()),
+                None
+            );
         }
         offset += u64::from(cmd.size());
         moved += 1;

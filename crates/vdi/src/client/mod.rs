@@ -1206,7 +1206,10 @@ pub struct MappedBuffer<'s> {
 
 impl std::fmt::Debug for MappedBuffer<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MappedBuffer").field("ptr", &self.ptr).field("capacity", &self.len).finish()
+        f.debug_struct("MappedBuffer")
+            .field("ptr", &self.ptr)
+            .field("capacity", &self.len)
+            .finish()
     }
 }
 
