@@ -431,7 +431,7 @@ pub fn run_client(
                                 let code = cmd.code();
                                 if code.carries_data() {
                                     if let Some(b) = cmd.buffer()
-                                        && (b.as_ptr() as u64) % align != 0
+                                        && !(b.as_ptr() as u64).is_multiple_of(align)
                                     {
                                         bad += 1;
                                     }

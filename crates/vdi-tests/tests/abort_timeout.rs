@@ -1,6 +1,8 @@
 //! Abort from each side, and the time-outs: GetConfiguration and GetCommand time-outs,
 //! and `serverTimeOut` aborting a set whose client stops completing commands.
 
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;

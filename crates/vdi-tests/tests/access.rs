@@ -2,6 +2,8 @@
 //! what to change; a group the creator names is admitted. The peer runs as `nobody`, so
 //! these tests need to run as root (as CI does); as another user they say so and stop.
 
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::time::Duration;

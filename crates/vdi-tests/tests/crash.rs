@@ -5,6 +5,8 @@
 //!
 //! The tests of this file run one at a time (they count this process's memfds).
 
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};

@@ -3,6 +3,8 @@
 //! refused with `VD_E_IO_ERROR`, ClearError is held back until the outstanding commands
 //! are completed, and after it the device works again.
 
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
 use std::time::Duration;
 
 use vdi::{ClientSet, CommandCode, ErrorCode, Timeout, VdConfig, completion};

@@ -2,6 +2,8 @@
 //! the others, and buffers pass between processes by handle (GetBufferHandle in the
 //! primary, MapBufferHandle in the secondary).
 
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
 use std::time::Duration;
 
 use vdi::{ClientSet, CommandCode, ErrorCode, Timeout, VdConfig, completion};

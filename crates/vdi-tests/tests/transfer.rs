@@ -2,6 +2,8 @@
 //! processes, through 1, 3 and 8 devices, with several commands outstanding per device and
 //! completions in reverse order; every byte is checked on the receiving side.
 
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
 use std::time::Duration;
 
 use vdi::{ClientSet, ServerSet};

@@ -1,5 +1,7 @@
 //! Both roles in one process (two threads): the quickest check of the whole path.
 
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
 use std::sync::{Arc, Mutex};
 
 use vdi::*;
@@ -58,8 +60,7 @@ fn backup_one_device_in_one_process() {
             agent.join().unwrap().unwrap();
         });
         server.close().unwrap();
-        let v = sent.lock().unwrap().clone();
-        v
+        sent.lock().unwrap().clone()
     });
     let cfg = client
         .get_configuration(Timeout::from_millis(10_000))

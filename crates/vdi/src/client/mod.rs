@@ -530,7 +530,9 @@ fn validate_final(asked: &VdConfig, c: &VdConfig) -> Option<String> {
     if !c.alignment.is_power_of_two() || c.alignment < c.block_size || c.alignment > 65536 {
         return Some(format!("alignment {}", c.alignment));
     }
-    if c.max_transfer_size == 0 || c.max_transfer_size % 65536 != 0 || c.max_transfer_size > 4 << 20
+    if c.max_transfer_size == 0
+        || !c.max_transfer_size.is_multiple_of(65536)
+        || c.max_transfer_size > 4 << 20
     {
         return Some(format!("maxTransferSize {}", c.max_transfer_size));
     }
@@ -578,7 +580,7 @@ fn comp_ring<'a>(d: &DeviceView<'a>) -> Ring<'a> {
 
 /// Handles: area in the top 6 bits, offset / 512 in the low 26.
 fn encode_handle(area: u32, offset: u64) -> Option<u32> {
-    if area >= 64 || offset % 512 != 0 || offset / 512 >= 1 << 26 {
+    if area >= 64 || !offset.is_multiple_of(512) || offset / 512 >= 1 << 26 {
         return None;
     }
     Some(area << 26 | (offset / 512) as u32)
@@ -1041,10 +1043,9 @@ impl ClientDevice {
         })();
         if self.outstanding.fetch_sub(1, Ordering::AcqRel) == 1
             && self.clear_pending.load(Ordering::Acquire)
+            && let Ok(d) = self.view()
         {
-            if let Ok(d) = self.view() {
-                event::notify(&d.block.sub_event);
-            }
+            event::notify(&d.block.sub_event);
         }
         result
     }

@@ -363,9 +363,7 @@ fn welcome(st: &ServiceState, conn: Conn) -> Option<Peer> {
                 .enumerate()
                 .filter_map(|(i, a)| a.as_ref().map(|(s, f)| (i as u32, *s, f)))
                 .collect();
-            let Some((cap, qsize, qfd)) = segs.queues.as_ref() else {
-                return None;
-            };
+            let (cap, qsize, qfd) = segs.queues.as_ref()?;
             let process_no = st.next_process_no.fetch_add(1, Ordering::AcqRel);
             let total = 1 + areas.len() as u32;
             conn.send(

@@ -63,7 +63,7 @@ pub fn wait_until(
             return true;
         }
         n += 1;
-        if n % 8 == 0 && Instant::now() >= spin_end {
+        if n.is_multiple_of(8) && Instant::now() >= spin_end {
             break;
         }
     }

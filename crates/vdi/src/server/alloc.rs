@@ -85,10 +85,7 @@ impl AreaAlloc {
         let mut n = 0;
         for (&s, &e) in &self.free {
             let mut at = s;
-            loop {
-                let Some(data) = at.checked_add(prefix).map(|x| align_up(x, align)) else {
-                    break;
-                };
+            while let Some(data) = at.checked_add(prefix).map(|x| align_up(x, align)) {
                 let end = data + size;
                 if end > e {
                     break;

@@ -499,7 +499,7 @@ impl ServerSet {
             )));
         }
         if max_transfer_size == 0
-            || max_transfer_size % 65536 != 0
+            || !max_transfer_size.is_multiple_of(65536)
             || max_transfer_size > MAX_TRANSFER_SIZE
         {
             return Err(VdError::invalid(format!(

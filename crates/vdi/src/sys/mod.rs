@@ -6,8 +6,6 @@
 //! and peer credentials) and a small poll/eventfd helper ([`poll`]). Everything above this
 //! module is safe code over these wrappers.
 
-#![allow(unsafe_code)]
-
 pub mod futex;
 pub mod poll;
 pub mod shm;

@@ -101,10 +101,10 @@ impl Conn {
     pub fn send(&self, bytes: &[u8], fds: &[BorrowedFd<'_>]) -> Result<(), Errno> {
         let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
         let mut control = SendAncillaryBuffer::new(&mut space);
-        if !fds.is_empty() {
-            if fds.len() > MAX_FDS || !control.push(SendAncillaryMessage::ScmRights(fds)) {
-                return Err(Errno::TOOBIG);
-            }
+        if !fds.is_empty()
+            && (fds.len() > MAX_FDS || !control.push(SendAncillaryMessage::ScmRights(fds)))
+        {
+            return Err(Errno::TOOBIG);
         }
         let n = rustix::net::sendmsg(
             &self.fd,
