@@ -50,6 +50,9 @@ pub struct Shared {
     pub queues: OnceLock<QueueSegment>,
     /// The buffer areas received so far.
     pub areas: [OnceLock<SharedMemory>; MAX_AREAS],
+    /// The abort cause once seen: kept here so a peer cannot undo an abort by writing 0
+    /// back into shared memory.
+    local_abort: std::sync::atomic::AtomicU32,
 }
 
 impl Shared {
@@ -59,6 +62,7 @@ impl Shared {
             control,
             queues: OnceLock::new(),
             areas: std::array::from_fn(|_| OnceLock::new()),
+            local_abort: std::sync::atomic::AtomicU32::new(0),
         }
     }
 
@@ -69,10 +73,15 @@ impl Shared {
     /// The abort cause, if the set is aborted.
     #[inline]
     pub fn abort_cause(&self) -> Option<AbortCause> {
-        match self.header().abort.load(Ordering::Acquire) {
-            0 => None,
-            w => Some(AbortCause::from_word(w)),
+        let mut w = self.local_abort.load(Ordering::Relaxed);
+        if w == 0 {
+            w = self.header().abort.load(Ordering::Acquire);
+            if w == 0 {
+                return None;
+            }
+            self.local_abort.store(w, Ordering::Relaxed);
         }
+        Some(AbortCause::from_word(w))
     }
 
     /// `Err(VD_E_ABORT)` if the set is aborted.
@@ -86,12 +95,19 @@ impl Shared {
 
     /// Aborts the set (first cause wins) and wakes every waiter in every process.
     pub fn abort(&self, cause: AbortCause) {
-        let _ = self.header().abort.compare_exchange(
+        let w = match self.header().abort.compare_exchange(
             0,
             cause.to_word(),
             Ordering::AcqRel,
             Ordering::Acquire,
-        );
+        ) {
+            Ok(_) => cause.to_word(),
+            Err(0) => cause.to_word(),
+            Err(earlier) => earlier,
+        };
+        let _ = self
+            .local_abort
+            .compare_exchange(0, w, Ordering::AcqRel, Ordering::Acquire);
         self.wake_everyone();
     }
 
@@ -212,6 +228,26 @@ impl Drop for Watchdog {
             let _ = t.join();
         }
     }
+}
+
+/// Checks who created the set at the other end of `conn` before anything is sent to it:
+/// this user, root, or `trusted`. Another user could otherwise bind the name first and
+/// pose as the backup application.
+pub fn check_creator(conn: &Conn, name: &str, trusted: Option<u32>) -> Result<()> {
+    let cred = conn
+        .peer_cred()
+        .map_err(sys_err("reading the creator's credentials"))?;
+    let (me, _) = crate::sys::current_credentials();
+    if cred.uid == me || cred.uid == 0 || trusted == Some(cred.uid) {
+        return Ok(());
+    }
+    Err(VdError::new(
+        ErrorCode::Security,
+        Reason::AccessDenied(format!(
+            "virtual device set '{name}' was created by user {} (process {}), not by user {me} or root; refusing to attach (to accept it, trust that user: ServerOptions::trust_owner)",
+            cred.uid, cred.pid
+        )),
+    ))
 }
 
 pub fn sys_err(op: &'static str) -> impl Fn(rustix::io::Errno) -> VdError {

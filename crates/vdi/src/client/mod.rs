@@ -105,6 +105,9 @@ struct ClientInner {
     /// Devices opened and not yet normally terminated.
     open_devices: AtomicU32,
     config: Mutex<Option<VdConfig>>,
+    /// Buffer ranges lent to outstanding commands, (area, start) -> end, prefix included:
+    /// no two outstanding commands may hold overlapping bytes.
+    lent: Mutex<std::collections::BTreeMap<(u32, u64), u64>>,
 }
 
 /// A virtual device set, as the client (backup application) sees it.
@@ -229,6 +232,7 @@ impl ClientSet {
                 closed: AtomicBool::new(false),
                 open_devices: AtomicU32::new(0),
                 config: Mutex::new(None),
+                lent: Mutex::new(std::collections::BTreeMap::new()),
             }),
         })
     }
@@ -248,6 +252,7 @@ impl ClientSet {
                 )),
             )
         })?;
+        crate::shared::check_creator(&conn, name, None)?;
         conn.send(
             &Msg::Hello {
                 role: Role::Secondary,
@@ -267,8 +272,11 @@ impl ClientSet {
             return Err(VdError::violation("the primary sent no queue segment"));
         }
         let sh2 = shared.clone();
+        // The primary going away is an abort unless every device already ended normally.
         let watchdog = Watchdog::spawn(conn.try_clone().map_err(sys_err("dup"))?, move || {
-            sh2.abort(AbortCause::ClientDied)
+            if !sh2.all_devices_closed() {
+                sh2.abort(AbortCause::ClientDied);
+            }
         })?;
         let inner = ClientInner {
             shared,
@@ -281,6 +289,7 @@ impl ClientSet {
             closed: AtomicBool::new(false),
             open_devices: AtomicU32::new(0),
             config: Mutex::new(None),
+            lent: Mutex::new(std::collections::BTreeMap::new()),
         };
         let set = ClientSet {
             inner: Arc::new(inner),
@@ -432,6 +441,8 @@ impl ClientSet {
             outstanding: AtomicU32::new(0),
             clear_pending: AtomicBool::new(false),
             terminated: AtomicBool::new(false),
+            in_flight: (0..d.slots.len()).map(|_| AtomicBool::new(false)).collect(),
+            head: AtomicU32::new(d.block.sub_head.pos.load(Ordering::Relaxed)),
         })
     }
 
@@ -670,7 +681,11 @@ fn receive_segment(conn: &Conn, sh: &Shared, devices: u32) -> Result<()> {
                         .map_err(|e| VdError::violation(format!("queue segment refused: {e:?}")))?;
                     let q = QueueSegment::new(mem, geo)
                         .ok_or_else(|| VdError::violation("queue segment too small"))?;
-                    let _ = sh.queues.set(q);
+                    if sh.queues.set(q).is_err() {
+                        return Err(VdError::violation(
+                            "the primary sent a second queue segment",
+                        ));
+                    }
                 }
                 SegmentKind::Area => {
                     if index as usize >= MAX_AREAS {
@@ -689,6 +704,29 @@ fn receive_segment(conn: &Conn, sh: &Shared, devices: u32) -> Result<()> {
 }
 
 impl ClientInner {
+    /// Records `[start, end)` of `area` as lent; false if it overlaps a lent range.
+    fn lend(&self, area: u32, start: u64, end: u64) -> bool {
+        let mut lent = lock(&self.lent);
+        if let Some((&(a, _), &e)) = lent.range(..=(area, start)).next_back()
+            && a == area
+            && e > start
+        {
+            return false;
+        }
+        if let Some((&(a, s), _)) = lent.range((area, start)..).next()
+            && a == area
+            && s < end
+        {
+            return false;
+        }
+        lent.insert((area, start), end);
+        true
+    }
+
+    fn give_back(&self, area: u32, start: u64) {
+        lock(&self.lent).remove(&(area, start));
+    }
+
     /// Makes sure buffer area `area` is mapped here (a secondary asks the primary).
     fn ensure_area(&self, area: u32) -> Result<()> {
         let sh = &self.shared;
@@ -774,7 +812,30 @@ impl Drop for ClientInner {
 struct ConsumerState {
     consumer: Consumer,
     /// A ClearError held back until the outstanding commands are completed.
-    pending_clear: Option<u32>,
+    pending_clear: Option<(u32, SlotRead)>,
+}
+
+/// A slot's input fields, read once from shared memory (so the server cannot change
+/// them between our checks and our use).
+#[derive(Clone, Copy)]
+struct SlotRead {
+    code: CommandCode,
+    size: u32,
+    position: u64,
+    area: u32,
+    offset: u64,
+}
+
+impl SlotRead {
+    fn load(s: &layout::CommandSlot) -> SlotRead {
+        SlotRead {
+            code: CommandCode::from(s.code.load(Ordering::Relaxed)),
+            size: s.size.load(Ordering::Relaxed),
+            position: s.position.load(Ordering::Relaxed),
+            area: s.area.load(Ordering::Relaxed),
+            offset: s.offset.load(Ordering::Relaxed),
+        }
+    }
 }
 
 /// One virtual device, as the client serves it.
@@ -792,6 +853,11 @@ pub struct ClientDevice {
     outstanding: AtomicU32,
     clear_pending: AtomicBool,
     terminated: AtomicBool,
+    /// Slots handed out and not yet completed: a server that submits a slot twice is
+    /// caught here instead of lending the same buffer twice.
+    in_flight: Box<[AtomicBool]>,
+    /// Our consumer position, for the wait condition (never read back from the peer).
+    head: AtomicU32,
 }
 
 impl std::fmt::Debug for ClientDevice {
@@ -863,7 +929,7 @@ impl ClientDevice {
             let ring = sub_ring(&d);
             let ready = event::wait_until(&d.block.sub_event, deadline, || {
                 sh.abort_cause().is_some()
-                    || ring.tail.load(Ordering::Acquire) != ring.head.load(Ordering::Relaxed)
+                    || ring.tail.load(Ordering::Acquire) != self.head.load(Ordering::Relaxed)
                     || d.block.state.load(Ordering::Acquire) & dev::SERVER_CLOSED != 0
                     || (self.clear_pending.load(Ordering::Acquire)
                         && self.outstanding.load(Ordering::Acquire) == 0)
@@ -885,41 +951,26 @@ impl ClientDevice {
         d: &DeviceView<'_>,
         cons: &mut ConsumerState,
     ) -> Result<Option<Command<'_>>> {
-        if let Some(slot) = cons.pending_clear {
+        if let Some((idx, read)) = cons.pending_clear {
             if self.outstanding.load(Ordering::Acquire) > 0 {
                 return Ok(None);
             }
             cons.pending_clear = None;
             self.clear_pending.store(false, Ordering::Release);
-            return self.deliver(d, slot).map(Some);
+            return self.deliver(d, idx, read).map(Some);
         }
-        let ring = sub_ring(d);
         loop {
-            let idx = match cons.consumer.pop(&ring) {
-                Ok(Some(i)) => i,
-                Ok(None) => return Ok(None),
-                Err(_) => {
-                    return Err(self
-                        .set
-                        .shared
-                        .violation("submission ring positions are corrupt".into()));
-                }
+            let Some((idx, read)) = self.pop(d, cons)? else {
+                return Ok(None);
             };
-            if idx as usize >= d.slots.len() {
-                return Err(self
-                    .set
-                    .shared
-                    .violation(format!("submission names slot {idx}")));
-            }
-            let code = CommandCode::from(d.slots[idx as usize].code.load(Ordering::Relaxed));
             let io_error = d.block.state.load(Ordering::Acquire) & dev::IO_ERROR != 0;
-            if code == CommandCode::CLEAR_ERROR {
+            if read.code == CommandCode::CLEAR_ERROR {
                 if self.outstanding.load(Ordering::Acquire) > 0 {
-                    cons.pending_clear = Some(idx);
+                    cons.pending_clear = Some((idx, read));
                     self.clear_pending.store(true, Ordering::Release);
                     return Ok(None);
                 }
-                return self.deliver(d, idx).map(Some);
+                return self.deliver(d, idx, read).map(Some);
             }
             if io_error {
                 // Flushed: the client never sees commands queued behind an error.
@@ -927,41 +978,75 @@ impl ClientDevice {
                 event::notify(&self.set.shared.header().completion_event);
                 continue;
             }
-            return self.deliver(d, idx).map(Some);
+            return self.deliver(d, idx, read).map(Some);
         }
     }
 
-    /// Reads and validates slot `idx` and hands it out.
-    fn deliver(&self, d: &DeviceView<'_>, idx: u32) -> Result<Command<'_>> {
+    /// Takes the next submission, checks its slot index and reads the slot once.
+    fn pop(&self, d: &DeviceView<'_>, cons: &mut ConsumerState) -> Result<Option<(u32, SlotRead)>> {
         let sh = &self.set.shared;
-        let s = &d.slots[idx as usize];
-        let code = CommandCode::from(s.code.load(Ordering::Relaxed));
-        let size = s.size.load(Ordering::Relaxed);
-        let position = s.position.load(Ordering::Relaxed);
-        let area = s.area.load(Ordering::Relaxed);
-        let offset = s.offset.load(Ordering::Relaxed);
+        let r = cons.consumer.pop(&sub_ring(d));
+        self.head.store(cons.consumer.position(), Ordering::Relaxed);
+        let idx = match r {
+            Ok(Some(i)) => i,
+            Ok(None) => return Ok(None),
+            Err(_) => return Err(sh.violation("submission ring positions are corrupt".into())),
+        };
+        let Some(slot) = d.slots.get(idx as usize) else {
+            return Err(sh.violation(format!("a submission names slot {idx}, beyond the queue")));
+        };
+        if self.in_flight[idx as usize].load(Ordering::Acquire) {
+            return Err(sh.violation(format!(
+                "slot {idx} was submitted again while still outstanding"
+            )));
+        }
+        Ok(Some((idx, SlotRead::load(slot))))
+    }
+
+    /// Validates a command's buffer and hands the command out.
+    fn deliver(&self, d: &DeviceView<'_>, idx: u32, read: SlotRead) -> Result<Command<'_>> {
+        let sh = &self.set.shared;
+        let SlotRead {
+            code,
+            size,
+            position,
+            area,
+            offset,
+        } = read;
+        let _ = d;
         let mut buffer = None;
+        let mut lent = None;
         if area != NO_BUFFER {
-            self.set.ensure_area(area)?;
-            let prefix = u64::from(self.prefix);
-            let ok =
-                size <= self.max_transfer.max(crate::config::MAX_TRANSFER_SIZE) && offset >= prefix;
-            let ptr = ok
-                .then(|| sh.buffer_ptr(area, offset - prefix, prefix + u64::from(size)))
-                .flatten();
-            match ptr {
-                // SAFETY: `buffer_ptr` checked `[offset - prefix, offset + size)` lies in
-                // the area, so adding `prefix` stays in range.
-                Some(p) => buffer = Some(unsafe { p.add(prefix as usize) }),
-                None => {
-                    return Err(sh.violation(format!(
-                        "command {code} names bytes {offset}..+{size} of area {area}, outside the buffers"
-                    )));
-                }
+            if self.set.ensure_area(area).is_err() {
+                return Err(sh.violation(format!(
+                    "command {code} names buffer area {area}, which does not exist"
+                )));
             }
+            let prefix = u64::from(self.prefix);
+            let ok = size <= self.max_transfer && offset >= prefix;
+            let start = offset.wrapping_sub(prefix);
+            let end = offset.saturating_add(u64::from(size));
+            let ptr = ok
+                .then(|| sh.buffer_ptr(area, start, end - start))
+                .flatten();
+            let Some(p) = ptr else {
+                return Err(sh.violation(format!(
+                    "command {code} names bytes {offset}..+{size} of area {area}: outside the area, or larger than maxTransferSize"
+                )));
+            };
+            if !self.set.lend(area, start, end) {
+                return Err(sh.violation(format!(
+                    "command {code} names bytes {offset}..+{size} of area {area}, which another outstanding command holds"
+                )));
+            }
+            lent = Some((area, start));
+            // SAFETY: `buffer_ptr` checked `[offset - prefix, offset + size)` lies in the
+            // area, so adding `prefix` stays in range.
+            buffer = Some(unsafe { p.add(prefix as usize) });
         } else if code.carries_data() && size > 0 {
             return Err(sh.violation(format!("{code} of {size} bytes without a buffer")));
         }
+        self.in_flight[idx as usize].store(true, Ordering::Release);
         self.outstanding.fetch_add(1, Ordering::AcqRel);
         Ok(Command {
             dev: self,
@@ -970,6 +1055,7 @@ impl ClientDevice {
             size,
             position,
             buffer,
+            lent,
             done: false,
         })
     }
@@ -994,15 +1080,24 @@ impl ClientDevice {
         })
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn complete_slot(
         &self,
         idx: u32,
         cmd_code: CommandCode,
+        lent: Option<(u32, u64)>,
         code: u32,
         bytes: u32,
         pos: u64,
     ) -> Result<()> {
         let sh = &self.set.shared;
+        // The buffer and the slot stop being ours here, before the completion is published.
+        if let Some((area, start)) = lent {
+            self.set.give_back(area, start);
+        }
+        if let Some(f) = self.in_flight.get(idx as usize) {
+            f.store(false, Ordering::Release);
+        }
         let result = (|| {
             if self.set.closed.load(Ordering::Acquire) {
                 return Err(wrong_state("CompleteCommand", "closed"));
@@ -1020,21 +1115,15 @@ impl ClientDevice {
                 let mut cons = lock(&self.consumer);
                 d.block.state.fetch_or(dev::IO_ERROR, Ordering::AcqRel);
                 self.push_completion(&d, idx, code, bytes, pos)?;
-                let ring = sub_ring(&d);
                 while cons.pending_clear.is_none() {
-                    match cons.consumer.pop(&ring) {
-                        Ok(Some(i)) if (i as usize) < d.slots.len() => {
-                            if d.slots[i as usize].code.load(Ordering::Relaxed)
-                                == CommandCode::CLEAR_ERROR.value()
-                            {
-                                cons.pending_clear = Some(i);
-                                self.clear_pending.store(true, Ordering::Release);
-                            } else {
-                                self.push_completion(&d, i, completion::ERROR_IO_DEVICE, 0, 0)?;
-                            }
-                        }
-                        Ok(None) => break,
-                        _ => return Err(sh.violation("submission ring corrupt".into())),
+                    let Some((i, read)) = self.pop(&d, &mut cons)? else {
+                        break;
+                    };
+                    if read.code == CommandCode::CLEAR_ERROR {
+                        cons.pending_clear = Some((i, read));
+                        self.clear_pending.store(true, Ordering::Release);
+                    } else {
+                        self.push_completion(&d, i, completion::ERROR_IO_DEVICE, 0, 0)?;
                     }
                 }
             }
@@ -1061,6 +1150,7 @@ pub struct Command<'d> {
     size: u32,
     position: u64,
     buffer: Option<*mut u8>,
+    lent: Option<(u32, u64)>,
     done: bool,
 }
 
@@ -1151,9 +1241,14 @@ impl Command<'_> {
     ) -> Result<()> {
         self.done = true;
         if self.code.carries_data() && bytes_transferred > self.size {
-            let _ =
-                self.dev
-                    .complete_slot(self.slot, self.code, completion::ERROR_INVALID_DATA, 0, 0);
+            let _ = self.dev.complete_slot(
+                self.slot,
+                self.code,
+                self.lent,
+                completion::ERROR_INVALID_DATA,
+                0,
+                0,
+            );
             return Err(VdError::invalid(format!(
                 "bytesTransferred {bytes_transferred} is more than the command's size {}",
                 self.size
@@ -1162,6 +1257,7 @@ impl Command<'_> {
         self.dev.complete_slot(
             self.slot,
             self.code,
+            self.lent,
             completion_code,
             bytes_transferred,
             position,
@@ -1185,6 +1281,7 @@ impl Drop for Command<'_> {
             let _ = self.dev.complete_slot(
                 self.slot,
                 self.code,
+                self.lent,
                 completion::ERROR_OPERATION_ABORTED,
                 0,
                 0,

@@ -114,7 +114,8 @@ fn peer_gone(st: &ServiceState, p: &Peer) {
             }
         }
         Role::Secondary => {
-            // Release the devices it served; abort if it left any of them unfinished.
+            // Abort if it left any device it served unfinished (a device stays assigned
+            // to the process that opened it).
             let mut unfinished = false;
             for i in 0..sh.device_count() {
                 if let Some(d) = sh.device(i)
@@ -126,10 +127,9 @@ fn peer_gone(st: &ServiceState, p: &Peer) {
                     }
                 }
             }
+            // (With a goodbye, its Close has already aborted the set if it had to.)
             if unfinished && !p.said_bye {
                 sh.abort(AbortCause::SecondaryDied);
-            } else if unfinished {
-                // A clean Close with devices still open: Close already aborted.
             }
         }
     }
@@ -259,18 +259,8 @@ fn refuse(conn: &Conn, code: ErrorCode, reason: String) {
 /// Reads the newcomer's Hello, checks its credentials, and welcomes or refuses it.
 fn welcome(st: &ServiceState, conn: Conn) -> Option<Peer> {
     let sh = &st.shared;
-    let mut buf = [0u8; MAX_MSG];
-    let Ok((n, _fds)) = conn.recv(&mut buf, Some(Duration::from_secs(2))) else {
-        return None;
-    };
-    let Ok(Msg::Hello { role, .. }) = Msg::decode(&buf[..n]) else {
-        refuse(
-            &conn,
-            ErrorCode::Protocol,
-            "expected a vdi Hello message".into(),
-        );
-        return None;
-    };
+    // Credentials first (the kernel recorded them at connect): a stranger is refused at
+    // once, without waiting for anything it sends.
     let Ok(cred) = conn.peer_cred() else {
         return None;
     };
@@ -289,6 +279,10 @@ fn welcome(st: &ServiceState, conn: Conn) -> Option<Peer> {
                 a.uid, cred.uid
             ),
         };
+        // Take its Hello off the socket first (closing with unread data would turn our
+        // answer into ECONNRESET on its side); a silent stranger costs at most 100 ms.
+        let mut hello = [0u8; MAX_MSG];
+        let _ = conn.recv(&mut hello, Some(Duration::from_millis(100)));
         refuse(
             &conn,
             ErrorCode::Security,
@@ -306,6 +300,18 @@ fn welcome(st: &ServiceState, conn: Conn) -> Option<Peer> {
         );
         return None;
     }
+    let mut buf = [0u8; MAX_MSG];
+    let Ok((n, _fds)) = conn.recv(&mut buf, Some(Duration::from_millis(500))) else {
+        return None;
+    };
+    let Ok(Msg::Hello { role, .. }) = Msg::decode(&buf[..n]) else {
+        refuse(
+            &conn,
+            ErrorCode::Protocol,
+            "expected a vdi Hello message".into(),
+        );
+        return None;
+    };
     if st.closing.load(Ordering::Acquire) || sh.abort_cause().is_some() {
         refuse(
             &conn,

@@ -69,6 +69,9 @@ pub fn wait_until(
     }
     loop {
         let seen = word.fetch_or(WAITING, Ordering::SeqCst) | WAITING;
+        // Pairs with the notifier's fence: our flag store is ordered before the
+        // condition's loads below even where acquire loads may be reordered (LDAPR).
+        fence(Ordering::SeqCst);
         if ready() {
             return true;
         }

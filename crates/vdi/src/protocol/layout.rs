@@ -115,7 +115,7 @@ pub struct RingIndex {
     /// A free-running position.
     pub pos: AtomicU32,
     /// Padding to 64 bytes.
-    pub _pad: [u32; 15],
+    pub _pad: [AtomicU32; 15],
 }
 
 const _: () = assert!(std::mem::size_of::<RingIndex>() == 64);
@@ -125,7 +125,8 @@ const _: () = assert!(std::mem::size_of::<RingIndex>() == 64);
 pub struct DeviceBlock {
     /// [`dev`] bits.
     pub state: AtomicU32,
-    /// 0 = no client process; else the client process number + 1 that serves it.
+    /// 0 = no client process; else the number of the client process that serves it
+    /// (1 = the primary, 2.. = secondaries, as given in their Welcome).
     pub owner: AtomicU32,
     /// Event count for the client's `GetCommand` (submissions, close, abort, ClearError).
     pub sub_event: AtomicU32,

@@ -64,7 +64,7 @@ pub enum Msg {
     Segment {
         /// Which.
         kind: SegmentKind,
-        /// Area index (0 for the queues).
+        /// Area index; for the queues, the queue capacity (slots per device).
         index: u32,
         /// Its size in bytes.
         size: u64,

@@ -97,6 +97,11 @@ impl Consumer {
         }
     }
 
+    /// The consumer's position (entries taken so far, wrapping).
+    pub fn position(&self) -> u32 {
+        self.head
+    }
+
     /// Whether an entry is waiting (or the peer's tail is corrupt: the next `pop` says).
     pub fn has_next(&self, ring: &Ring<'_>) -> bool {
         ring.tail.load(Ordering::Acquire) != self.head

@@ -55,6 +55,22 @@ use crate::sys::socket::Conn;
 
 use alloc::AreaAlloc;
 
+/// Options for [`ServerSet::open_with`].
+#[derive(Clone, Copy, Debug, Default)]
+#[non_exhaustive]
+pub struct ServerOptions {
+    /// A user, besides this one and root, whose sets this server may open.
+    pub trust_owner: Option<u32>,
+}
+
+impl ServerOptions {
+    /// Also accept sets created by user `uid`.
+    pub fn trust_owner(mut self, uid: u32) -> ServerOptions {
+        self.trust_owner = Some(uid);
+        self
+    }
+}
+
 /// The server set's state (reference §2.2).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ServerState {
@@ -246,7 +262,9 @@ struct ServerInner {
     watchdog: Mutex<Option<Watchdog>>,
     local: Mutex<Local>,
     devices: OnceLock<Box<[DeviceLocal]>>,
-    outstanding: AtomicU32,
+    outstanding: Arc<AtomicU32>,
+    /// maxTransferSize once configured (0 before).
+    max_transfer: AtomicU32,
     closed_devices: AtomicU32,
     closed: AtomicBool,
     agent_running: Mutex<Option<std::thread::ThreadId>>,
@@ -301,6 +319,13 @@ impl ServerSet {
     /// `VD_E_SECURITY` (this user may not open it; the message says what to change),
     /// `VD_E_ABORT` (the set is aborted or closing).
     pub fn open(name: &str) -> Result<ServerSet> {
+        ServerSet::open_with(name, ServerOptions::default())
+    }
+
+    /// `Open` with options: by default the set must have been created by this user or by
+    /// root (so that another user cannot pose as the backup application and receive the
+    /// data); [`ServerOptions::trust_owner`] admits one more user.
+    pub fn open_with(name: &str, options: ServerOptions) -> Result<ServerSet> {
         validate_set_name(name)?;
         let conn = Conn::connect(&socket_name(name)).map_err(|_| {
             VdError::new(
@@ -310,6 +335,7 @@ impl ServerSet {
                 )),
             )
         })?;
+        crate::shared::check_creator(&conn, name, options.trust_owner)?;
         conn.send(
             &Msg::Hello {
                 role: Role::Server,
@@ -376,8 +402,12 @@ impl ServerSet {
             .store(crate::sys::current_pid(), Ordering::Relaxed);
         shared.check_abort()?;
         let sh2 = shared.clone();
+        let outstanding = Arc::new(AtomicU32::new(0));
+        let out2 = outstanding.clone();
+        // The client going away is an abort unless the set already ended normally:
+        // every device closed and every command called back.
         let watchdog = Watchdog::spawn(conn.try_clone().map_err(sys_err("dup"))?, move || {
-            if !sh2.all_devices_closed() {
+            if !(sh2.all_devices_closed() && out2.load(Ordering::Acquire) == 0) {
                 sh2.abort(AbortCause::ClientDied);
             }
         })?;
@@ -401,7 +431,8 @@ impl ServerSet {
                     names: Vec::new(),
                 }),
                 devices: OnceLock::new(),
-                outstanding: AtomicU32::new(0),
+                outstanding,
+                max_transfer: AtomicU32::new(0),
                 closed_devices: AtomicU32::new(0),
                 closed: AtomicBool::new(false),
                 agent_running: Mutex::new(None),
@@ -556,6 +587,7 @@ impl ServerSet {
         let area_size = AreaAlloc::size_for(inner.pool.prefix, &[req]);
         inner.add_area(area_size)?;
         l.config.buffer_area_size = inner.total_area_bytes();
+        inner.shared.header().final_config[10].store(l.config.buffer_area_size, Ordering::Relaxed);
         Ok(())
     }
 
@@ -639,7 +671,7 @@ impl ServerSet {
                 .encode(),
                 &[std::os::fd::AsFd::as_fd(&qfd)],
             )
-            .map_err(|_| VdError::aborted(AbortCause::ClientDied))?;
+            .map_err(|_| inner.client_gone())?;
             if area_size > 0 {
                 let areas = &inner.shared.areas;
                 let m = areas[0].get().ok_or_else(|| VdError::violation("area 0"))?;
@@ -652,7 +684,7 @@ impl ServerSet {
                     .encode(),
                     &[m.fd()],
                 )
-                .map_err(|_| VdError::aborted(AbortCause::ClientDied))?;
+                .map_err(|_| inner.client_gone())?;
             }
         }
         let cap = geo.capacity as usize;
@@ -685,6 +717,9 @@ impl ServerSet {
         l.config.buffer_area_size = area_size.min(u64::from(u32::MAX)) as u32;
         let h = inner.shared.header();
         h.queue_capacity.store(geo.capacity, Ordering::Relaxed);
+        inner
+            .max_transfer
+            .store(l.config.max_transfer_size, Ordering::Release);
         h.area_count
             .store(u32::from(area_size > 0), Ordering::Release);
         layout::store_config(&h.final_config, &l.config);
@@ -917,6 +952,12 @@ impl ServerInner {
         l.state
     }
 
+    /// The client's end of the socket is gone: abort and say so.
+    fn client_gone(&self) -> VdError {
+        self.shared.abort(AbortCause::ClientDied);
+        VdError::aborted(AbortCause::ClientDied)
+    }
+
     fn abort_error(&self) -> VdError {
         VdError::aborted(self.shared.abort_cause().unwrap_or(AbortCause::Unknown))
     }
@@ -1002,7 +1043,7 @@ impl ServerInner {
                 .encode(),
                 &[m.fd()],
             )
-            .map_err(|_| VdError::aborted(AbortCause::ClientDied))?;
+            .map_err(|_| self.client_gone())?;
         }
         h.area_count.store(index as u32 + 1, Ordering::Release);
         event::notify(&h.set_event);
@@ -1104,23 +1145,27 @@ impl ServerInner {
                 }
             }
         };
-        let rec = {
+        // Take the record and read the slot's outputs before the slot goes back on the
+        // free list: once it is there, a sender may reuse (and reset) it.
+        let taken = {
             let mut l = lock(&d.local);
             let rec = l.records.get_mut(idx as usize).and_then(Option::take);
-            if rec.is_some() {
+            rec.map(|rec| {
+                let s = &v.slots[idx as usize];
+                let out = (
+                    s.completion_code.load(Ordering::Relaxed),
+                    s.bytes_transferred.load(Ordering::Relaxed),
+                    s.out_position.load(Ordering::Relaxed),
+                );
                 l.free.push(idx);
-            }
-            rec
+                (rec, out)
+            })
         };
-        let Some(rec) = rec else {
+        let Some((rec, (mut code, mut bytes, out_position))) = taken else {
             return Err(sh.violation(format!(
                 "device {i}: completion for slot {idx}, which has no command in flight"
             )));
         };
-        let s = &v.slots[idx as usize];
-        let mut code = s.completion_code.load(Ordering::Relaxed);
-        let mut bytes = s.bytes_transferred.load(Ordering::Relaxed);
-        let out_position = s.out_position.load(Ordering::Relaxed);
         if rec.code.carries_data() && bytes > rec.size {
             sh.violation(format!(
                 "device {i}: {} completed with {bytes} bytes of {}",
@@ -1285,6 +1330,17 @@ impl ServerDevice {
         if d.closed.load(Ordering::Acquire) {
             return Err((
                 VdError::protocol("SendCommand", "device closed"),
+                command,
+                callback,
+            ));
+        }
+        let max = inner.max_transfer.load(Ordering::Acquire);
+        if command.code.carries_data() && command.size > max {
+            return Err((
+                VdError::invalid(format!(
+                    "{} of {} bytes is larger than maxTransferSize ({max})",
+                    command.code, command.size
+                )),
                 command,
                 callback,
             ));
