@@ -27,7 +27,8 @@
 //! ```
 //!
 //! Layers: [`sys`] (system calls only), [`protocol`] (shared layout, rings, event
-//! counts, socket messages), and the role APIs ([`ClientSet`], [`ServerSet`]).
+//! counts, socket messages), the role APIs ([`ClientSet`], [`ServerSet`]), and
+//! [`object`], the reference's objects with their states (what the C ABI wraps).
 
 #![deny(unsafe_code)]
 
@@ -36,6 +37,8 @@ pub mod client;
 pub mod config;
 pub mod consts;
 pub mod error;
+#[allow(unsafe_code)] // Send/Sync for tables of raw commands; each impl justified
+pub mod object;
 #[allow(unsafe_code)]
 pub mod protocol;
 #[allow(unsafe_code)] // server buffers as slices; each block justified

@@ -898,12 +898,22 @@ impl ClientDevice {
     /// on every later call), `VD_E_TIMEOUT`, `VD_E_ABORT`, `VD_E_PROTOCOL` (the set was
     /// closed, or the server broke the protocol).
     pub fn get_command(&self, timeout: impl Into<Timeout>) -> Result<Command<'_>> {
+        let raw = self.get_raw(timeout.into())?;
+        Ok(Command {
+            dev: self,
+            raw,
+            done: false,
+        })
+    }
+
+    /// `GetCommand` without the borrow: the object layer keeps commands in a table.
+    pub(crate) fn get_raw(&self, timeout: Timeout) -> Result<RawCommand> {
         let sh = &self.set.shared;
         if self.set.closed.load(Ordering::Acquire) {
             return Err(wrong_state("GetCommand", "closed"));
         }
         let d = self.view()?;
-        let deadline = timeout.into().deadline();
+        let deadline = timeout.deadline();
         loop {
             sh.check_abort()?;
             if self.terminated.load(Ordering::Acquire) {
@@ -946,11 +956,7 @@ impl ClientDevice {
         }
     }
 
-    fn try_next(
-        &self,
-        d: &DeviceView<'_>,
-        cons: &mut ConsumerState,
-    ) -> Result<Option<Command<'_>>> {
+    fn try_next(&self, d: &DeviceView<'_>, cons: &mut ConsumerState) -> Result<Option<RawCommand>> {
         if let Some((idx, read)) = cons.pending_clear {
             if self.outstanding.load(Ordering::Acquire) > 0 {
                 return Ok(None);
@@ -1004,7 +1010,7 @@ impl ClientDevice {
     }
 
     /// Validates a command's buffer and hands the command out.
-    fn deliver(&self, d: &DeviceView<'_>, idx: u32, read: SlotRead) -> Result<Command<'_>> {
+    fn deliver(&self, d: &DeviceView<'_>, idx: u32, read: SlotRead) -> Result<RawCommand> {
         let sh = &self.set.shared;
         let SlotRead {
             code,
@@ -1048,15 +1054,13 @@ impl ClientDevice {
         }
         self.in_flight[idx as usize].store(true, Ordering::Release);
         self.outstanding.fetch_add(1, Ordering::AcqRel);
-        Ok(Command {
-            dev: self,
+        Ok(RawCommand {
             slot: idx,
             code,
             size,
             position,
             buffer,
             lent,
-            done: false,
         })
     }
 
@@ -1145,13 +1149,53 @@ impl ClientDevice {
 /// `ERROR_OPERATION_ABORTED` (which puts the device in IO-ERROR).
 pub struct Command<'d> {
     dev: &'d ClientDevice,
-    slot: u32,
-    code: CommandCode,
-    size: u32,
-    position: u64,
-    buffer: Option<*mut u8>,
-    lent: Option<(u32, u64)>,
+    raw: RawCommand,
     done: bool,
+}
+
+/// A fetched command's fields, without the borrow of its device.
+#[derive(Debug)]
+pub(crate) struct RawCommand {
+    pub slot: u32,
+    pub code: CommandCode,
+    pub size: u32,
+    pub position: u64,
+    pub buffer: Option<*mut u8>,
+    pub lent: Option<(u32, u64)>,
+}
+
+impl ClientDevice {
+    /// `CompleteCommand` on a detached command.
+    pub(crate) fn complete_raw(
+        &self,
+        raw: &RawCommand,
+        completion_code: u32,
+        bytes_transferred: u32,
+        position: u64,
+    ) -> Result<()> {
+        if raw.code.carries_data() && bytes_transferred > raw.size {
+            let _ = self.complete_slot(
+                raw.slot,
+                raw.code,
+                raw.lent,
+                completion::ERROR_INVALID_DATA,
+                0,
+                0,
+            );
+            return Err(VdError::invalid(format!(
+                "bytesTransferred {bytes_transferred} is more than the command's size {}",
+                raw.size
+            )));
+        }
+        self.complete_slot(
+            raw.slot,
+            raw.code,
+            raw.lent,
+            completion_code,
+            bytes_transferred,
+            position,
+        )
+    }
 }
 
 // SAFETY: the buffer pointer is into a mapping kept alive by `dev` (which is Sync); the
@@ -1164,10 +1208,10 @@ unsafe impl Sync for Command<'_> {}
 impl std::fmt::Debug for Command<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Command")
-            .field("code", &self.code)
-            .field("size", &self.size)
-            .field("position", &self.position)
-            .field("has_buffer", &self.buffer.is_some())
+            .field("code", &self.raw.code)
+            .field("size", &self.raw.size)
+            .field("position", &self.raw.position)
+            .field("has_buffer", &self.raw.buffer.is_some())
             .finish()
     }
 }
@@ -1175,18 +1219,18 @@ impl std::fmt::Debug for Command<'_> {
 impl Command<'_> {
     /// The command code.
     pub fn code(&self) -> CommandCode {
-        self.code
+        self.raw.code
     }
 
     /// Bytes to transfer (Read/Write), or the command's parameter (SkipMarks count,
     /// SetPosition whence, ...).
     pub fn size(&self) -> u32 {
-        self.size
+        self.raw.size
     }
 
     /// The position (random access Read/Write, SetPosition).
     pub fn position(&self) -> u64 {
-        self.position
+        self.raw.position
     }
 
     /// The device that delivered the command.
@@ -1200,15 +1244,17 @@ impl Command<'_> {
         // protocol lends them to this command until completion (the server does not touch
         // a buffer while its command is outstanding), and `&self` prevents a concurrent
         // `&mut` from `buffer_mut`.
-        self.buffer
-            .map(|p| unsafe { std::slice::from_raw_parts(p, self.size as usize) })
+        self.raw
+            .buffer
+            .map(|p| unsafe { std::slice::from_raw_parts(p, self.raw.size as usize) })
     }
 
     /// The buffer's `size` data bytes, writable (to fill for a Read).
     pub fn buffer_mut(&mut self) -> Option<&mut [u8]> {
         // SAFETY: as in `buffer`, and `&mut self` makes this the only reference.
-        self.buffer
-            .map(|p| unsafe { std::slice::from_raw_parts_mut(p, self.size as usize) })
+        self.raw
+            .buffer
+            .map(|p| unsafe { std::slice::from_raw_parts_mut(p, self.raw.size as usize) })
     }
 
     /// The client's prefix zone in front of the buffer (`prefixZoneSize` bytes).
@@ -1216,13 +1262,14 @@ impl Command<'_> {
         let n = self.dev.prefix as usize;
         // SAFETY: `deliver` checked that the `prefix` bytes before the data start lie in
         // the same area; they belong to the client while the command is outstanding.
-        self.buffer
+        self.raw
+            .buffer
             .map(|p| unsafe { std::slice::from_raw_parts_mut(p.sub(n), n) })
     }
 
     /// The buffer's handle, for [`ClientSet::map_buffer_handle`] in another process.
     pub fn buffer_handle(&self) -> Option<u32> {
-        let p = self.buffer?;
+        let p = self.raw.buffer?;
         let (area, offset) = self.dev.set.shared.locate(p)?;
         encode_handle(area, offset)
     }
@@ -1240,34 +1287,14 @@ impl Command<'_> {
         position: u64,
     ) -> Result<()> {
         self.done = true;
-        if self.code.carries_data() && bytes_transferred > self.size {
-            let _ = self.dev.complete_slot(
-                self.slot,
-                self.code,
-                self.lent,
-                completion::ERROR_INVALID_DATA,
-                0,
-                0,
-            );
-            return Err(VdError::invalid(format!(
-                "bytesTransferred {bytes_transferred} is more than the command's size {}",
-                self.size
-            )));
-        }
-        self.dev.complete_slot(
-            self.slot,
-            self.code,
-            self.lent,
-            completion_code,
-            bytes_transferred,
-            position,
-        )
+        self.dev
+            .complete_raw(&self.raw, completion_code, bytes_transferred, position)
     }
 
     /// Completes with `ERROR_SUCCESS`, the full size for Read/Write, position 0.
     pub fn complete_ok(self) -> Result<()> {
-        let n = if self.code.carries_data() {
-            self.size
+        let n = if self.raw.code.carries_data() {
+            self.raw.size
         } else {
             0
         };
@@ -1278,10 +1305,11 @@ impl Command<'_> {
 impl Drop for Command<'_> {
     fn drop(&mut self) {
         if !self.done {
+            let r = &self.raw;
             let _ = self.dev.complete_slot(
-                self.slot,
-                self.code,
-                self.lent,
+                r.slot,
+                r.code,
+                r.lent,
                 completion::ERROR_OPERATION_ABORTED,
                 0,
                 0,
