@@ -55,3 +55,8 @@ pub use error::{AbortCause, ErrorCode, NOERROR, Reason, Result, VdError};
 pub use server::{
     Completion, ServerBuffer, ServerCommand, ServerDevice, ServerOptions, ServerSet, ServerState,
 };
+
+/// The README's examples, compiled as doc tests so they cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+pub struct ReadmeDoctests;

@@ -5,6 +5,14 @@
 //! socket ([`socket`]: abstract Unix sequenced-packet sockets carrying file descriptors
 //! and peer credentials) and a small poll/eventfd helper ([`poll`]). Everything above this
 //! module is safe code over these wrappers.
+//!
+//! ```
+//! use vdi::sys::shm::SharedMemory;
+//! let seg = SharedMemory::create("example", 10_000)?;
+//! assert_eq!(seg.len(), 12_288); // whole pages
+//! assert_eq!(seg.as_ptr() as usize % vdi::sys::shm::MAP_ALIGN, 0);
+//! # Ok::<(), rustix::io::Errno>(())
+//! ```
 
 pub mod futex;
 pub mod poll;
