@@ -8,6 +8,7 @@
 //! vdi-peer open-secondary set=NAME   tries to open the set as a secondary client and reports
 //! vdi-peer handles set=NAME          maps buffer handles given on stdin and checks/fills them
 //! vdi-peer ioerror-server set=NAME   the server half of the IO-ERROR / ClearError script
+//! vdi-peer commands-server set=NAME  sends every command code 1..19 and an unknown one
 //! ```
 //! It prints progress lines (`OPENED`, `CREATED`, `PAUSED point`, `DONE ...`,
 //! `ERROR code message`) that the tests wait for. At `pause=POINT` it stops there until
@@ -111,6 +112,7 @@ fn main() {
         })),
         "handles" => handles(&plan),
         "ioerror-server" => ioerror_server(&plan),
+        "commands-server" => commands_server(&plan),
         other => {
             eprintln!("vdi-peer: unknown mode {other}");
             64
@@ -259,6 +261,88 @@ fn ioerror_server(plan: &Plan) -> i32 {
                 io = completion::ERROR_IO_DEVICE
             );
             i32::from(l != want)
+        }
+        Err(e) => fail(&e),
+    }
+}
+
+/// Sends every command code 1..=19 (Read and Write with a buffer, each with its own size
+/// and position), then the unknown code 77, then ClearError; prints what came back.
+fn commands_server(plan: &Plan) -> i32 {
+    let run = || -> Result<String, vdi::VdError> {
+        let set = ServerSet::open(&plan.set)?;
+        let asked = set.get_configuration()?;
+        let mut feats = features::WRITE_MEDIA;
+        if asked.features & features::REQUEST_COMPLETE != 0 {
+            feats |= features::COMPLETE_ENABLED;
+        }
+        set.begin_configuration(feats, 4096, 0, 65536, 10_000)?;
+        set.request_buffers(65536, 0, 2)?;
+        set.end_configuration()?;
+        let out: Arc<Mutex<Vec<String>>> = Arc::new(Mutex::new(Vec::new()));
+        let wait_for = |n: usize| {
+            let t = Instant::now();
+            while out.lock().map(|c| c.len()).unwrap_or(0) < n
+                && t.elapsed() < Duration::from_secs(30)
+            {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        };
+        std::thread::scope(|s| -> Result<(), vdi::VdError> {
+            let agent = s.spawn(|| set.execute_completion_agent());
+            let dev = set.open_device(&device_name(&plan.set, 0))?;
+            let mut codes: Vec<u32> = (1..=19).filter(|&c| c != 3).collect();
+            codes.push(77);
+            codes.push(3);
+            for (k, &c) in codes.iter().enumerate() {
+                let code = CommandCode::from(c);
+                let size = c * 3;
+                let position = u64::from(c) * 1000 + 7;
+                let cmd = if code.carries_data() {
+                    let mut b = set.allocate_buffer(65536, 0)?;
+                    b.as_mut_slice()[..size as usize].fill(c as u8);
+                    ServerCommand::with_buffer(code, b, size).with_position(position)
+                } else {
+                    ServerCommand::new(code)
+                        .with_size(size)
+                        .with_position(position)
+                };
+                let o = out.clone();
+                dev.send_command(cmd, move |d| {
+                    let back = d.buffer.as_ref().map(|b| b.as_slice()[0]).unwrap_or(0);
+                    o.lock()
+                        .map(|mut v| {
+                            v.push(format!(
+                                "{}:{}:{}:{}:{}",
+                                d.code.value(),
+                                d.completion_code,
+                                d.bytes_transferred,
+                                d.out_position,
+                                back
+                            ))
+                        })
+                        .ok();
+                })?;
+                // One at a time, so the unknown command's error does not flush the rest.
+                wait_for(k + 1);
+            }
+            dev.close_device()?;
+            agent.join().map_err(|_| {
+                vdi::VdError::new(
+                    ErrorCode::Unexpected,
+                    vdi::Reason::InvalidArgument("agent panicked".into()),
+                )
+            })??;
+            Ok(())
+        })?;
+        set.close()?;
+        let v = out.lock().map(|v| v.join(" ")).unwrap_or_default();
+        Ok(format!("RESULT {v}"))
+    };
+    match run() {
+        Ok(l) => {
+            say(&l);
+            0
         }
         Err(e) => fail(&e),
     }
