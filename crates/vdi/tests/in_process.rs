@@ -94,3 +94,81 @@ fn backup_one_device_in_one_process() {
     assert_eq!(got, (0..100u32).map(|i| i as u8).collect::<Vec<_>>());
     assert_eq!(sent.len(), 101);
 }
+
+#[test]
+fn a_full_queue_is_refused_and_called_back() {
+    let name = unique("qf");
+    let client = ClientSet::create(&name, &VdConfig::with_devices(1)).unwrap();
+    let server = ServerSet::open(&name).unwrap();
+    server
+        .begin_configuration(features::WRITE_MEDIA, 512, 0, 65536, 1000)
+        .unwrap();
+    server.request_buffers(65536, 0, 1).unwrap();
+    server.end_configuration().unwrap();
+    client
+        .get_configuration(Timeout::from_millis(10_000))
+        .unwrap();
+    let codes = Arc::new(Mutex::new(Vec::new()));
+    std::thread::scope(|s| {
+        let agent = s.spawn(|| server.execute_completion_agent());
+        let dev = server.open_device(&name).unwrap();
+        // One buffer requested: the queue has the minimum depth, 16 slots.
+        for _ in 0..16 {
+            let c = codes.clone();
+            dev.send_command(ServerCommand::new(CommandCode::FLUSH), move |d| {
+                c.lock().unwrap().push(d.completion_code)
+            })
+            .unwrap();
+        }
+        let c = codes.clone();
+        let e = dev
+            .send_command(ServerCommand::new(CommandCode::FLUSH), move |d| {
+                c.lock().unwrap().push(d.completion_code)
+            })
+            .unwrap_err();
+        assert_eq!(e.code(), ErrorCode::QueueFull);
+        assert_eq!(e.hresult() as u32, 0x8077_0010);
+        assert_eq!(
+            *codes.lock().unwrap(),
+            vec![completion::ERROR_NO_SYSTEM_RESOURCES],
+            "called back at once"
+        );
+        let cdev = client.open_device(&name).unwrap();
+        for _ in 0..16 {
+            cdev.get_command(Timeout::from_millis(10_000))
+                .unwrap()
+                .complete_ok()
+                .unwrap();
+        }
+        while server.outstanding() > 0 {
+            std::thread::yield_now();
+        }
+        dev.close_device().unwrap();
+        // A send to a closed device: VD_E_PROTOCOL, callback ERROR_INVALID_HANDLE.
+        let c = codes.clone();
+        let e = dev
+            .send_command(ServerCommand::new(CommandCode::FLUSH), move |d| {
+                c.lock().unwrap().push(d.completion_code)
+            })
+            .unwrap_err();
+        assert_eq!(e.code(), ErrorCode::Protocol);
+        assert_eq!(
+            cdev.get_command(Timeout::from_millis(10_000))
+                .unwrap_err()
+                .code(),
+            ErrorCode::Close
+        );
+        agent.join().unwrap().unwrap();
+    });
+    let v = codes.lock().unwrap().clone();
+    assert_eq!(v.len(), 18);
+    assert_eq!(
+        v.iter()
+            .filter(|&&c| c == completion::ERROR_SUCCESS)
+            .count(),
+        16
+    );
+    assert_eq!(*v.last().unwrap(), completion::ERROR_INVALID_HANDLE);
+    client.close().unwrap();
+    server.close().unwrap();
+}
