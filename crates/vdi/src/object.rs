@@ -194,6 +194,12 @@ impl ClientVirtualDevice {
         bytes_transferred: u32,
         position: u64,
     ) -> Result<()> {
+        if self.dev.is_terminated() {
+            return Err(VdError::protocol(
+                "CompleteCommand",
+                "Normally Terminated (the device returned VD_E_CLOSE)",
+            ));
+        }
         let raw = lock(&self.active).remove(&handle).ok_or_else(|| {
             VdError::invalid("the command is not an active command of this device")
         })?;

@@ -887,6 +887,11 @@ impl ClientDevice {
             .ok_or_else(|| VdError::violation("device vanished"))
     }
 
+    /// Whether `GetCommand` has returned `VD_E_CLOSE` (Normally Terminated).
+    pub fn is_terminated(&self) -> bool {
+        self.terminated.load(Ordering::Acquire)
+    }
+
     /// Commands fetched and not yet completed.
     pub fn outstanding(&self) -> u32 {
         self.outstanding.load(Ordering::Acquire)
@@ -894,8 +899,11 @@ impl ClientDevice {
 
     /// `GetCommand`: the next command, waiting up to `timeout`.
     ///
-    /// Errors: `VD_E_CLOSE` (the server closed the device: the normal end; returned again
-    /// on every later call), `VD_E_TIMEOUT`, `VD_E_ABORT`, `VD_E_PROTOCOL` (the set was
+    /// Errors: `VD_E_CLOSE` (the server closed the device and every command fetched
+    /// before has been completed: the normal end, the device is Normally Terminated;
+    /// returned again on every later call. While fetched commands are outstanding, a
+    /// closed device waits for their completion instead, so complete them from another
+    /// thread or poll with a short time-out), `VD_E_TIMEOUT`, `VD_E_ABORT`, `VD_E_PROTOCOL` (the set was
     /// closed, or the server broke the protocol).
     pub fn get_command(&self, timeout: impl Into<Timeout>) -> Result<Command<'_>> {
         let raw = self.get_raw(timeout.into())?;
@@ -925,9 +933,12 @@ impl ClientDevice {
                     return Ok(cmd);
                 }
                 let state = d.block.state.load(Ordering::Acquire);
+                // VD_E_CLOSE (Normally Terminated) only once nothing is left: no command
+                // queued, none held back, none fetched and not yet completed.
                 if state & dev::SERVER_CLOSED != 0
                     && !cons.consumer.has_next(&sub_ring(&d))
                     && cons.pending_clear.is_none()
+                    && self.outstanding.load(Ordering::Acquire) == 0
                 {
                     if !self.terminated.swap(true, Ordering::AcqRel) {
                         d.block.state.fetch_or(dev::CLIENT_DONE, Ordering::AcqRel);
@@ -940,8 +951,8 @@ impl ClientDevice {
             let ready = event::wait_until(&d.block.sub_event, deadline, || {
                 sh.abort_cause().is_some()
                     || ring.tail.load(Ordering::Acquire) != self.head.load(Ordering::Relaxed)
-                    || d.block.state.load(Ordering::Acquire) & dev::SERVER_CLOSED != 0
-                    || (self.clear_pending.load(Ordering::Acquire)
+                    || ((d.block.state.load(Ordering::Acquire) & dev::SERVER_CLOSED != 0
+                        || self.clear_pending.load(Ordering::Acquire))
                         && self.outstanding.load(Ordering::Acquire) == 0)
             });
             if !ready {
@@ -1134,9 +1145,12 @@ impl ClientDevice {
             event::notify(&sh.header().completion_event);
             Ok(())
         })();
+        // The last outstanding command: a held-back ClearError or the device's VD_E_CLOSE
+        // may now be delivered to a waiting GetCommand.
         if self.outstanding.fetch_sub(1, Ordering::AcqRel) == 1
-            && self.clear_pending.load(Ordering::Acquire)
             && let Ok(d) = self.view()
+            && (self.clear_pending.load(Ordering::Acquire)
+                || d.block.state.load(Ordering::Acquire) & dev::SERVER_CLOSED != 0)
         {
             event::notify(&d.block.sub_event);
         }
