@@ -611,6 +611,19 @@ impl Peer {
         }
     }
 
+    /// The next line starting with `prefix` printed within `timeout`, if any (no panic).
+    pub fn try_line(&mut self, prefix: &str, timeout: Duration) -> Option<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let l = self.lines.recv_timeout(left).ok()?;
+            self.seen.push(l.clone());
+            if l.starts_with(prefix) {
+                return Some(l);
+            }
+        }
+    }
+
     /// Writes a line to the peer's stdin.
     pub fn send_line(&mut self, line: &str) {
         use std::io::Write;
