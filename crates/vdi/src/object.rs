@@ -19,17 +19,14 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
 use crate::client::RawCommand;
 use crate::config::{Timeout, VdConfig};
 use crate::consts::{CommandCode, completion};
 use crate::error::{ErrorCode, Reason, Result, VdError};
+use crate::shared::lock;
 use crate::{ClientDevice, ClientSet, ServerBuffer, ServerCommand, ServerDevice, ServerSet};
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 fn no_set(call: &'static str) -> VdError {
     VdError::protocol(call, "not created or opened (no set on this object)")

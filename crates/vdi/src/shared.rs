@@ -179,15 +179,7 @@ pub struct Watchdog {
 
 impl Watchdog {
     pub fn spawn(conn: Conn, on_hangup: impl FnOnce() + Send + 'static) -> Result<Watchdog> {
-        let stopper = Arc::new(Stopper::new().map_err(|e| {
-            VdError::new(
-                ErrorCode::Unexpected,
-                Reason::System {
-                    op: "eventfd",
-                    errno: e.raw_os_error().unwrap_or(0),
-                },
-            )
-        })?);
+        let stopper = Arc::new(Stopper::new().map_err(io_err("eventfd"))?);
         let s2 = stopper.clone();
         let thread = std::thread::Builder::new()
             .name("vdi-watchdog".into())
@@ -248,6 +240,36 @@ pub fn check_creator(conn: &Conn, name: &str, trusted: Option<u32>) -> Result<()
             cred.uid, cred.pid
         )),
     ))
+}
+
+/// Locks a mutex; a panic elsewhere while it was held does not poison our state (every
+/// critical section leaves it consistent).
+pub fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The error for a creator's `Refused` answer.
+pub fn refused(code: i32, reason: String) -> VdError {
+    let code = ErrorCode::from_hresult(code).unwrap_or(ErrorCode::Unexpected);
+    let reason = if code == ErrorCode::Security {
+        Reason::AccessDenied(reason)
+    } else {
+        Reason::InvalidArgument(reason)
+    };
+    VdError::new(code, reason)
+}
+
+/// The error for a failed thread or eventfd creation.
+pub fn io_err(op: &'static str) -> impl Fn(std::io::Error) -> VdError {
+    move |e| {
+        VdError::new(
+            ErrorCode::Unexpected,
+            Reason::System {
+                op,
+                errno: e.raw_os_error().unwrap_or(0),
+            },
+        )
+    }
 }
 
 pub fn sys_err(op: &'static str) -> impl Fn(rustix::io::Errno) -> VdError {

@@ -44,7 +44,7 @@
 mod service;
 
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -57,8 +57,10 @@ use crate::protocol::layout::{
     SetHeader, VERSION, dev, phase,
 };
 use crate::protocol::msg::{MAX_MSG, Msg, Role, SegmentKind};
-use crate::protocol::ring::{Consumer, Producer, Ring};
-use crate::shared::{Shared, Watchdog, socket_name, sys_err, validate_set_name};
+use crate::protocol::ring::{Consumer, Producer};
+use crate::shared::{
+    Shared, Watchdog, io_err, lock, refused, socket_name, sys_err, validate_set_name,
+};
 use crate::sys::poll::Stopper;
 use crate::sys::shm::SharedMemory;
 use crate::sys::socket::{Conn, Listener};
@@ -197,15 +199,7 @@ impl ClientSet {
                 group: options.allow_group,
             },
         ));
-        let stopper = Arc::new(Stopper::new().map_err(|e| {
-            VdError::new(
-                ErrorCode::Unexpected,
-                Reason::System {
-                    op: "eventfd",
-                    errno: e.raw_os_error().unwrap_or(0),
-                },
-            )
-        })?);
+        let stopper = Arc::new(Stopper::new().map_err(io_err("eventfd"))?);
         let (st2, stop2) = (state.clone(), stopper.clone());
         let thread = std::thread::Builder::new()
             .name("vdi-set".into())
@@ -434,10 +428,10 @@ impl ClientSet {
             prefix: cfg.prefix_zone_size,
             max_transfer: cfg.max_transfer_size,
             consumer: Mutex::new(ConsumerState {
-                consumer: Consumer::attach(&sub_ring(&d)),
+                consumer: Consumer::attach(&d.sub_ring()),
                 pending_clear: None,
             }),
-            producer: Mutex::new(Producer::attach(&comp_ring(&d))),
+            producer: Mutex::new(Producer::attach(&d.comp_ring())),
             outstanding: AtomicU32::new(0),
             clear_pending: AtomicBool::new(false),
             terminated: AtomicBool::new(false),
@@ -573,22 +567,6 @@ fn find_device(sh: &Shared, name: &str) -> Option<u32> {
     })
 }
 
-fn sub_ring<'a>(d: &DeviceView<'a>) -> Ring<'a> {
-    Ring {
-        tail: &d.block.sub_tail.pos,
-        head: &d.block.sub_head.pos,
-        entries: d.sub,
-    }
-}
-
-fn comp_ring<'a>(d: &DeviceView<'a>) -> Ring<'a> {
-    Ring {
-        tail: &d.block.comp_tail.pos,
-        head: &d.block.comp_head.pos,
-        entries: d.comp,
-    }
-}
-
 /// Handles: area in the top 6 bits, offset / 512 in the low 26.
 fn encode_handle(area: u32, offset: u64) -> Option<u32> {
     if area >= 64 || !offset.is_multiple_of(512) || offset / 512 >= 1 << 26 {
@@ -599,10 +577,6 @@ fn encode_handle(area: u32, offset: u64) -> Option<u32> {
 
 fn decode_handle(h: u32) -> (u32, u64) {
     (h >> 26, u64::from(h & ((1 << 26) - 1)) * 512)
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn receive_welcome(conn: &Conn, name: &str) -> Result<(ControlSegment, u32, u32)> {
@@ -627,15 +601,7 @@ fn receive_welcome(conn: &Conn, name: &str) -> Result<(ControlSegment, u32, u32)
             let control = attach_control(fds.remove(0))?;
             Ok((control, segments.min(MAX_AREAS as u32 + 1), process_no))
         }
-        Ok(Msg::Refused { code, reason }) => {
-            let code = ErrorCode::from_hresult(code).unwrap_or(ErrorCode::Unexpected);
-            let reason = if code == ErrorCode::Security {
-                Reason::AccessDenied(reason)
-            } else {
-                Reason::InvalidArgument(reason)
-            };
-            Err(VdError::new(code, reason))
-        }
+        Ok(Msg::Refused { code, reason }) => Err(refused(code, reason)),
         _ => Err(VdError::violation(
             "the set's creator sent an unexpected reply",
         )),
@@ -936,7 +902,7 @@ impl ClientDevice {
                 // VD_E_CLOSE (Normally Terminated) only once nothing is left: no command
                 // queued, none held back, none fetched and not yet completed.
                 if state & dev::SERVER_CLOSED != 0
-                    && !cons.consumer.has_next(&sub_ring(&d))
+                    && !cons.consumer.has_next(&d.sub_ring())
                     && cons.pending_clear.is_none()
                     && self.outstanding.load(Ordering::Acquire) == 0
                 {
@@ -947,7 +913,7 @@ impl ClientDevice {
                     return Err(VdError::new(ErrorCode::Close, Reason::DeviceClosed));
                 }
             }
-            let ring = sub_ring(&d);
+            let ring = d.sub_ring();
             let ready = event::wait_until(&d.block.sub_event, deadline, || {
                 sh.abort_cause().is_some()
                     || ring.tail.load(Ordering::Acquire) != self.head.load(Ordering::Relaxed)
@@ -1002,7 +968,7 @@ impl ClientDevice {
     /// Takes the next submission, checks its slot index and reads the slot once.
     fn pop(&self, d: &DeviceView<'_>, cons: &mut ConsumerState) -> Result<Option<(u32, SlotRead)>> {
         let sh = &self.set.shared;
-        let r = cons.consumer.pop(&sub_ring(d));
+        let r = cons.consumer.pop(&d.sub_ring());
         self.head.store(cons.consumer.position(), Ordering::Relaxed);
         let idx = match r {
             Ok(Some(i)) => i,
@@ -1088,7 +1054,7 @@ impl ClientDevice {
         s.bytes_transferred.store(bytes, Ordering::Relaxed);
         s.out_position.store(pos, Ordering::Relaxed);
         let mut p = lock(&self.producer);
-        p.push(&comp_ring(d), idx).map_err(|_| {
+        p.push(&d.comp_ring(), idx).map_err(|_| {
             self.set
                 .shared
                 .violation("completion ring positions are corrupt".into())

@@ -239,6 +239,26 @@ pub struct DeviceView<'a> {
     pub slots: &'a [CommandSlot],
 }
 
+impl<'a> DeviceView<'a> {
+    /// The submission ring (server produces, client consumes).
+    pub fn sub_ring(&self) -> crate::protocol::ring::Ring<'a> {
+        crate::protocol::ring::Ring {
+            tail: &self.block.sub_tail.pos,
+            head: &self.block.sub_head.pos,
+            entries: self.sub,
+        }
+    }
+
+    /// The completion ring (client produces, server consumes).
+    pub fn comp_ring(&self) -> crate::protocol::ring::Ring<'a> {
+        crate::protocol::ring::Ring {
+            tail: &self.block.comp_tail.pos,
+            head: &self.block.comp_head.pos,
+            entries: self.comp,
+        }
+    }
+}
+
 /// Views of a mapped queue segment.
 pub struct QueueSegment {
     mem: crate::sys::shm::SharedMemory,

@@ -37,7 +37,7 @@
 mod alloc;
 
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use crate::config::{MAX_ALIGNMENT, MAX_BLOCK_SIZE, MAX_TRANSFER_SIZE, MIN_BLOCK_SIZE, VdConfig};
@@ -45,11 +45,11 @@ use crate::consts::{CommandCode, completion, features};
 use crate::error::{AbortCause, ErrorCode, Reason, Result, VdError};
 use crate::protocol::event;
 use crate::protocol::layout::{
-    self, DeviceView, MAX_AREAS, MAX_NAME, NO_BUFFER, QueueGeometry, QueueSegment, dev, phase,
+    self, MAX_AREAS, MAX_NAME, NO_BUFFER, QueueGeometry, QueueSegment, dev, phase,
 };
 use crate::protocol::msg::{MAX_MSG, Msg, Role, SegmentKind};
-use crate::protocol::ring::{Consumer, Producer, Ring};
-use crate::shared::{Shared, Watchdog, socket_name, sys_err, validate_set_name};
+use crate::protocol::ring::{Consumer, Producer};
+use crate::shared::{Shared, Watchdog, lock, refused, socket_name, sys_err, validate_set_name};
 use crate::sys::shm::SharedMemory;
 use crate::sys::socket::Conn;
 
@@ -285,26 +285,6 @@ impl std::fmt::Debug for ServerSet {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn sub_ring<'a>(d: &DeviceView<'a>) -> Ring<'a> {
-    Ring {
-        tail: &d.block.sub_tail.pos,
-        head: &d.block.sub_head.pos,
-        entries: d.sub,
-    }
-}
-
-fn comp_ring<'a>(d: &DeviceView<'a>) -> Ring<'a> {
-    Ring {
-        tail: &d.block.comp_tail.pos,
-        head: &d.block.comp_head.pos,
-        entries: d.comp,
-    }
-}
-
 fn mem_available() -> Option<u64> {
     let s = std::fs::read_to_string("/proc/meminfo").ok()?;
     let line = s.lines().find(|l| l.starts_with("MemAvailable:"))?;
@@ -364,15 +344,7 @@ impl ServerSet {
             Ok(Msg::Welcome { .. }) if fds.len() == 1 => {
                 crate::client::attach_control(fds.remove(0))?
             }
-            Ok(Msg::Refused { code, reason }) => {
-                let code = ErrorCode::from_hresult(code).unwrap_or(ErrorCode::Unexpected);
-                let reason = if code == ErrorCode::Security {
-                    Reason::AccessDenied(reason)
-                } else {
-                    Reason::InvalidArgument(reason)
-                };
-                return Err(VdError::new(code, reason));
-            }
+            Ok(Msg::Refused { code, reason }) => return Err(refused(code, reason)),
             _ => {
                 return Err(VdError::violation(
                     "the set's creator sent an unexpected reply",
@@ -693,8 +665,8 @@ impl ServerSet {
                 let d = queues.device(i);
                 let (producer, consumer) = match d {
                     Some(d) => (
-                        Producer::attach(&sub_ring(&d)),
-                        Consumer::attach(&comp_ring(&d)),
+                        Producer::attach(&d.sub_ring()),
+                        Consumer::attach(&d.comp_ring()),
                     ),
                     None => (Producer::default(), Consumer::default()),
                 };
@@ -1130,7 +1102,7 @@ impl ServerInner {
         };
         let idx = {
             let mut c = lock(&d.consumer);
-            let r = c.pop(&comp_ring(&v));
+            let r = c.pop(&v.comp_ring());
             d.comp_head.store(
                 v.block.comp_head.pos.load(Ordering::Relaxed),
                 Ordering::Relaxed,
@@ -1430,7 +1402,7 @@ impl ServerDevice {
             callback,
         });
         inner.outstanding.fetch_add(1, Ordering::AcqRel);
-        let ring = sub_ring(&v);
+        let ring = v.sub_ring();
         if l.producer.push(&ring, idx).is_err() {
             let rec = l.records[idx as usize].take();
             l.free.push(idx);
