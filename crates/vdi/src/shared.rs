@@ -10,9 +10,12 @@ use crate::protocol::event;
 use crate::protocol::layout::{
     ControlSegment, DeviceView, MAX_AREAS, QueueSegment, SetHeader, dev,
 };
+use crate::protocol::layout::{MAGIC, VERSION};
+use crate::protocol::msg::{MAX_MSG, Msg, Role};
 use crate::sys::poll::{Stopper, poll};
 use crate::sys::shm::SharedMemory;
 use crate::sys::socket::Conn;
+use std::time::Duration;
 
 /// Longest set name in bytes.
 pub const MAX_SET_NAME: usize = 100;
@@ -220,6 +223,88 @@ impl Drop for Watchdog {
             let _ = t.join();
         }
     }
+}
+
+/// A process's attachment to a set it did not create.
+pub struct Attached {
+    /// The connection to the creator.
+    pub conn: Conn,
+    /// The control segment, checked.
+    pub control: ControlSegment,
+    /// How many Segment messages follow.
+    pub segments: u32,
+    /// The number the creator gave this process.
+    pub process_no: u32,
+}
+
+/// Connects to set `name` as `role`: checks who created it, says Hello, and maps the
+/// control segment of the Welcome (or returns the creator's refusal).
+pub fn attach(name: &str, role: Role, trusted: Option<u32>) -> Result<Attached> {
+    validate_set_name(name)?;
+    // Open of a missing set is VD_E_INVALID for the server, VD_E_PROTOCOL for a secondary.
+    let missing = |why: String| {
+        let code = if role == Role::Server {
+            ErrorCode::Invalid
+        } else {
+            ErrorCode::Protocol
+        };
+        VdError::new(code, Reason::NoSuchSet(why))
+    };
+    let conn = Conn::connect(&socket_name(name)).map_err(|_| {
+        missing(format!(
+            "no virtual device set named '{name}' is waiting; the backup application must create it first"
+        ))
+    })?;
+    check_creator(&conn, name, trusted)?;
+    let hello = Msg::Hello {
+        role,
+        pid: crate::sys::current_pid(),
+    };
+    conn.send(&hello.encode(), &[])
+        .map_err(sys_err("sending Hello"))?;
+    let mut buf = [0u8; MAX_MSG];
+    let (n, mut fds) = conn
+        .recv(&mut buf, Some(Duration::from_secs(10)))
+        .map_err(|e| {
+            if e == rustix::io::Errno::TIMEDOUT {
+                VdError::timeout()
+            } else {
+                missing(format!("the creator of set '{name}' closed the connection"))
+            }
+        })?;
+    match Msg::decode(&buf[..n]) {
+        Ok(Msg::Welcome {
+            process_no,
+            segments,
+        }) if fds.len() == 1 => Ok(Attached {
+            control: attach_control(fds.remove(0))?,
+            conn,
+            segments: segments.min(MAX_AREAS as u32 + 1),
+            process_no,
+        }),
+        Ok(Msg::Refused { code, reason }) => Err(refused(code, reason)),
+        _ => Err(VdError::violation(
+            "the set's creator sent an unexpected reply",
+        )),
+    }
+}
+
+/// Maps and checks a control segment received from the creator.
+fn attach_control(fd: std::os::fd::OwnedFd) -> Result<ControlSegment> {
+    let mem = SharedMemory::attach(fd, Some(ControlSegment::SIZE as u64))
+        .map_err(|e| VdError::violation(format!("control segment refused: {e:?}")))?;
+    let control =
+        ControlSegment::new(mem).ok_or_else(|| VdError::violation("control segment too small"))?;
+    let h: &SetHeader = control.header();
+    if h.magic.load(Ordering::Acquire) != MAGIC
+        || h.version.load(Ordering::Acquire) != VERSION
+        || h.header_size.load(Ordering::Acquire) != ControlSegment::SIZE as u32
+    {
+        return Err(VdError::violation(
+            "the control segment has a wrong magic number or version (a different vdi version?)",
+        ));
+    }
+    Ok(control)
 }
 
 /// Checks who created the set at the other end of `conn` before anything is sent to it:

@@ -54,12 +54,12 @@ use crate::error::{AbortCause, ErrorCode, Reason, Result, VdError};
 use crate::protocol::event;
 use crate::protocol::layout::{
     self, ControlSegment, DeviceView, MAGIC, MAX_AREAS, NO_BUFFER, QueueGeometry, QueueSegment,
-    SetHeader, VERSION, dev, phase,
+    VERSION, dev, phase,
 };
 use crate::protocol::msg::{MAX_MSG, Msg, Role, SegmentKind};
 use crate::protocol::ring::{Consumer, Producer};
 use crate::shared::{
-    Shared, Watchdog, io_err, lock, refused, socket_name, sys_err, validate_set_name,
+    Attached, Shared, Watchdog, attach, io_err, lock, socket_name, sys_err, validate_set_name,
 };
 use crate::sys::poll::Stopper;
 use crate::sys::shm::SharedMemory;
@@ -237,26 +237,12 @@ impl ClientSet {
     /// Errors: `VD_E_INVALID` (bad name), `VD_E_PROTOCOL` (no such set, or not ready for
     /// secondaries), `VD_E_SECURITY` (this user may not open it), `VD_E_ABORT`.
     pub fn open_in_secondary(name: &str) -> Result<ClientSet> {
-        validate_set_name(name)?;
-        let conn = Conn::connect(&socket_name(name)).map_err(|_| {
-            VdError::new(
-                ErrorCode::Protocol,
-                Reason::NoSuchSet(format!(
-                    "no virtual device set named '{name}' has been created (or its creator is gone)"
-                )),
-            )
-        })?;
-        crate::shared::check_creator(&conn, name, None)?;
-        conn.send(
-            &Msg::Hello {
-                role: Role::Secondary,
-                pid: crate::sys::current_pid(),
-            }
-            .encode(),
-            &[],
-        )
-        .map_err(sys_err("sending Hello"))?;
-        let (control, segments, process_no) = receive_welcome(&conn, name)?;
+        let Attached {
+            conn,
+            control,
+            segments,
+            process_no,
+        } = attach(name, Role::Secondary, None)?;
         let shared = Arc::new(Shared::new(name.to_owned(), control));
         let cfg = layout::load_config(&shared.header().client_config);
         for _ in 0..segments {
@@ -577,53 +563,6 @@ fn encode_handle(area: u32, offset: u64) -> Option<u32> {
 
 fn decode_handle(h: u32) -> (u32, u64) {
     (h >> 26, u64::from(h & ((1 << 26) - 1)) * 512)
-}
-
-fn receive_welcome(conn: &Conn, name: &str) -> Result<(ControlSegment, u32, u32)> {
-    let mut buf = [0u8; MAX_MSG];
-    let (n, mut fds) = conn
-        .recv(&mut buf, Some(Duration::from_secs(10)))
-        .map_err(|e| {
-            if e == rustix::io::Errno::TIMEDOUT {
-                VdError::timeout()
-            } else {
-                VdError::new(
-                    ErrorCode::Protocol,
-                    Reason::NoSuchSet(format!("the creator of set '{name}' closed the connection")),
-                )
-            }
-        })?;
-    match Msg::decode(&buf[..n]) {
-        Ok(Msg::Welcome {
-            process_no,
-            segments,
-        }) if fds.len() == 1 => {
-            let control = attach_control(fds.remove(0))?;
-            Ok((control, segments.min(MAX_AREAS as u32 + 1), process_no))
-        }
-        Ok(Msg::Refused { code, reason }) => Err(refused(code, reason)),
-        _ => Err(VdError::violation(
-            "the set's creator sent an unexpected reply",
-        )),
-    }
-}
-
-/// Maps and checks a control segment received from the creator.
-pub(crate) fn attach_control(fd: std::os::fd::OwnedFd) -> Result<ControlSegment> {
-    let mem = SharedMemory::attach(fd, Some(ControlSegment::SIZE as u64))
-        .map_err(|e| VdError::violation(format!("control segment refused: {e:?}")))?;
-    let control =
-        ControlSegment::new(mem).ok_or_else(|| VdError::violation("control segment too small"))?;
-    let h: &SetHeader = control.header();
-    if h.magic.load(Ordering::Acquire) != MAGIC
-        || h.version.load(Ordering::Acquire) != VERSION
-        || h.header_size.load(Ordering::Acquire) != ControlSegment::SIZE as u32
-    {
-        return Err(VdError::violation(
-            "the control segment has a wrong magic number or version (a different vdi version?)",
-        ));
-    }
-    Ok(control)
 }
 
 fn receive_segment(conn: &Conn, sh: &Shared, devices: u32) -> Result<()> {

@@ -47,9 +47,9 @@ use crate::protocol::event;
 use crate::protocol::layout::{
     self, MAX_AREAS, MAX_NAME, NO_BUFFER, QueueGeometry, QueueSegment, dev, phase,
 };
-use crate::protocol::msg::{MAX_MSG, Msg, Role, SegmentKind};
+use crate::protocol::msg::{Msg, Role, SegmentKind};
 use crate::protocol::ring::{Consumer, Producer};
-use crate::shared::{Shared, Watchdog, lock, refused, socket_name, sys_err, validate_set_name};
+use crate::shared::{Attached, Shared, Watchdog, attach, lock, sys_err};
 use crate::sys::shm::SharedMemory;
 use crate::sys::socket::Conn;
 
@@ -306,51 +306,7 @@ impl ServerSet {
     /// root (so that another user cannot pose as the backup application and receive the
     /// data); [`ServerOptions::trust_owner`] admits one more user.
     pub fn open_with(name: &str, options: ServerOptions) -> Result<ServerSet> {
-        validate_set_name(name)?;
-        let conn = Conn::connect(&socket_name(name)).map_err(|_| {
-            VdError::new(
-                ErrorCode::Invalid,
-                Reason::NoSuchSet(format!(
-                    "no virtual device set named '{name}' is waiting; the backup application must create it first"
-                )),
-            )
-        })?;
-        crate::shared::check_creator(&conn, name, options.trust_owner)?;
-        conn.send(
-            &Msg::Hello {
-                role: Role::Server,
-                pid: crate::sys::current_pid(),
-            }
-            .encode(),
-            &[],
-        )
-        .map_err(sys_err("sending Hello"))?;
-        let mut buf = [0u8; MAX_MSG];
-        let (n, mut fds) = conn
-            .recv(&mut buf, Some(Duration::from_secs(10)))
-            .map_err(|e| {
-                if e == rustix::io::Errno::TIMEDOUT {
-                    VdError::timeout()
-                } else {
-                    VdError::new(
-                        ErrorCode::Invalid,
-                        Reason::NoSuchSet(format!(
-                            "the creator of set '{name}' closed the connection"
-                        )),
-                    )
-                }
-            })?;
-        let control = match Msg::decode(&buf[..n]) {
-            Ok(Msg::Welcome { .. }) if fds.len() == 1 => {
-                crate::client::attach_control(fds.remove(0))?
-            }
-            Ok(Msg::Refused { code, reason }) => return Err(refused(code, reason)),
-            _ => {
-                return Err(VdError::violation(
-                    "the set's creator sent an unexpected reply",
-                ));
-            }
-        };
+        let Attached { conn, control, .. } = attach(name, Role::Server, options.trust_owner)?;
         let shared = Arc::new(Shared::new(name.to_owned(), control));
         let h = shared.header();
         let client_config = layout::load_config(&h.client_config);
