@@ -52,9 +52,8 @@ pub use client::{ClientDevice, ClientOptions, ClientSet, Command, MappedBuffer};
 pub use config::{INFINITE, Timeout, VdConfig};
 pub use consts::{CommandCode, completion, features, whence};
 pub use error::{AbortCause, ErrorCode, NOERROR, Reason, Result, VdError};
-pub use server::{
-    Completion, ServerBuffer, ServerCommand, ServerDevice, ServerOptions, ServerSet, ServerState,
-};
+pub use server::{Completion, ServerBuffer, ServerCommand, ServerDevice, ServerSet, ServerState};
+pub use shared::AttachOptions;
 
 /// The README's examples, compiled as doc tests so they cannot rot.
 #[cfg(doctest)]

@@ -141,6 +141,16 @@ impl Shared {
         self.queues.get().map_or(0, |q| q.geometry().device_count)
     }
 
+    /// Whether the client saw VD_E_CLOSE on every device (so it completed all it fetched).
+    pub fn all_devices_client_done(&self) -> bool {
+        let n = self.device_count();
+        n > 0
+            && (0..n).all(|i| {
+                self.device(i)
+                    .is_some_and(|d| d.block.state.load(Ordering::Acquire) & dev::CLIENT_DONE != 0)
+            })
+    }
+
     /// Whether the server closed every device (the set ended normally).
     pub fn all_devices_closed(&self) -> bool {
         let n = self.device_count();
@@ -222,6 +232,26 @@ impl Drop for Watchdog {
         {
             let _ = t.join();
         }
+    }
+}
+
+/// Options for attaching to a set another process created
+/// ([`ServerSet::open_with`](crate::ServerSet::open_with),
+/// [`ClientSet::open_in_secondary_with`](crate::ClientSet::open_in_secondary_with)).
+#[derive(Clone, Copy, Debug, Default)]
+#[non_exhaustive]
+pub struct AttachOptions {
+    /// A user, besides this one and root, whose sets this process may open. By default a
+    /// set created by another user is refused, so that nobody can pose as the backup
+    /// application (or the primary client) under a name another process expects.
+    pub trust_owner: Option<u32>,
+}
+
+impl AttachOptions {
+    /// Also accept sets created by user `uid`.
+    pub fn trust_owner(mut self, uid: u32) -> AttachOptions {
+        self.trust_owner = Some(uid);
+        self
     }
 }
 
@@ -321,7 +351,7 @@ pub fn check_creator(conn: &Conn, name: &str, trusted: Option<u32>) -> Result<()
     Err(VdError::new(
         ErrorCode::Security,
         Reason::AccessDenied(format!(
-            "virtual device set '{name}' was created by user {} (process {}), not by user {me} or root; refusing to attach (to accept it, trust that user: ServerOptions::trust_owner)",
+            "virtual device set '{name}' was created by user {} (process {}), not by user {me} or root; refusing to attach (to accept it, trust that user: AttachOptions::trust_owner)",
             cred.uid, cred.pid
         )),
     ))

@@ -59,7 +59,8 @@ use crate::protocol::layout::{
 use crate::protocol::msg::{MAX_MSG, Msg, Role, SegmentKind};
 use crate::protocol::ring::{Consumer, Producer};
 use crate::shared::{
-    Attached, Shared, Watchdog, attach, io_err, lock, socket_name, sys_err, validate_set_name,
+    AttachOptions, Attached, Shared, Watchdog, attach, io_err, lock, socket_name, sys_err,
+    validate_set_name,
 };
 use crate::sys::poll::Stopper;
 use crate::sys::shm::SharedMemory;
@@ -237,16 +238,23 @@ impl ClientSet {
     /// Errors: `VD_E_INVALID` (bad name), `VD_E_PROTOCOL` (no such set, or not ready for
     /// secondaries), `VD_E_SECURITY` (this user may not open it), `VD_E_ABORT`.
     pub fn open_in_secondary(name: &str) -> Result<ClientSet> {
+        ClientSet::open_in_secondary_with(name, AttachOptions::default())
+    }
+
+    /// `OpenInSecondary` with options: by default the set must have been created by this
+    /// user or by root; [`AttachOptions::trust_owner`] admits one more user (for a
+    /// secondary admitted through the creator's `allow_group`).
+    pub fn open_in_secondary_with(name: &str, options: AttachOptions) -> Result<ClientSet> {
         let Attached {
             conn,
             control,
             segments,
             process_no,
-        } = attach(name, Role::Secondary, None)?;
+        } = attach(name, Role::Secondary, options.trust_owner)?;
         let shared = Arc::new(Shared::new(name.to_owned(), control));
         let cfg = layout::load_config(&shared.header().client_config);
         for _ in 0..segments {
-            receive_segment(&conn, &shared, cfg.device_count)?;
+            receive_segment(&conn, &shared, cfg.device_count, None)?;
         }
         if shared.queues.get().is_none() {
             return Err(VdError::violation("the primary sent no queue segment"));
@@ -565,7 +573,8 @@ fn decode_handle(h: u32) -> (u32, u64) {
     (h >> 26, u64::from(h & ((1 << 26) - 1)) * 512)
 }
 
-fn receive_segment(conn: &Conn, sh: &Shared, devices: u32) -> Result<()> {
+/// Receives one Segment message (`want`: the area asked for, if any).
+fn receive_segment(conn: &Conn, sh: &Shared, devices: u32, want: Option<u32>) -> Result<()> {
     let mut buf = [0u8; MAX_MSG];
     let (n, mut fds) = conn
         .recv(&mut buf, Some(Duration::from_secs(10)))
@@ -593,12 +602,18 @@ fn receive_segment(conn: &Conn, sh: &Shared, devices: u32) -> Result<()> {
                     }
                 }
                 SegmentKind::Area => {
-                    if index as usize >= MAX_AREAS {
-                        return Err(VdError::violation("area index out of range"));
+                    if index as usize >= MAX_AREAS || want.is_some_and(|w| w != index) {
+                        return Err(VdError::violation(format!(
+                            "the primary sent buffer area {index}, which was not asked for"
+                        )));
                     }
                     let mem = SharedMemory::attach(fd, Some(size))
                         .map_err(|e| VdError::violation(format!("buffer area refused: {e:?}")))?;
-                    let _ = sh.areas[index as usize].set(mem);
+                    if sh.areas[index as usize].set(mem).is_err() {
+                        return Err(VdError::violation(format!(
+                            "the primary sent buffer area {index} twice"
+                        )));
+                    }
                 }
             }
             Ok(())
@@ -672,7 +687,7 @@ impl ClientInner {
                 conn.send(&Msg::AreaRequest { index: area }.encode(), &[])
                     .map_err(|_| VdError::aborted(AbortCause::ClientDied))?;
                 let devices = sh.device_count();
-                receive_segment(conn, sh, devices)
+                receive_segment(conn, sh, devices, Some(area))
             }
         }
     }

@@ -49,27 +49,11 @@ use crate::protocol::layout::{
 };
 use crate::protocol::msg::{Msg, Role, SegmentKind};
 use crate::protocol::ring::{Consumer, Producer};
-use crate::shared::{Attached, Shared, Watchdog, attach, lock, sys_err};
+use crate::shared::{AttachOptions, Attached, Shared, Watchdog, attach, lock, sys_err};
 use crate::sys::shm::SharedMemory;
 use crate::sys::socket::Conn;
 
 use alloc::AreaAlloc;
-
-/// Options for [`ServerSet::open_with`].
-#[derive(Clone, Copy, Debug, Default)]
-#[non_exhaustive]
-pub struct ServerOptions {
-    /// A user, besides this one and root, whose sets this server may open.
-    pub trust_owner: Option<u32>,
-}
-
-impl ServerOptions {
-    /// Also accept sets created by user `uid`.
-    pub fn trust_owner(mut self, uid: u32) -> ServerOptions {
-        self.trust_owner = Some(uid);
-        self
-    }
-}
 
 /// The server set's state (reference §2.2).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -262,10 +246,12 @@ struct ServerInner {
     watchdog: Mutex<Option<Watchdog>>,
     local: Mutex<Local>,
     devices: OnceLock<Box<[DeviceLocal]>>,
-    outstanding: Arc<AtomicU32>,
+    outstanding: AtomicU32,
     /// maxTransferSize once configured (0 before).
     max_transfer: AtomicU32,
-    closed_devices: AtomicU32,
+    closed_devices: Arc<AtomicU32>,
+    /// The client's end of the socket hung up (set by the watchdog).
+    client_gone: Arc<AtomicBool>,
     closed: AtomicBool,
     agent_running: Mutex<Option<std::thread::ThreadId>>,
     agent_done: Condvar,
@@ -299,13 +285,13 @@ impl ServerSet {
     /// `VD_E_SECURITY` (this user may not open it; the message says what to change),
     /// `VD_E_ABORT` (the set is aborted or closing).
     pub fn open(name: &str) -> Result<ServerSet> {
-        ServerSet::open_with(name, ServerOptions::default())
+        ServerSet::open_with(name, AttachOptions::default())
     }
 
     /// `Open` with options: by default the set must have been created by this user or by
     /// root (so that another user cannot pose as the backup application and receive the
-    /// data); [`ServerOptions::trust_owner`] admits one more user.
-    pub fn open_with(name: &str, options: ServerOptions) -> Result<ServerSet> {
+    /// data); [`AttachOptions::trust_owner`] admits one more user.
+    pub fn open_with(name: &str, options: AttachOptions) -> Result<ServerSet> {
         let Attached { conn, control, .. } = attach(name, Role::Server, options.trust_owner)?;
         let shared = Arc::new(Shared::new(name.to_owned(), control));
         let h = shared.header();
@@ -330,12 +316,19 @@ impl ServerSet {
             .store(crate::sys::current_pid(), Ordering::Relaxed);
         shared.check_abort()?;
         let sh2 = shared.clone();
-        let outstanding = Arc::new(AtomicU32::new(0));
-        let out2 = outstanding.clone();
-        // The client going away is an abort unless the set already ended normally:
-        // every device closed and every command called back.
+        let closed_devices = Arc::new(AtomicU32::new(0));
+        let client_gone = Arc::new(AtomicBool::new(false));
+        let (closed2, gone2) = (closed_devices.clone(), client_gone.clone());
+        let device_count = client_config.device_count;
+        // The client going away is an abort unless the set already ended normally: we
+        // closed every device and the client saw VD_E_CLOSE on each (so it completed all
+        // it fetched). Even then the agent aborts if, once it has taken every completion
+        // the client left behind, commands are still outstanding.
         let watchdog = Watchdog::spawn(conn.try_clone().map_err(sys_err("dup"))?, move || {
-            if !(sh2.all_devices_closed() && out2.load(Ordering::Acquire) == 0) {
+            gone2.store(true, Ordering::Release);
+            if closed2.load(Ordering::Acquire) == device_count && sh2.all_devices_client_done() {
+                event::notify(&sh2.header().completion_event);
+            } else {
                 sh2.abort(AbortCause::ClientDied);
             }
         })?;
@@ -359,9 +352,10 @@ impl ServerSet {
                     names: Vec::new(),
                 }),
                 devices: OnceLock::new(),
-                outstanding,
+                outstanding: AtomicU32::new(0),
                 max_transfer: AtomicU32::new(0),
-                closed_devices: AtomicU32::new(0),
+                closed_devices,
+                client_gone,
                 closed: AtomicBool::new(false),
                 agent_running: Mutex::new(None),
                 agent_done: Condvar::new(),
@@ -515,7 +509,6 @@ impl ServerSet {
         let area_size = AreaAlloc::size_for(inner.pool.prefix, &[req]);
         inner.add_area(area_size)?;
         l.config.buffer_area_size = inner.total_area_bytes();
-        inner.shared.header().final_config[10].store(l.config.buffer_area_size, Ordering::Relaxed);
         Ok(())
     }
 
@@ -582,9 +575,11 @@ impl ServerSet {
             .map_err(|_| VdError::new(ErrorCode::Memory, Reason::OutOfMemory("dup".into())))?;
         let queues =
             QueueSegment::new(qmem, geo).ok_or_else(|| VdError::violation("queue segment"))?;
-        if area_size > 0 {
-            inner.create_area(0, area_size)?;
-        }
+        let area0 = if area_size > 0 {
+            Some(inner.create_area(0, area_size)?)
+        } else {
+            None
+        };
         {
             let conn = lock(&inner.conn);
             let c = conn
@@ -653,6 +648,9 @@ impl ServerSet {
         layout::store_config(&h.final_config, &l.config);
         h.phase.store(phase::CONFIGURED, Ordering::Release);
         event::notify(&h.set_event);
+        if let Some(real) = area0 {
+            inner.enable_area(0, real);
+        }
         l.state = ServerState::Initializing;
         Ok(())
     }
@@ -874,6 +872,7 @@ impl ServerInner {
         if l.state == ServerState::Active
             && l.opened == l.config.device_count
             && self.closed_devices.load(Ordering::Acquire) == l.config.device_count
+            && self.outstanding.load(Ordering::Acquire) == 0
         {
             return ServerState::NormallyTerminated;
         }
@@ -919,7 +918,7 @@ impl ServerInner {
     }
 
     /// Creates area `index` here (mapped, pre-faulted) and its allocator.
-    fn create_area(&self, index: usize, size: u64) -> Result<()> {
+    fn create_area(&self, index: usize, size: u64) -> Result<u64> {
         let mem = SharedMemory::create("vdi-buffers", size as usize).map_err(|e| {
             VdError::new(
                 ErrorCode::Memory,
@@ -930,30 +929,29 @@ impl ServerInner {
         if self.shared.areas[index].set(mem).is_err() {
             return Err(VdError::violation("buffer area created twice"));
         }
+        self.shared.header().area_sizes[index].store(size, Ordering::Relaxed);
+        Ok(real)
+    }
+
+    /// Lets AllocateBuffer use area `index` (only once the client has it).
+    fn enable_area(&self, index: usize, real: u64) {
         let mut areas = lock(&self.pool.areas);
         while areas.len() < index {
             areas.push(AreaAlloc::new(0));
         }
         areas.push(AreaAlloc::new(real));
-        let h = self.shared.header();
-        h.area_sizes[index].store(size, Ordering::Relaxed);
-        Ok(())
     }
 
-    /// After configuration: a new area, sent to the client, then published.
+    /// After configuration: a new area, sent to the client, published, then usable.
     fn add_area(&self, size: u64) -> Result<()> {
         let h = self.shared.header();
-        let index = h
-            .area_count
-            .load(Ordering::Acquire)
-            .max(lock(&self.pool.areas).len() as u32) as usize;
-        if index >= MAX_AREAS {
+        let Some(index) = (0..MAX_AREAS).find(|&i| self.shared.areas[i].get().is_none()) else {
             return Err(VdError::new(
                 ErrorCode::Memory,
                 Reason::OutOfMemory(format!("a set may have at most {MAX_AREAS} buffer areas")),
             ));
-        }
-        self.create_area(index, size)?;
+        };
+        let real = self.create_area(index, size)?;
         let m = self.shared.areas[index]
             .get()
             .ok_or_else(|| VdError::violation("area"))?;
@@ -973,8 +971,14 @@ impl ServerInner {
             )
             .map_err(|_| self.client_gone())?;
         }
+        let total: u64 = h.area_sizes[..=index]
+            .iter()
+            .map(|s| s.load(Ordering::Relaxed))
+            .sum();
+        h.final_config[10].store(total.min(u64::from(u32::MAX)) as u32, Ordering::Relaxed);
         h.area_count.store(index as u32 + 1, Ordering::Release);
         event::notify(&h.set_event);
+        self.enable_area(index, real);
         Ok(())
     }
 
@@ -1013,6 +1017,11 @@ impl ServerInner {
                 continue;
             }
             let outstanding = self.outstanding.load(Ordering::Acquire);
+            if outstanding > 0 && self.client_gone.load(Ordering::Acquire) {
+                // Every completion the client left is taken; nobody will send the rest.
+                sh.abort(AbortCause::ClientDied);
+                continue;
+            }
             if outstanding == 0
                 && (self.closed_devices.load(Ordering::Acquire) == device_count
                     || self.closed.load(Ordering::Acquire))
@@ -1035,6 +1044,7 @@ impl ServerInner {
             let watch_sends = interval > 0 && outstanding == 0;
             event::wait_until(&h.completion_event, deadline, || {
                 sh.abort_cause().is_some()
+                    || self.client_gone.load(Ordering::Acquire)
                     || (watch_sends && self.outstanding.load(Ordering::Acquire) != 0)
                     || devs.iter().enumerate().any(|(i, d)| {
                         d.open.load(Ordering::Acquire)
@@ -1263,7 +1273,7 @@ impl ServerDevice {
             ));
         }
         let max = inner.max_transfer.load(Ordering::Acquire);
-        if command.code.carries_data() && command.size > max {
+        if (command.code.carries_data() || command.buffer.is_some()) && command.size > max {
             return Err((
                 VdError::invalid(format!(
                     "{} of {} bytes is larger than maxTransferSize ({max})",
@@ -1314,6 +1324,14 @@ impl ServerDevice {
         if let Some(c) = sh.abort_cause() {
             drop(l);
             return Err((VdError::aborted(c), command, callback));
+        }
+        if d.closed.load(Ordering::Acquire) {
+            drop(l);
+            return Err((
+                VdError::protocol("SendCommand", "device closed"),
+                command,
+                callback,
+            ));
         }
         if v.block.state.load(Ordering::Acquire) & dev::IO_ERROR != 0
             && command.code != CommandCode::CLEAR_ERROR
@@ -1403,10 +1421,15 @@ impl ServerDevice {
             return Err(VdError::protocol("CloseDevice", "not configured"));
         };
         let d = &devs[self.index as usize];
-        if d.closed.swap(true, Ordering::AcqRel) {
-            return Err(VdError::new(ErrorCode::Close, Reason::DeviceClosed));
+        {
+            // Under the device lock: a concurrent SendCommand either queued before this
+            // (the client fetches it before VD_E_CLOSE) or sees the device closed.
+            let _l = lock(&d.local);
+            if d.closed.swap(true, Ordering::AcqRel) {
+                return Err(VdError::new(ErrorCode::Close, Reason::DeviceClosed));
+            }
+            v.block.state.fetch_or(dev::SERVER_CLOSED, Ordering::AcqRel);
         }
-        v.block.state.fetch_or(dev::SERVER_CLOSED, Ordering::AcqRel);
         inner.closed_devices.fetch_add(1, Ordering::AcqRel);
         event::notify(&v.block.sub_event);
         event::notify(&sh.header().completion_event);
