@@ -227,3 +227,24 @@ fn secondary_killed_while_serving_a_device() {
     }
     no_leftovers(&name, &shm);
 }
+
+/// An engine that closes its devices and then vanishes without closing the set (its
+/// callbacks never ran) did not end normally: the client's set is aborted.
+#[test]
+fn engine_vanishing_after_closing_its_devices_is_not_a_normal_end() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let name = unique_name("vanish");
+    let set = ClientSet::create(&name, &vdi::VdConfig::with_devices(1)).unwrap();
+    let mut peer = Peer::spawn(PEER, &["vanish-server".into(), format!("set={name}")], None);
+    set.get_configuration(Timeout::from_millis(30_000)).unwrap();
+    peer.expect_line("VANISHING", Duration::from_secs(30));
+    assert_eq!(peer.wait(Duration::from_secs(30)), 0);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while set.abort_cause().is_none() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(set.abort_cause(), Some(AbortCause::ServerDied));
+    let dev = set.open_device(&name);
+    assert_eq!(dev.unwrap_err().code(), ErrorCode::Abort);
+    set.close().unwrap();
+}

@@ -232,3 +232,40 @@ fn client_leaving_right_after_its_last_completion_is_a_normal_end() {
         server.close().unwrap();
     }
 }
+
+/// A completion callback that panics kills the agent's thread; Close must still return
+/// (it used to wait forever for an agent marked as running).
+#[test]
+fn close_returns_after_a_callback_panicked() {
+    let name = unique("panic");
+    let client = ClientSet::create(&name, &VdConfig::with_devices(1)).unwrap();
+    let server = ServerSet::open(&name).unwrap();
+    server
+        .begin_configuration(features::WRITE_MEDIA, 512, 0, 65536, 1000)
+        .unwrap();
+    server.request_buffers(65536, 0, 1).unwrap();
+    server.end_configuration().unwrap();
+    client
+        .get_configuration(Timeout::from_millis(10_000))
+        .unwrap();
+    let dev = server.open_device(&name).unwrap();
+    dev.send_command(ServerCommand::new(CommandCode::FLUSH), |_| {
+        panic!("callback fails on purpose")
+    })
+    .unwrap();
+    let s2 = server.clone();
+    let agent = std::thread::spawn(move || s2.execute_completion_agent());
+    let cdev = client.open_device(&name).unwrap();
+    cdev.get_command(Timeout::from_millis(10_000))
+        .unwrap()
+        .complete_ok()
+        .unwrap();
+    assert!(agent.join().is_err(), "the agent's thread panicked");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let s3 = server.clone();
+    std::thread::spawn(move || tx.send(s3.close()).ok());
+    let closed = rx.recv_timeout(std::time::Duration::from_secs(10));
+    assert!(closed.is_ok(), "Close hung after the agent died");
+    drop(cdev);
+    let _ = client.close();
+}

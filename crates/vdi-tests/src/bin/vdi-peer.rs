@@ -9,6 +9,7 @@
 //! vdi-peer handles set=NAME          maps buffer handles given on stdin and checks/fills them
 //! vdi-peer ioerror-server set=NAME   the server half of the IO-ERROR / ClearError script
 //! vdi-peer commands-server set=NAME  sends every command code 1..19 and an unknown one
+//! vdi-peer vanish-server set=NAME    sends one Write, closes the device, exits without Close
 //! ```
 //! It prints progress lines (`OPENED`, `CREATED`, `PAUSED point`, `DONE ...`,
 //! `ERROR code message`) that the tests wait for. At `pause=POINT` it stops there until
@@ -113,6 +114,7 @@ fn main() {
         "handles" => handles(&plan),
         "ioerror-server" => ioerror_server(&plan),
         "commands-server" => commands_server(&plan),
+        "vanish-server" => vanish_server(&plan),
         other => {
             eprintln!("vdi-peer: unknown mode {other}");
             64
@@ -344,6 +346,26 @@ fn commands_server(plan: &Plan) -> i32 {
             say(&l);
             0
         }
+        Err(e) => fail(&e),
+    }
+}
+
+/// Sends one Write, closes the device and exits at once: no agent, no Close, no goodbye.
+fn vanish_server(plan: &Plan) -> i32 {
+    let run = || -> Result<(), vdi::VdError> {
+        let set = ServerSet::open(&plan.set)?;
+        set.begin_configuration(features::WRITE_MEDIA, 512, 0, 65536, 10_000)?;
+        set.request_buffers(65536, 0, 1)?;
+        set.end_configuration()?;
+        let dev = set.open_device(&device_name(&plan.set, 0))?;
+        let b = set.allocate_buffer(65536, 0)?;
+        dev.send_command(ServerCommand::write(b, 65536), |_| {})?;
+        dev.close_device()?;
+        say("VANISHING");
+        std::process::exit(0);
+    };
+    match run() {
+        Ok(()) => 0,
         Err(e) => fail(&e),
     }
 }

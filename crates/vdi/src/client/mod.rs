@@ -684,6 +684,10 @@ impl ClientInner {
                 let Some(conn) = conn.as_ref() else {
                     return Err(wrong_state("buffer access", "closed"));
                 };
+                // Another thread may have fetched it while we waited for the connection.
+                if slot.get().is_some() {
+                    return Ok(());
+                }
                 conn.send(&Msg::AreaRequest { index: area }.encode(), &[])
                     .map_err(|_| VdError::aborted(AbortCause::ClientDied))?;
                 let devices = sh.device_count();

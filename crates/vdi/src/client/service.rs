@@ -83,15 +83,32 @@ pub(crate) fn run(listener: Listener, stop: Arc<Stopper>, st: Arc<ServiceState>)
             return;
         }
         let mut gone = Vec::new();
+        // The server first, and all it has sent: it sends a segment before it publishes
+        // it, so a secondary that asks for a published area in this pass finds it here.
+        for (k, p) in peers.iter_mut().enumerate() {
+            if p.role == Role::Server && (ready[k + 2].readable || ready[k + 2].hangup) {
+                loop {
+                    if !serve_message(&st, p) {
+                        gone.push(k);
+                        break;
+                    }
+                    if !poll(&[p.conn.fd()], &[true], Some(Duration::ZERO))[0].readable {
+                        break;
+                    }
+                }
+            }
+        }
         for (i, r) in ready.iter().enumerate().skip(2) {
             let k = i - 2;
-            if r.readable || r.hangup {
+            if peers[k].role == Role::Secondary && (r.readable || r.hangup) {
                 let ok = serve_message(&st, &mut peers[k]);
                 if !ok {
                     gone.push(k);
                 }
             }
         }
+        gone.sort_unstable();
+        gone.dedup();
         for k in gone.into_iter().rev() {
             let p = peers.remove(k);
             peer_gone(&st, &p);
@@ -109,7 +126,10 @@ fn peer_gone(st: &ServiceState, p: &Peer) {
     let sh = &st.shared;
     match p.role {
         Role::Server => {
-            if !sh.all_devices_closed() {
+            // A server that closes its set says goodbye first; one that just vanishes
+            // died, whatever state its devices were in (its last callbacks may never
+            // have run), so the operation did not end normally.
+            if !p.said_bye {
                 sh.abort(AbortCause::ServerDied);
             }
         }
@@ -165,7 +185,7 @@ fn serve_message(st: &ServiceState, p: &mut Peer) -> bool {
             let segs = st.segments.lock().unwrap_or_else(|e| e.into_inner());
             let area = segs.areas.get(index as usize).and_then(|a| a.as_ref());
             let sent = match area {
-                Some((size, fd)) => p.conn.send(
+                Some((size, fd)) => p.conn.send_nowait(
                     &Msg::Segment {
                         kind: SegmentKind::Area,
                         index,
@@ -174,7 +194,7 @@ fn serve_message(st: &ServiceState, p: &mut Peer) -> bool {
                     .encode(),
                     &[fd.as_fd()],
                 ),
-                None => p.conn.send(
+                None => p.conn.send_nowait(
                     &Msg::Refused {
                         code: ErrorCode::Invalid.as_hresult(),
                         reason: format!("buffer area {index} does not exist"),
@@ -246,7 +266,7 @@ fn store_segment(
 }
 
 fn refuse(conn: &Conn, code: ErrorCode, reason: String) {
-    let _ = conn.send(
+    let _ = conn.send_nowait(
         &Msg::Refused {
             code: code.as_hresult(),
             reason,
@@ -334,7 +354,7 @@ fn welcome(st: &ServiceState, conn: Conn) -> Option<Peer> {
                 );
                 return None;
             }
-            conn.send(
+            conn.send_nowait(
                 &Msg::Welcome {
                     process_no: 0,
                     segments: 0,
@@ -372,7 +392,7 @@ fn welcome(st: &ServiceState, conn: Conn) -> Option<Peer> {
             let (cap, qsize, qfd) = segs.queues.as_ref()?;
             let process_no = st.next_process_no.fetch_add(1, Ordering::AcqRel);
             let total = 1 + areas.len() as u32;
-            conn.send(
+            conn.send_nowait(
                 &Msg::Welcome {
                     process_no,
                     segments: total,
@@ -381,7 +401,7 @@ fn welcome(st: &ServiceState, conn: Conn) -> Option<Peer> {
                 &[control],
             )
             .ok()?;
-            conn.send(
+            conn.send_nowait(
                 &Msg::Segment {
                     kind: SegmentKind::Queues,
                     index: *cap,
@@ -392,7 +412,7 @@ fn welcome(st: &ServiceState, conn: Conn) -> Option<Peer> {
             )
             .ok()?;
             for (i, size, fd) in areas {
-                conn.send(
+                conn.send_nowait(
                     &Msg::Segment {
                         kind: SegmentKind::Area,
                         index: i,

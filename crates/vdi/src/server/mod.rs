@@ -683,10 +683,16 @@ impl ServerSet {
                 l.state = ServerState::Active;
             }
         }
-        let result = inner.agent_loop();
-        *lock(&inner.agent_running) = None;
-        inner.agent_done.notify_all();
-        result
+        // Cleared even if a callback panics, so Close never waits for a dead agent.
+        struct Running<'a>(&'a ServerInner);
+        impl Drop for Running<'_> {
+            fn drop(&mut self) {
+                *lock(&self.0.agent_running) = None;
+                self.0.agent_done.notify_all();
+            }
+        }
+        let _running = Running(inner);
+        inner.agent_loop()
     }
 
     /// `OpenDevice`: opens the next unopened device under `name` (device 0 must have the
@@ -1428,9 +1434,10 @@ impl ServerDevice {
             if d.closed.swap(true, Ordering::AcqRel) {
                 return Err(VdError::new(ErrorCode::Close, Reason::DeviceClosed));
             }
+            // Counted before the client can see it: the watchdog compares the count.
+            inner.closed_devices.fetch_add(1, Ordering::AcqRel);
             v.block.state.fetch_or(dev::SERVER_CLOSED, Ordering::AcqRel);
         }
-        inner.closed_devices.fetch_add(1, Ordering::AcqRel);
         event::notify(&v.block.sub_event);
         event::notify(&sh.header().completion_event);
         Ok(())

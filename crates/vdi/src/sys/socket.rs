@@ -99,6 +99,21 @@ impl Conn {
 
     /// Sends one message with `fds` attached.
     pub fn send(&self, bytes: &[u8], fds: &[BorrowedFd<'_>]) -> Result<(), Errno> {
+        self.send_with(bytes, fds, SendFlags::NOSIGNAL)
+    }
+
+    /// Sends one message without ever blocking: a peer that does not read its replies
+    /// gets `EAGAIN` here instead of stalling the sender.
+    pub fn send_nowait(&self, bytes: &[u8], fds: &[BorrowedFd<'_>]) -> Result<(), Errno> {
+        self.send_with(bytes, fds, SendFlags::NOSIGNAL | SendFlags::DONTWAIT)
+    }
+
+    fn send_with(
+        &self,
+        bytes: &[u8],
+        fds: &[BorrowedFd<'_>],
+        flags: SendFlags,
+    ) -> Result<(), Errno> {
         let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
         let mut control = SendAncillaryBuffer::new(&mut space);
         if !fds.is_empty()
@@ -106,12 +121,7 @@ impl Conn {
         {
             return Err(Errno::TOOBIG);
         }
-        let n = rustix::net::sendmsg(
-            &self.fd,
-            &[IoSlice::new(bytes)],
-            &mut control,
-            SendFlags::NOSIGNAL,
-        )?;
+        let n = rustix::net::sendmsg(&self.fd, &[IoSlice::new(bytes)], &mut control, flags)?;
         if n != bytes.len() {
             return Err(Errno::MSGSIZE);
         }
