@@ -839,12 +839,20 @@ impl ServerSet {
             return Err(VdError::protocol("Close", "closed"));
         }
         // In the Abnormally Terminated state Close is the normal way out (NOERROR).
-        let devices_open = {
+        let (devices_open, ended_normally) = {
             let l = lock(&inner.local);
-            l.opened > inner.closed_devices.load(Ordering::Acquire)
-                && inner.shared.abort_cause().is_none()
+            let all_closed = l.opened == l.config.device_count
+                && inner.closed_devices.load(Ordering::Acquire) == l.config.device_count;
+            (
+                l.opened > inner.closed_devices.load(Ordering::Acquire)
+                    && inner.shared.abort_cause().is_none(),
+                all_closed && inner.outstanding.load(Ordering::Acquire) == 0,
+            )
         };
-        if devices_open || inner.outstanding.load(Ordering::Acquire) > 0 {
+        // Closing a set that did not end normally (devices open or never opened,
+        // commands outstanding) ends it for the client too: abort, so that its waits
+        // return VD_E_ABORT instead of running into their time-outs.
+        if !ended_normally {
             inner.shared.abort(AbortCause::ServerSignalled);
         }
         event::notify(&inner.shared.header().completion_event);
@@ -1182,13 +1190,15 @@ impl ServerInner {
 impl Drop for ServerInner {
     fn drop(&mut self) {
         if !self.closed.swap(true, Ordering::AcqRel) {
+            // Dropped without Close: as Close, a set that did not end normally aborts.
             let l = lock(&self.local);
-            if l.opened > self.closed_devices.load(Ordering::Acquire)
-                || self.outstanding.load(Ordering::Acquire) > 0
-            {
+            let ended_normally = l.opened == l.config.device_count
+                && self.closed_devices.load(Ordering::Acquire) == l.config.device_count
+                && self.outstanding.load(Ordering::Acquire) == 0;
+            drop(l);
+            if !ended_normally {
                 self.shared.abort(AbortCause::ServerSignalled);
             }
-            drop(l);
         }
         self.abort_processing();
         self.release();
