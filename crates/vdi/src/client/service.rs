@@ -83,18 +83,22 @@ pub(crate) fn run(listener: Listener, stop: Arc<Stopper>, st: Arc<ServiceState>)
             return;
         }
         let mut gone = Vec::new();
-        // The server first, and all it has sent: it sends a segment before it publishes
-        // it, so a secondary that asks for a published area in this pass finds it here.
+        // The server first, and all it has sent by now (looked at again here, not only
+        // as the poll above saw it): it sends a segment before it publishes it, so a
+        // secondary's request for a published area, read below, finds it. Bounded: a
+        // server sends at most 1 + MAX_AREAS segments and one goodbye.
         for (k, p) in peers.iter_mut().enumerate() {
-            if p.role == Role::Server && (ready[k + 2].readable || ready[k + 2].hangup) {
-                loop {
-                    if !serve_message(&st, p) {
-                        gone.push(k);
-                        break;
-                    }
-                    if !poll(&[p.conn.fd()], &[true], Some(Duration::ZERO))[0].readable {
-                        break;
-                    }
+            if p.role != Role::Server {
+                continue;
+            }
+            for _ in 0..MAX_AREAS + 2 {
+                let now = poll(&[p.conn.fd()], &[true], Some(Duration::ZERO))[0];
+                if !(now.readable || now.hangup) {
+                    break;
+                }
+                if !serve_message(&st, p) {
+                    gone.push(k);
+                    break;
                 }
             }
         }
@@ -171,6 +175,11 @@ fn serve_message(st: &ServiceState, p: &mut Peer) -> bool {
             return false;
         }
     };
+    if p.said_bye {
+        st.shared
+            .violation(format!("the {:?} kept sending after its goodbye", p.role));
+        return false;
+    }
     match (p.role, msg) {
         (Role::Server, Msg::Segment { kind, index, size }) if fds.len() == 1 => {
             let fd = fds.remove(0);
@@ -205,7 +214,7 @@ fn serve_message(st: &ServiceState, p: &mut Peer) -> bool {
             };
             sent.is_ok()
         }
-        (_, Msg::Bye) => {
+        (_, Msg::Bye) if !p.said_bye => {
             p.said_bye = true;
             true
         }
@@ -354,15 +363,22 @@ fn welcome(st: &ServiceState, conn: Conn) -> Option<Peer> {
                 );
                 return None;
             }
-            conn.send_nowait(
-                &Msg::Welcome {
-                    process_no: 0,
-                    segments: 0,
-                }
-                .encode(),
-                &[control],
-            )
-            .ok()?;
+            if conn
+                .send_nowait(
+                    &Msg::Welcome {
+                        process_no: 0,
+                        segments: 0,
+                    }
+                    .encode(),
+                    &[control],
+                )
+                .is_err()
+            {
+                // The server went away while attaching: no other server may take its
+                // place (the name is the first VIRTUAL_DEVICE clause), so the set is over.
+                sh.abort(AbortCause::ServerDied);
+                return None;
+            }
             Some(Peer {
                 conn,
                 role,
