@@ -3,7 +3,7 @@
 //! writes, checks it, and reports.
 //!
 //! ```text
-//! cargo build --examples && target/debug/examples/minimal_client
+//! cargo build --examples && cargo run --example minimal_client
 //! ```
 
 use std::time::Instant;
