@@ -27,6 +27,11 @@ pub fn current_credentials() -> (u32, u32) {
     )
 }
 
+/// Gives the CPU to another runnable thread, if any (`sched_yield`).
+pub fn yield_now() {
+    rustix::thread::sched_yield();
+}
+
 /// The process id of the caller.
 pub fn current_pid() -> u32 {
     rustix::process::getpid().as_raw_nonzero().get() as u32
