@@ -384,13 +384,14 @@ impl ClientSet {
             if sh.abort_cause().is_some() {
                 return true;
             }
+            // "All open" first, then the name: a device the server opens between the two
+            // looks is then found, never reported missing.
+            let all_open = (0..n).all(|i| {
+                sh.device(i)
+                    .is_some_and(|d| d.block.state.load(Ordering::Acquire) & dev::SERVER_OPEN != 0)
+            });
             found = find_device(sh, name);
-            found.is_some()
-                || (0..n).all(|i| {
-                    sh.device(i).is_some_and(|d| {
-                        d.block.state.load(Ordering::Acquire) & dev::SERVER_OPEN != 0
-                    })
-                })
+            found.is_some() || all_open
         });
         sh.check_abort()?;
         let Some(index) = found else {

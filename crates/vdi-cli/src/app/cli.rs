@@ -1,0 +1,435 @@
+//! The command line.
+
+use clap::{Args, Parser, Subcommand};
+use vdi_cli::backup::Compression;
+use vdi_cli::units::parse_size;
+
+/// Back up and restore real data through the SQL Server Virtual Device Interface (VDI).
+///
+/// `vdi` is a backup application (the VDI client role) and a reference engine (the
+/// server role) in one program: `vdi backup` creates a virtual device set, starts the
+/// engine as a separate process, and stores what the engine streams through each device.
+#[derive(Debug, Parser)]
+#[command(
+    name = "vdi",
+    version,
+    propagate_version = true,
+    after_help = concat!(
+        "Examples:\n",
+        "  vdi demo\n",
+        "  vdi backup sqlite:shop.db backups/shop --devices 4 --compress zstd\n",
+        "  vdi verify backups/shop\n",
+        "  vdi restore backups/shop sqlite:shop-restored.db\n",
+        "  vdi backup file:disk.img - > disk.vdis\n\n",
+        "SOURCE and TARGET: sqlite:PATH (a live SQLite database), file:PATH (a plain file;\n",
+        "a path without a prefix is a file too), - (standard input or output).\n\n",
+        "Exit codes:\n",
+        "  0 success, 1 other error, 2 wrong command line, 3 source or backup missing or\n",
+        "  unreadable, 4 target exists (use --force), 5 backup damaged or incomplete,\n",
+        "  6 disk full, 7 set name in use, 8 the engine or backup application died or\n",
+        "  aborted, 130 interrupted (Ctrl-C)"
+    )
+)]
+pub struct Cli {
+    /// The command.
+    #[command(subcommand)]
+    pub cmd: Cmd,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Cmd {
+    /// Back up SOURCE into DEST through VDI (the engine runs as a separate process).
+    #[command(after_help = concat!(
+        "DEST is a directory (one stream file per device, and manifest.json written last,\n",
+        "once every stream is durable) or - for a single-device stream on standard output.\n",
+        "A sqlite: SOURCE may be in use: the engine first takes a consistent snapshot of it\n",
+        "(SQLite's online backup API, one read transaction) into $TMPDIR, then streams it.\n\n",
+        "Examples:\n",
+        "  vdi backup sqlite:shop.db backups/shop\n",
+        "  vdi backup file:disk.img backups/disk --devices 4 --compress zstd:6\n",
+        "  vdi backup file:disk.img - | ssh vault 'cat > disk.vdis'\n",
+        "  tar c src | vdi backup - backups/src --json"
+    ))]
+    Backup(BackupArgs),
+    /// Restore the backup BACKUP into TARGET through VDI (the engine reads it with Read
+    /// commands and rebuilds TARGET).
+    #[command(after_help = concat!(
+        "TARGET is written under a temporary name and renamed when it is complete and\n",
+        "checked: every chunk's crc32c, every stream's trailer and digest, no chunk missing;\n",
+        "a sqlite: target must also have a whole SQLite header (and, with\n",
+        "--integrity-check, pass PRAGMA integrity_check). The restore may use another\n",
+        "transfer size and block size than the backup; the device count is the backup's.\n\n",
+        "Examples:\n",
+        "  vdi restore backups/shop sqlite:shop-copy.db\n",
+        "  vdi restore backups/disk file:disk.img --force --max-transfer-size 4M\n",
+        "  vdi restore - file:disk.img < disk.vdis"
+    ))]
+    Restore(RestoreArgs),
+    /// Check a stored backup without restoring it: the manifest and its completion marker,
+    /// every stream file, size, digest, chunk checksum and trailer.
+    #[command(after_help = concat!(
+        "Examples:\n",
+        "  vdi verify backups/shop\n",
+        "  vdi verify - < disk.vdis\n",
+        "  vdi verify backups/shop --json"
+    ))]
+    Verify(VerifyArgs),
+    /// The backup application (client role) alone, for an engine started by hand.
+    #[command(subcommand, after_help = concat!(
+        "Examples (two shells, or two users; the set name joins them):\n",
+        "  vdi client backup --set nightly backups/shop --devices 2\n",
+        "  vdi engine backup --set nightly sqlite:shop.db\n\n",
+        "  vdi client restore --set nightly backups/shop\n",
+        "  vdi engine restore --set nightly sqlite:shop-copy.db"
+    ))]
+    Client(ClientCmd),
+    /// The reference engine (server role) alone, for a backup application started by hand.
+    #[command(subcommand, after_help = concat!(
+        "Examples (two shells, or two users; the set name joins them):\n",
+        "  vdi client backup --set nightly backups/shop --devices 2\n",
+        "  vdi engine backup --set nightly sqlite:shop.db\n\n",
+        "  vdi client restore --set nightly backups/shop\n",
+        "  vdi engine restore --set nightly sqlite:shop-copy.db"
+    ))]
+    Engine(EngineCmd),
+    /// Make a sample SQLite database, back it up through 4 devices, restore it, check it.
+    #[command(after_help = concat!(
+        "Examples:\n",
+        "  vdi demo\n",
+        "  vdi demo --size 50M --keep --dir /tmp/vdi-demo"
+    ))]
+    Demo(DemoArgs),
+}
+
+/// The roles' knobs for the engine (server role).
+#[derive(Debug, Args, Clone)]
+pub struct EngineKnobs {
+    /// Total shared buffers the engine requests (default: 4 per device, to keep every
+    /// device busy).
+    #[arg(long, value_name = "N")]
+    pub buffer_count: Option<u32>,
+    /// Largest transfer (VDI maxTransferSize): a multiple of 64K up to 4M.
+    #[arg(long, value_name = "BYTES", default_value = "1M", value_parser = parse_transfer)]
+    pub max_transfer_size: u32,
+    /// VDI block size: every transfer is a multiple of it; a power of two from 512 to 64K.
+    #[arg(long, value_name = "BYTES", default_value = "4096", value_parser = parse_block)]
+    pub block_size: u32,
+}
+
+/// Output options.
+#[derive(Debug, Args, Clone, Copy)]
+pub struct OutputArgs {
+    /// Print one machine-readable JSON summary (on standard output, or on standard error
+    /// when standard output carries the data).
+    #[arg(long)]
+    pub json: bool,
+    /// Print nothing but errors.
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
+/// `vdi backup`.
+#[derive(Debug, Args)]
+pub struct BackupArgs {
+    /// What to back up: sqlite:PATH, file:PATH or - (standard input).
+    #[arg(value_name = "SOURCE")]
+    pub source: String,
+    /// Where to store it: a directory, or - (standard output, one device).
+    #[arg(value_name = "DEST")]
+    pub dest: String,
+    /// Virtual devices to stripe the backup over (1 to 64).
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub devices: u32,
+    /// Compress each stored stream: none, zstd or zstd:LEVEL.
+    #[arg(long, value_name = "ALGO", default_value = "none", value_parser = Compression::parse)]
+    pub compress: Compression,
+    /// The virtual device set's name (default: a new unique name).
+    #[arg(long, value_name = "NAME")]
+    pub set: Option<String>,
+    /// Replace an existing backup in DEST.
+    #[arg(long)]
+    pub force: bool,
+    #[command(flatten)]
+    pub engine: EngineKnobs,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+/// `vdi restore`.
+#[derive(Debug, Args)]
+pub struct RestoreArgs {
+    /// The backup: a directory written by `vdi backup`, or - (a single stream on standard
+    /// input).
+    #[arg(value_name = "BACKUP")]
+    pub backup: String,
+    /// What to rebuild: sqlite:PATH, file:PATH or - (standard output).
+    #[arg(value_name = "TARGET")]
+    pub target: String,
+    /// Devices (default: the backup's count; any other count is refused).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub devices: Option<u32>,
+    /// The virtual device set's name (default: a new unique name).
+    #[arg(long, value_name = "NAME")]
+    pub set: Option<String>,
+    /// Replace TARGET if it exists.
+    #[arg(long)]
+    pub force: bool,
+    /// For a sqlite: TARGET, also run PRAGMA integrity_check before putting it in place
+    /// (slow on large databases: every chunk is already checked against its crc32c).
+    #[arg(long)]
+    pub integrity_check: bool,
+    #[command(flatten)]
+    pub engine: EngineKnobs,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+/// `vdi verify`.
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// The backup directory, or - (a single stream on standard input).
+    #[arg(value_name = "BACKUP")]
+    pub backup: String,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+/// `vdi client ...`.
+#[derive(Debug, Subcommand)]
+pub enum ClientCmd {
+    /// Create a set and store what an engine backs up through it.
+    #[command(after_help = concat!(
+        "Example: start the engine in another shell (or as another user) with the same --set:\n",
+        "  vdi client backup --set nightly backups/shop --devices 2\n",
+        "  vdi engine backup --set nightly sqlite:shop.db\n",
+        "An engine running as another user (here: a member of group dbadmin):\n",
+        "  vdi client backup --set nightly backups/shop --allow-group dbadmin\n",
+        "  sudo -u postgres vdi engine backup --set nightly sqlite:shop.db --trust-owner backup"
+    ))]
+    Backup(ClientBackupArgs),
+    /// Create a set and serve a stored backup to an engine that restores it.
+    #[command(after_help = concat!(
+        "Example: start the engine in another shell (or as another user) with the same --set:\n",
+        "  vdi client restore --set nightly backups/shop\n",
+        "  vdi engine restore --set nightly sqlite:shop-copy.db"
+    ))]
+    Restore(ClientRestoreArgs),
+}
+
+/// `vdi client backup`.
+#[derive(Debug, Args)]
+pub struct ClientBackupArgs {
+    /// The set name the engine will open.
+    #[arg(long, value_name = "NAME")]
+    pub set: String,
+    /// Where to store the backup: a directory, or - (standard output, one device).
+    #[arg(value_name = "DEST")]
+    pub dest: String,
+    /// Virtual devices (1 to 64).
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub devices: u32,
+    /// Compress each stored stream: none, zstd or zstd:LEVEL.
+    #[arg(long, value_name = "ALGO", default_value = "none", value_parser = Compression::parse)]
+    pub compress: Compression,
+    /// Replace an existing backup in DEST.
+    #[arg(long)]
+    pub force: bool,
+    /// Seconds to wait for an engine to configure the set (0: forever).
+    #[arg(long, value_name = "SECS", default_value_t = 0)]
+    pub wait: u64,
+    /// Also admit an engine running as a member of this group (name or gid); by default
+    /// only this user's processes may open the set.
+    #[arg(long, value_name = "GROUP", value_parser = parse_group)]
+    pub allow_group: Option<u32>,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+/// `vdi client restore`.
+#[derive(Debug, Args)]
+pub struct ClientRestoreArgs {
+    /// The set name the engine will open.
+    #[arg(long, value_name = "NAME")]
+    pub set: String,
+    /// The backup directory, or - (a single stream on standard input).
+    #[arg(value_name = "BACKUP")]
+    pub backup: String,
+    /// Devices (default: the backup's count; any other count is refused).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub devices: Option<u32>,
+    /// Seconds to wait for an engine to configure the set (0: forever).
+    #[arg(long, value_name = "SECS", default_value_t = 0)]
+    pub wait: u64,
+    /// Also admit an engine running as a member of this group (name or gid); by default
+    /// only this user's processes may open the set.
+    #[arg(long, value_name = "GROUP", value_parser = parse_group)]
+    pub allow_group: Option<u32>,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+/// `vdi engine ...`.
+#[derive(Debug, Subcommand)]
+pub enum EngineCmd {
+    /// Open a set and back SOURCE up through its devices.
+    #[command(after_help = concat!(
+        "Example: the backup application must have created the set (vdi client backup --set NAME):\n",
+        "  vdi engine backup --set nightly sqlite:shop.db\n",
+        "  vdi engine backup --set nightly file:disk.img --max-transfer-size 4M"
+    ))]
+    Backup(EngineBackupArgs),
+    /// Open a set and restore TARGET from what its devices serve.
+    #[command(after_help = concat!(
+        "Example: the backup application must have created the set (vdi client restore --set NAME):\n",
+        "  vdi engine restore --set nightly sqlite:shop-copy.db\n",
+        "  vdi engine restore --set nightly file:disk.img --force"
+    ))]
+    Restore(EngineRestoreArgs),
+}
+
+/// `vdi engine backup`.
+#[derive(Debug, Args)]
+pub struct EngineBackupArgs {
+    /// The set the backup application created.
+    #[arg(long, value_name = "NAME")]
+    pub set: String,
+    /// What to back up: sqlite:PATH, file:PATH or - (standard input).
+    #[arg(value_name = "SOURCE")]
+    pub source: String,
+    #[command(flatten)]
+    pub engine: EngineKnobs,
+    /// Seconds to wait for the set to appear.
+    #[arg(long, value_name = "SECS", default_value_t = 60)]
+    pub wait: u64,
+    /// Also accept a set created by this user (name or uid); by default only sets of this
+    /// user or root are opened, so nobody can pose as the backup application.
+    #[arg(long, value_name = "USER", value_parser = parse_user)]
+    pub trust_owner: Option<u32>,
+    #[command(flatten)]
+    pub output: OutputArgs,
+    /// Print the outcome as a report line on standard error (for `vdi backup`).
+    #[arg(long, hide = true)]
+    pub report: bool,
+}
+
+/// `vdi engine restore`.
+#[derive(Debug, Args)]
+pub struct EngineRestoreArgs {
+    /// The set the backup application created.
+    #[arg(long, value_name = "NAME")]
+    pub set: String,
+    /// What to rebuild: sqlite:PATH, file:PATH or - (standard output).
+    #[arg(value_name = "TARGET")]
+    pub target: String,
+    /// Replace TARGET if it exists.
+    #[arg(long)]
+    pub force: bool,
+    /// For a sqlite: TARGET, also run PRAGMA integrity_check before putting it in place.
+    #[arg(long)]
+    pub integrity_check: bool,
+    #[command(flatten)]
+    pub engine: EngineKnobs,
+    /// Seconds to wait for the set to appear.
+    #[arg(long, value_name = "SECS", default_value_t = 60)]
+    pub wait: u64,
+    /// Also accept a set created by this user (name or uid); by default only sets of this
+    /// user or root are opened, so nobody can pose as the backup application.
+    #[arg(long, value_name = "USER", value_parser = parse_user)]
+    pub trust_owner: Option<u32>,
+    #[command(flatten)]
+    pub output: OutputArgs,
+    /// Print the outcome as a report line on standard error (for `vdi restore`).
+    #[arg(long, hide = true)]
+    pub report: bool,
+}
+
+/// `vdi demo`.
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Approximate size of the sample database (also: the VDI_DEMO_SIZE variable).
+    #[arg(long, value_name = "BYTES", default_value = "300M", env = "VDI_DEMO_SIZE", value_parser = parse_size)]
+    pub size: u64,
+    /// Devices to stripe over.
+    #[arg(long, value_name = "N", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub devices: u32,
+    /// Where to work (default: a new temporary directory, removed at the end unless
+    /// --keep).
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<std::path::PathBuf>,
+    /// Keep the sample database, the backup and the restored copy.
+    #[arg(long)]
+    pub keep: bool,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+/// A numeric id, or a name looked up in `file` (`/etc/passwd` or `/etc/group`).
+fn lookup_id(s: &str, file: &str, what: &str) -> Result<u32, String> {
+    if let Ok(n) = s.parse::<u32>() {
+        return Ok(n);
+    }
+    let text = std::fs::read_to_string(file).map_err(|e| format!("reading {file}: {e}"))?;
+    text.lines()
+        .filter_map(|l| {
+            let mut f = l.split(':');
+            let name = f.next()?;
+            let id = f.nth(1)?.parse::<u32>().ok()?;
+            (name == s).then_some(id)
+        })
+        .next()
+        .ok_or_else(|| format!("no {what} named '{s}' in {file}"))
+}
+
+fn parse_group(s: &str) -> Result<u32, String> {
+    lookup_id(s, "/etc/group", "group")
+}
+
+fn parse_user(s: &str) -> Result<u32, String> {
+    lookup_id(s, "/etc/passwd", "user")
+}
+
+fn parse_transfer(s: &str) -> Result<u32, String> {
+    let n = parse_size(s)?;
+    if n == 0 || !n.is_multiple_of(65536) || n > 4 << 20 {
+        return Err(format!(
+            "{n} bytes: the max transfer size must be a multiple of 64K from 64K to 4M"
+        ));
+    }
+    Ok(n as u32)
+}
+
+fn parse_block(s: &str) -> Result<u32, String> {
+    let n = parse_size(s)?;
+    if !n.is_power_of_two() || !(512..=65536).contains(&n) {
+        return Err(format!(
+            "{n} bytes: the block size must be a power of two from 512 to 64K"
+        ));
+    }
+    Ok(n as u32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn knob_parsers() {
+        assert_eq!(parse_transfer("1M"), Ok(1 << 20));
+        assert!(parse_transfer("1000").is_err());
+        assert!(parse_transfer("8M").is_err());
+        assert_eq!(parse_block("64K"), Ok(65536));
+        assert!(parse_block("1000").is_err());
+        assert!(parse_block("128K").is_err());
+        assert_eq!(parse_user("root"), Ok(0));
+        assert_eq!(parse_user("1234"), Ok(1234));
+        assert_eq!(parse_group("root"), Ok(0));
+        assert!(parse_group("no-such-group-here").is_err());
+    }
+}

@@ -1,0 +1,1121 @@
+//! The backup application (the VDI client role): creates the set, stores what the engine
+//! writes through each device (backup) or serves the stored streams to the engine's Reads
+//! (restore), one thread per device.
+//!
+//! A backup ends when every device received `VDC_Complete` (negotiated with
+//! `VDF_RequestComplete`) and then `VD_E_CLOSE`; only then, and only once the engine's
+//! outcome is known, is the manifest written (see [`commit_backup`]).
+
+use std::fs::File;
+use std::io::Read;
+use std::path::PathBuf;
+use std::sync::mpsc::{self, Receiver};
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use vdi::{
+    AbortCause, ClientDevice, ClientSet, Command, CommandCode, ErrorCode, Timeout, VdConfig,
+    completion, features,
+};
+use vdi_cli::backup::{
+    self, BackupError, Compression, Manifest, SourceInfo, StreamEntry, StreamReader, StreamWriter,
+    Written, is_disk_full,
+};
+use vdi_cli::stream::{self, StreamHeader};
+
+use super::fail::{Kind, fail};
+use super::interrupt;
+use super::progress::{Mode, Progress};
+use super::source::{stdin_file, stdout_file};
+use super::vdiutil::{
+    ERROR_CRC, ERROR_READ_FAULT, ERROR_WRITE_FAULT, abort_cause, abort_sentence, device_name,
+    now_secs, random_id, vd_fail,
+};
+
+/// Where a backup goes.
+#[derive(Clone, Debug)]
+pub enum Dest {
+    /// A backup directory.
+    Dir(PathBuf),
+    /// Standard output (one device).
+    Stdout,
+}
+
+impl Dest {
+    /// `-` or a directory.
+    pub fn parse(s: &str) -> Dest {
+        if s == "-" {
+            Dest::Stdout
+        } else {
+            Dest::Dir(PathBuf::from(s))
+        }
+    }
+}
+
+/// Where a restore's data comes from.
+#[derive(Clone, Debug)]
+pub enum BackupSrc {
+    /// A backup directory.
+    Dir(PathBuf),
+    /// Standard input (one stream).
+    Stdin,
+}
+
+impl BackupSrc {
+    /// `-` or a directory.
+    pub fn parse(s: &str) -> BackupSrc {
+        if s == "-" {
+            BackupSrc::Stdin
+        } else {
+            BackupSrc::Dir(PathBuf::from(s))
+        }
+    }
+}
+
+/// A failure of the client role: its own root cause, or the echo of an abort whose cause
+/// the other role knows better.
+#[derive(Debug)]
+pub enum ClientErr {
+    /// What went wrong here.
+    Root(anyhow::Error),
+    /// The set was aborted (by the engine, or because it died).
+    Aborted(AbortCause),
+}
+
+impl ClientErr {
+    /// As an error on its own (when nobody knows more).
+    pub fn into_error(self) -> anyhow::Error {
+        match self {
+            ClientErr::Root(e) => e,
+            ClientErr::Aborted(c) => {
+                if interrupt::interrupted() {
+                    fail(
+                        Kind::Interrupted,
+                        "interrupted (Ctrl-C): the operation was aborted",
+                    )
+                } else {
+                    fail(Kind::PeerFailed, abort_sentence(c, "backup application"))
+                }
+            }
+        }
+    }
+}
+
+impl From<anyhow::Error> for ClientErr {
+    fn from(e: anyhow::Error) -> ClientErr {
+        ClientErr::Root(e)
+    }
+}
+
+fn vd_err(e: &vdi::VdError, what: &str) -> ClientErr {
+    match abort_cause(e) {
+        Some(c) => ClientErr::Aborted(c),
+        None => ClientErr::Root(vd_fail(e, "backup application", what)),
+    }
+}
+
+/// What `vdi backup` / `vdi client backup` were asked to do.
+#[derive(Clone, Debug)]
+pub struct BackupPlan {
+    /// The set name.
+    pub set: String,
+    /// Devices.
+    pub devices: u32,
+    /// Compression of the stored streams.
+    pub compression: Compression,
+    /// Where to store.
+    pub dest: Dest,
+    /// Replace an existing backup.
+    pub force: bool,
+    /// The source, for the manifest.
+    pub source: SourceInfo,
+    /// Progress display.
+    pub mode: Mode,
+    /// How long to wait for the engine (None: forever).
+    pub wait: Option<Duration>,
+    /// Log a hint on how to start the engine by hand.
+    pub hint: Option<String>,
+    /// A group whose members may also open the set.
+    pub allow_group: Option<u32>,
+}
+
+/// Files of a backup being written; removed unless the backup completes.
+#[derive(Debug, Default)]
+struct Partial {
+    files: Vec<PathBuf>,
+    dir: Option<PathBuf>,
+    keep: bool,
+}
+
+impl Drop for Partial {
+    fn drop(&mut self) {
+        if self.keep {
+            return;
+        }
+        for f in &self.files {
+            let _ = std::fs::remove_file(f);
+        }
+        if let Some(d) = &self.dir {
+            let _ = std::fs::remove_dir(d);
+        }
+    }
+}
+
+/// A set created and a destination ready.
+#[derive(Debug)]
+pub struct PreparedBackup {
+    set: ClientSet,
+    plan: BackupPlan,
+    media: Vec<File>,
+    partial: Partial,
+    backup_id: [u8; 16],
+    started: u64,
+}
+
+fn our_files(dir: &std::path::Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .filter(|e| {
+                    let n = e.file_name().to_string_lossy().into_owned();
+                    n.starts_with("device-") && n.contains(".stream")
+                })
+                .map(|e| e.path())
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+fn create_set(name: &str, devices: u32, allow_group: Option<u32>) -> Result<ClientSet> {
+    let mut cfg = VdConfig::with_devices(devices);
+    cfg.features |= features::REQUEST_COMPLETE;
+    let mut opts = vdi::ClientOptions::default();
+    if let Some(g) = allow_group {
+        opts = opts.allow_group(g);
+    }
+    ClientSet::create_with(name, &cfg, opts).map_err(|e| {
+        if e.code() == ErrorCode::Busy {
+            fail(
+                Kind::SetBusy,
+                format!(
+                    "the set name '{name}' is already in use by another backup or restore ({}); choose another --set name or wait for the other one to finish",
+                    e.code()
+                ),
+            )
+        } else {
+            vd_fail(&e, "backup application", &format!("creating set '{name}'"))
+        }
+    })
+}
+
+/// Checks the destination, creates the set, then makes the destination ready (removing
+/// an old backup's manifest first when `--force` replaces it).
+pub fn prepare_backup(plan: BackupPlan) -> Result<PreparedBackup> {
+    let mut partial = Partial::default();
+    if let Dest::Dir(d) = &plan.dest {
+        match std::fs::metadata(d) {
+            Ok(m) if !m.is_dir() => {
+                return Err(fail(
+                    Kind::TargetExists,
+                    format!("destination {} exists and is not a directory", d.display()),
+                ));
+            }
+            Ok(_) => {
+                let old = d.join(backup::MANIFEST);
+                let files = our_files(d);
+                if (old.exists() || !files.is_empty()) && !plan.force {
+                    return Err(fail(
+                        Kind::TargetExists,
+                        format!(
+                            "destination {} already holds a backup ({}); use --force to replace it",
+                            d.display(),
+                            if old.exists() {
+                                backup::MANIFEST
+                            } else {
+                                "stream files"
+                            }
+                        ),
+                    ));
+                }
+            }
+            Err(_) => {}
+        }
+    } else if plan.devices != 1 {
+        return Err(fail(
+            Kind::Usage,
+            format!(
+                "destination - (standard output) holds a single stream: use --devices 1, not {}",
+                plan.devices
+            ),
+        ));
+    }
+    let set = create_set(&plan.set, plan.devices, plan.allow_group)?;
+    let media = match &plan.dest {
+        Dest::Stdout => {
+            vec![stdout_file().map_err(|e| fail(Kind::Other, format!("standard output: {e}")))?]
+        }
+        Dest::Dir(d) => {
+            let cant = |e: std::io::Error| {
+                let kind = if is_disk_full(&e) {
+                    Kind::DiskFull
+                } else {
+                    Kind::Other
+                };
+                fail(
+                    kind,
+                    format!("cannot write the destination {}: {e}", d.display()),
+                )
+            };
+            if !d.exists() {
+                std::fs::create_dir_all(d).map_err(cant)?;
+                partial.dir = Some(d.clone());
+            }
+            let old = d.join(backup::MANIFEST);
+            if old.exists() {
+                // The old backup stops claiming completion before any of it is overwritten.
+                std::fs::remove_file(&old).map_err(cant)?;
+                backup::sync_dir(d).map_err(cant)?;
+            }
+            for f in our_files(d) {
+                std::fs::remove_file(&f).map_err(cant)?;
+            }
+            let mut v = Vec::new();
+            for i in 0..plan.devices {
+                let p = d.join(backup::stream_file_name(i, plan.compression));
+                let f = backup::create_stream_file(&p).map_err(cant)?;
+                partial.files.push(p);
+                v.push(f);
+            }
+            v
+        }
+    };
+    Ok(PreparedBackup {
+        set,
+        plan,
+        media,
+        partial,
+        backup_id: random_id(),
+        started: now_secs(),
+    })
+}
+
+fn wait_config(
+    set: &ClientSet,
+    alive: &dyn Fn() -> Result<()>,
+    wait: Option<Duration>,
+    hint: Option<&str>,
+) -> Result<VdConfig, ClientErr> {
+    let deadline = wait.map(|w| Instant::now() + w);
+    if let Some(h) = hint {
+        tracing::info!("set '{}' is waiting for an engine: {h}", set.name());
+    }
+    loop {
+        match set.get_configuration(Timeout::from_millis(200)) {
+            Ok(c) => return Ok(c),
+            Err(e) if e.code() == ErrorCode::Timeout => {
+                alive()?;
+                if interrupt::interrupted() {
+                    return Err(ClientErr::Root(fail(
+                        Kind::Interrupted,
+                        "interrupted (Ctrl-C) while waiting for the engine",
+                    )));
+                }
+                if deadline.is_some_and(|d| Instant::now() >= d) {
+                    return Err(ClientErr::Root(fail(
+                        Kind::PeerFailed,
+                        format!(
+                            "no engine configured set '{}' within {} s",
+                            set.name(),
+                            wait.unwrap_or_default().as_secs()
+                        ),
+                    )));
+                }
+            }
+            Err(e) => return Err(vd_err(&e, "waiting for the engine")),
+        }
+    }
+}
+
+/// What a served backup produced (not yet committed).
+#[derive(Debug)]
+pub struct ServedBackup {
+    prep: PreparedBackup,
+    config: VdConfig,
+    streams: Vec<Written>,
+    stream_id: Option<String>,
+    /// Time spent moving data.
+    pub elapsed: Duration,
+}
+
+struct DeviceOutcome {
+    written: Written,
+    stream_id: Option<String>,
+}
+
+fn complete(cmd: Command<'_>, code: u32, n: u32) -> Result<(), ClientErr> {
+    cmd.complete(code, n, 0)
+        .map_err(|e| vd_err(&e, "completing a command"))
+}
+
+/// Opens device `index` (named by the convention of [`device_name`]).
+fn open_device(set: &ClientSet, index: u32) -> Result<ClientDevice, ClientErr> {
+    let name = device_name(set.name(), index);
+    let mut tries = 0;
+    loop {
+        match set.open_device(&name) {
+            Ok(d) => return Ok(d),
+            // `ClientSet::open_device` can give up with VD_E_INVALID when the engine opens
+            // this device between the two checks of its wait (every device open, this
+            // name not seen yet); the device exists by then, so asking again is enough.
+            Err(e) if e.code() == ErrorCode::Invalid && tries < 3 => tries += 1,
+            Err(e) => return Err(vd_err(&e, &format!("opening device {index}"))),
+        }
+    }
+}
+
+/// Hashes each Write's data in stream order and completes it: runs beside the thread
+/// that stores the data, so storing and hashing overlap.
+fn hash_and_complete(
+    rx: Receiver<Command<'_>>,
+    index: u32,
+    progress: &Progress,
+) -> Result<blake3::Hasher, ClientErr> {
+    let mut h = blake3::Hasher::new();
+    for cmd in rx {
+        let n = cmd.buffer().map_or(0, |b| {
+            h.update(b);
+            b.len()
+        });
+        progress.add(index, n as u64);
+        complete(cmd, completion::ERROR_SUCCESS, n as u32)?;
+    }
+    Ok(h)
+}
+
+fn serve_backup_device(
+    set: &ClientSet,
+    index: u32,
+    media: File,
+    plan: &BackupPlan,
+    complete_enabled: bool,
+    progress: &Progress,
+) -> Result<DeviceOutcome, ClientErr> {
+    let dev = open_device(set, index)?;
+    let where_ = match &plan.dest {
+        Dest::Dir(d) => format!(
+            "in {}",
+            d.join(backup::stream_file_name(index, plan.compression))
+                .display()
+        ),
+        Dest::Stdout => "on standard output".into(),
+    };
+    let store_err = |e: &std::io::Error| -> (u32, anyhow::Error) {
+        if is_disk_full(e) {
+            (
+                completion::ERROR_DISK_FULL,
+                fail(
+                    Kind::DiskFull,
+                    format!("disk full: cannot store device {index}'s stream {where_}: {e}"),
+                ),
+            )
+        } else {
+            (
+                ERROR_WRITE_FAULT,
+                fail(
+                    Kind::Other,
+                    format!("cannot store device {index}'s stream {where_}: {e}"),
+                ),
+            )
+        }
+    };
+    let mut w = StreamWriter::new_unhashed(media, plan.compression)
+        .map_err(|e| ClientErr::Root(store_err(&e).1))?;
+    let dev = &dev;
+    std::thread::scope(|s| {
+        let (tx, rx) = mpsc::channel::<Command<'_>>();
+        let hasher = s.spawn(move || hash_and_complete(rx, index, progress));
+        let served = store_loop(dev, index, &mut w, &tx, &store_err);
+        drop(tx);
+        let hashed = hasher.join().unwrap_or_else(|_| {
+            Err(ClientErr::Root(anyhow::anyhow!(
+                "a hashing thread panicked"
+            )))
+        });
+        let (finished, stream_id) = match (served, hashed) {
+            (Err(ClientErr::Root(e)), _) | (_, Err(ClientErr::Root(e))) => {
+                return Err(ClientErr::Root(e));
+            }
+            (Err(e), _) | (_, Err(e)) => return Err(e),
+            (Ok((finished, id)), Ok(h)) => (
+                finished.map(|mut wr| {
+                    wr.blake3 = h.finalize().to_hex().to_string();
+                    wr
+                }),
+                (id, h),
+            ),
+        };
+        let (stream_id, h) = stream_id;
+        let written = match finished {
+            Some(w) => w,
+            None if !complete_enabled => {
+                // An engine without VDC_Complete: the normal close after its last Flush
+                // ends it.
+                let mut wr = w.finish().map_err(|e| ClientErr::Root(store_err(&e).1))?;
+                wr.blake3 = h.finalize().to_hex().to_string();
+                wr
+            }
+            None => {
+                return Err(ClientErr::Root(fail(
+                    Kind::PeerFailed,
+                    format!(
+                        "device {index} was closed without VDC_Complete: the engine did not finish the backup"
+                    ),
+                )));
+            }
+        };
+        Ok(DeviceOutcome { written, stream_id })
+    })
+}
+
+/// Stores each Write (then hands it to the hashing thread), makes the stream durable at
+/// Flush and finishes it at Complete, until `VD_E_CLOSE`. Returns what Complete wrote
+/// (if it came) and the stream's id.
+#[allow(clippy::type_complexity)]
+fn store_loop<'d>(
+    dev: &'d ClientDevice,
+    index: u32,
+    w: &mut StreamWriter<File>,
+    tx: &mpsc::Sender<Command<'d>>,
+    store_err: &dyn Fn(&std::io::Error) -> (u32, anyhow::Error),
+) -> Result<(Option<Written>, Option<String>), ClientErr> {
+    let mut failed: Option<anyhow::Error> = None;
+    let mut finished: Option<Written> = None;
+    let mut stream_id = None;
+    let mut first = true;
+    loop {
+        let cmd = match dev.get_command(Timeout::Infinite) {
+            Ok(c) => c,
+            Err(e) if e.code() == ErrorCode::Close => break,
+            Err(e) => {
+                return Err(match failed {
+                    Some(f) => ClientErr::Root(f),
+                    None => vd_err(&e, &format!("device {index}")),
+                });
+            }
+        };
+        match cmd.code() {
+            CommandCode::WRITE => {
+                if failed.is_some() {
+                    complete(cmd, ERROR_WRITE_FAULT, 0)?;
+                    continue;
+                }
+                if finished.is_some() {
+                    failed = Some(fail(
+                        Kind::PeerFailed,
+                        format!("the engine sent a Write on device {index} after VDC_Complete"),
+                    ));
+                    complete(cmd, ERROR_WRITE_FAULT, 0)?;
+                    continue;
+                }
+                let data = cmd.buffer().unwrap_or(&[]);
+                if first {
+                    first = false;
+                    stream_id = StreamHeader::peek(data).map(|h| stream::hex_id(&h.stream_id));
+                }
+                match w.write(data) {
+                    Ok(()) => {
+                        if tx.send(cmd).is_err() {
+                            // The hashing thread stopped; its error says why.
+                            break;
+                        }
+                    }
+                    Err(e) => {
+                        let (code, err) = store_err(&e);
+                        failed = Some(err);
+                        complete(cmd, code, 0)?;
+                    }
+                }
+            }
+            CommandCode::FLUSH => {
+                let r = if failed.is_some() || finished.is_some() {
+                    Ok(())
+                } else {
+                    w.sync()
+                };
+                match r {
+                    Ok(()) => complete(cmd, completion::ERROR_SUCCESS, 0)?,
+                    Err(e) => {
+                        let (code, err) = store_err(&e);
+                        failed.get_or_insert(err);
+                        complete(cmd, code, 0)?;
+                    }
+                }
+            }
+            CommandCode::COMPLETE => {
+                if failed.is_some() {
+                    complete(cmd, ERROR_WRITE_FAULT, 0)?;
+                    continue;
+                }
+                // The end of the backup: harden the stream before acknowledging it.
+                match w.finish() {
+                    Ok(wr) => {
+                        finished = Some(wr);
+                        complete(cmd, completion::ERROR_SUCCESS, 0)?;
+                    }
+                    Err(e) => {
+                        let (code, err) = store_err(&e);
+                        failed = Some(err);
+                        complete(cmd, code, 0)?;
+                    }
+                }
+            }
+            CommandCode::CLEAR_ERROR => complete(cmd, completion::ERROR_SUCCESS, 0)?,
+            CommandCode::READ => {
+                failed.get_or_insert(fail(
+                    Kind::PeerFailed,
+                    "the engine is restoring (it sent a Read), but this backup application was started for a backup",
+                ));
+                complete(cmd, completion::ERROR_NOT_SUPPORTED, 0)?;
+            }
+            _ => complete(cmd, completion::ERROR_NOT_SUPPORTED, 0)?,
+        }
+    }
+    match failed {
+        Some(f) => Err(ClientErr::Root(f)),
+        None => Ok((finished, stream_id)),
+    }
+}
+
+fn first_error<T>(results: Vec<Result<T, ClientErr>>) -> Result<Vec<T>, ClientErr> {
+    let mut ok = Vec::new();
+    let mut echo = None;
+    let mut root = None;
+    for r in results {
+        match r {
+            Ok(v) => ok.push(v),
+            Err(ClientErr::Root(e)) => {
+                root.get_or_insert(e);
+            }
+            Err(ClientErr::Aborted(c)) => {
+                echo.get_or_insert(c);
+            }
+        }
+    }
+    if let Some(e) = root {
+        return Err(ClientErr::Root(e));
+    }
+    if let Some(c) = echo {
+        return Err(ClientErr::Aborted(c));
+    }
+    Ok(ok)
+}
+
+/// Serves the engine's backup until every device ends; `alive` is asked while waiting
+/// for the engine (it fails if the engine process is gone).
+pub fn serve_backup(
+    mut prep: PreparedBackup,
+    alive: &dyn Fn() -> Result<()>,
+) -> Result<ServedBackup, ClientErr> {
+    let set = prep.set.clone();
+    let _guard = {
+        let s = set.clone();
+        interrupt::on_interrupt(move || {
+            let _ = s.signal_abort();
+        })
+    };
+    let result = (|| {
+        let cfg = wait_config(&set, alive, prep.plan.wait, prep.plan.hint.as_deref())?;
+        if cfg.features & features::WRITE_MEDIA == 0 {
+            return Err(ClientErr::Root(fail(
+                Kind::PeerFailed,
+                "the engine opened the set for a restore, but this backup application was started for a backup",
+            )));
+        }
+        let complete_enabled = cfg.features & features::COMPLETE_ENABLED != 0;
+        if !complete_enabled {
+            tracing::warn!(
+                "the engine did not enable VDC_Complete; the backup ends at the devices' close"
+            );
+        }
+        let plan = &prep.plan;
+        let progress = Progress::start(
+            &format!(
+                "backup {} through {} device(s)",
+                plan.source.name, plan.devices
+            ),
+            plan.devices,
+            plan.source.bytes,
+            plan.mode,
+        );
+        let media = std::mem::take(&mut prep.media);
+        let results: Vec<Result<DeviceOutcome, ClientErr>> = std::thread::scope(|s| {
+            let hs: Vec<_> = media
+                .into_iter()
+                .enumerate()
+                .map(|(i, m)| {
+                    let (set, plan, progress) = (&set, plan, &progress);
+                    s.spawn(move || {
+                        let r =
+                            serve_backup_device(set, i as u32, m, plan, complete_enabled, progress);
+                        if matches!(r, Err(ClientErr::Root(_))) {
+                            // A failure here fails the whole backup: stop the engine now.
+                            let _ = set.signal_abort();
+                        }
+                        r
+                    })
+                })
+                .collect();
+            hs.into_iter()
+                .map(|h| {
+                    h.join().unwrap_or_else(|_| {
+                        Err(ClientErr::Root(anyhow::anyhow!("a device thread panicked")))
+                    })
+                })
+                .collect()
+        });
+        let elapsed = progress.finish();
+        let outcomes = first_error(results)?;
+        Ok((cfg, outcomes, elapsed))
+    })();
+    let closed = set.close();
+    let (cfg, outcomes, elapsed) = result?;
+    closed.map_err(|e| vd_err(&e, "closing the set"))?;
+    let stream_id = outcomes.first().and_then(|o| o.stream_id.clone());
+    Ok(ServedBackup {
+        prep,
+        config: cfg,
+        streams: outcomes.into_iter().map(|o| o.written).collect(),
+        stream_id,
+        elapsed,
+    })
+}
+
+/// Summary of a committed backup.
+#[derive(Debug)]
+pub struct BackupDone {
+    /// The manifest (also for a stream on standard output, where it is not stored).
+    pub manifest: Manifest,
+    /// Time spent moving data.
+    pub elapsed: Duration,
+    /// Where the backup is.
+    pub dest: Dest,
+}
+
+/// Writes the manifest (the completion marker), last, after every stream is durable.
+pub fn commit_backup(mut served: ServedBackup) -> Result<BackupDone> {
+    let plan = &served.prep.plan;
+    let streams: Vec<StreamEntry> = served
+        .streams
+        .iter()
+        .enumerate()
+        .map(|(i, w)| StreamEntry {
+            device: i as u32,
+            file: backup::stream_file_name(i as u32, plan.compression),
+            stream_bytes: w.stream_bytes,
+            stored_bytes: w.stored_bytes,
+            blake3: w.blake3.clone(),
+        })
+        .collect();
+    let manifest = Manifest {
+        format: backup::FORMAT.into(),
+        version: backup::FORMAT_VERSION,
+        backup_id: stream::hex_id(&served.prep.backup_id),
+        stream_id: served.stream_id.clone(),
+        set_name: plan.set.clone(),
+        tool: format!("vdi {}", env!("CARGO_PKG_VERSION")),
+        started: served.prep.started,
+        completed: now_secs(),
+        source: plan.source.clone(),
+        device_count: plan.devices,
+        block_size: served.config.block_size,
+        max_transfer_size: served.config.max_transfer_size,
+        compression: plan.compression,
+        total_stream_bytes: streams.iter().map(|s| s.stream_bytes).sum(),
+        total_stored_bytes: streams.iter().map(|s| s.stored_bytes).sum(),
+        streams,
+        complete: true,
+    };
+    if let Dest::Dir(d) = &plan.dest {
+        backup::sync_dir(d)
+            .and_then(|()| backup::write_manifest(d, &manifest))
+            .map_err(|e| {
+                let kind = if is_disk_full(&e) {
+                    Kind::DiskFull
+                } else {
+                    Kind::Other
+                };
+                fail(
+                    kind,
+                    format!("writing the manifest in {}: {e}", d.display()),
+                )
+            })?;
+    }
+    served.prep.partial.keep = true;
+    Ok(BackupDone {
+        manifest,
+        elapsed: served.elapsed,
+        dest: served.prep.plan.dest.clone(),
+    })
+}
+
+/// A backup opened for a restore.
+pub struct OpenedBackup {
+    /// Its manifest (None for a stream on standard input).
+    pub manifest: Option<Manifest>,
+    readers: Vec<(StreamReader, Option<StreamEntry>)>,
+}
+
+impl std::fmt::Debug for OpenedBackup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OpenedBackup")
+            .field("manifest", &self.manifest)
+            .finish()
+    }
+}
+
+impl OpenedBackup {
+    /// Devices = streams.
+    pub fn devices(&self) -> u32 {
+        self.readers.len() as u32
+    }
+}
+
+/// Opens a stored backup: the manifest with its completion marker, and every stream file
+/// with the size the manifest records. `devices`, if given, must be the backup's count.
+pub fn open_backup(src: &BackupSrc, devices: Option<u32>) -> Result<OpenedBackup> {
+    match src {
+        BackupSrc::Stdin => {
+            if let Some(n) = devices.filter(|&n| n != 1) {
+                return Err(fail(
+                    Kind::Damaged,
+                    format!(
+                        "mismatched device count: a stream on standard input is one device, not {n}"
+                    ),
+                ));
+            }
+            let media: Box<dyn Read + Send> = Box::new(
+                stdin_file().map_err(|e| fail(Kind::Input, format!("standard input: {e}")))?,
+            );
+            let r = backup::detect_compression(media)
+                .and_then(|(m, c)| StreamReader::new_unhashed(m, c))
+                .map_err(|e| fail(Kind::Input, format!("reading standard input: {e}")))?;
+            Ok(OpenedBackup {
+                manifest: None,
+                readers: vec![(r, None)],
+            })
+        }
+        BackupSrc::Dir(d) => {
+            let m = backup::read_manifest(d).map_err(|e| match &e {
+                BackupError::Unreadable { .. } => fail(Kind::Input, e.to_string()),
+                _ => fail(Kind::Damaged, format!("cannot restore: {e}")),
+            })?;
+            if let Some(n) = devices
+                && n != m.device_count
+            {
+                return Err(fail(
+                    Kind::Damaged,
+                    format!(
+                        "mismatched device count: backup {} was made with {} devices; it must be restored with {} devices, not {n}",
+                        d.display(),
+                        m.device_count,
+                        m.device_count
+                    ),
+                ));
+            }
+            let mut readers = Vec::new();
+            for e in &m.streams {
+                let f = backup::open_stream(d, e).map_err(|p| {
+                    fail(
+                        Kind::Damaged,
+                        format!("backup {} is damaged: {p}", d.display()),
+                    )
+                })?;
+                let media: Box<dyn Read + Send> = Box::new(f);
+                let r = StreamReader::new_unhashed(media, m.compression)
+                    .map_err(|err| fail(Kind::Damaged, format!("stream file {}: {err}", e.file)))?;
+                readers.push((r, Some(e.clone())));
+            }
+            Ok(OpenedBackup {
+                manifest: Some(m),
+                readers,
+            })
+        }
+    }
+}
+
+/// A set created to serve a restore.
+#[derive(Debug)]
+pub struct PreparedRestore {
+    set: ClientSet,
+    backup: OpenedBackup,
+    mode: Mode,
+    wait: Option<Duration>,
+    hint: Option<String>,
+    label: String,
+}
+
+/// Creates the set for serving `backup`.
+pub fn prepare_restore(
+    set_name: &str,
+    backup: OpenedBackup,
+    mode: Mode,
+    wait: Option<Duration>,
+    hint: Option<String>,
+    label: String,
+    allow_group: Option<u32>,
+) -> Result<PreparedRestore> {
+    let set = create_set(set_name, backup.devices(), allow_group)?;
+    Ok(PreparedRestore {
+        set,
+        backup,
+        mode,
+        wait,
+        hint,
+        label,
+    })
+}
+
+/// What a served restore moved.
+#[derive(Debug)]
+pub struct ServedRestore {
+    /// Stream bytes served per device.
+    pub stream_bytes: Vec<u64>,
+    /// Time spent moving data.
+    pub elapsed: Duration,
+    /// The manifest, if any.
+    pub manifest: Option<Manifest>,
+}
+
+/// What the hashing thread of a restore does with a filled Read.
+struct Filled<'d> {
+    cmd: Command<'d>,
+    n: usize,
+    eof: bool,
+}
+
+/// Hashes each filled Read in stream order and completes it; at the end of the stream,
+/// checks the whole stream against the manifest before answering `ERROR_HANDLE_EOF`.
+fn hash_and_serve(
+    rx: Receiver<Filled<'_>>,
+    index: u32,
+    entry: Option<&StreamEntry>,
+    file: &str,
+    progress: &Progress,
+) -> Result<(), ClientErr> {
+    let mut h = blake3::Hasher::new();
+    let mut bytes = 0u64;
+    for f in rx {
+        if let Some(b) = f.cmd.buffer() {
+            h.update(&b[..f.n]);
+        }
+        bytes += f.n as u64;
+        progress.add(index, f.n as u64);
+        if !f.eof {
+            complete(f.cmd, completion::ERROR_SUCCESS, f.n as u32)?;
+            continue;
+        }
+        let digest = h.finalize().to_hex().to_string();
+        let bad = entry.and_then(|e| {
+            if bytes != e.stream_bytes {
+                Some(format!(
+                    "it holds {bytes} stream bytes, the manifest records {}",
+                    e.stream_bytes
+                ))
+            } else if digest != e.blake3 {
+                Some(format!(
+                    "its blake3 digest {digest} does not match the manifest's {}",
+                    e.blake3
+                ))
+            } else {
+                None
+            }
+        });
+        match bad {
+            None => complete(f.cmd, completion::ERROR_HANDLE_EOF, f.n as u32)?,
+            Some(why) => {
+                complete(f.cmd, ERROR_CRC, 0)?;
+                return Err(ClientErr::Root(fail(
+                    Kind::Damaged,
+                    format!("{file} (device {index}) is corrupted: {why}"),
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn serve_restore_device(
+    set: &ClientSet,
+    index: u32,
+    mut r: StreamReader,
+    entry: Option<&StreamEntry>,
+    progress: &Progress,
+) -> Result<u64, ClientErr> {
+    let dev = open_device(set, index)?;
+    let file = entry.map_or_else(
+        || "standard input".to_owned(),
+        |e| format!("stream file {}", e.file),
+    );
+    let dev = &dev;
+    std::thread::scope(|s| {
+        let (tx, rx) = mpsc::channel::<Filled<'_>>();
+        let file = file.as_str();
+        let hasher = s.spawn(move || hash_and_serve(rx, index, entry, file, progress));
+        let served = read_loop(dev, index, &mut r, &tx, file);
+        drop(tx);
+        let hashed = hasher.join().unwrap_or_else(|_| {
+            Err(ClientErr::Root(anyhow::anyhow!(
+                "a hashing thread panicked"
+            )))
+        });
+        match (served, hashed) {
+            (Err(ClientErr::Root(e)), _) | (_, Err(ClientErr::Root(e))) => Err(ClientErr::Root(e)),
+            (Err(e), _) | (_, Err(e)) => Err(e),
+            (Ok(()), Ok(())) if !r.at_eof() => Err(ClientErr::Root(fail(
+                Kind::PeerFailed,
+                format!(
+                    "the engine closed device {index} after {} bytes, before the end of {file}",
+                    r.stream_bytes()
+                ),
+            ))),
+            (Ok(()), Ok(())) => Ok(r.stream_bytes()),
+        }
+    })
+}
+
+/// Fills each Read from the stored stream (then hands it to the hashing thread) until
+/// `VD_E_CLOSE`.
+fn read_loop<'d>(
+    dev: &'d ClientDevice,
+    index: u32,
+    r: &mut StreamReader,
+    tx: &mpsc::Sender<Filled<'d>>,
+    file: &str,
+) -> Result<(), ClientErr> {
+    let mut failed: Option<anyhow::Error> = None;
+    loop {
+        let mut cmd = match dev.get_command(Timeout::Infinite) {
+            Ok(c) => c,
+            Err(e) if e.code() == ErrorCode::Close => break,
+            Err(e) => {
+                return Err(match failed {
+                    Some(f) => ClientErr::Root(f),
+                    None => vd_err(&e, &format!("device {index}")),
+                });
+            }
+        };
+        match cmd.code() {
+            CommandCode::READ => {
+                if failed.is_some() {
+                    complete(cmd, ERROR_READ_FAULT, 0)?;
+                    continue;
+                }
+                if r.at_eof() {
+                    complete(cmd, completion::ERROR_HANDLE_EOF, 0)?;
+                    continue;
+                }
+                let size = cmd.size() as usize;
+                let got = match cmd.buffer_mut() {
+                    Some(buf) => r.read_full(buf),
+                    None => Ok(0),
+                };
+                match got {
+                    Ok(n) => {
+                        let eof = n < size;
+                        if tx.send(Filled { cmd, n, eof }).is_err() {
+                            break;
+                        }
+                    }
+                    Err(e) => {
+                        failed = Some(fail(
+                            Kind::Damaged,
+                            format!(
+                                "{file} (device {index}) cannot be read after {} stream bytes: {e}",
+                                r.stream_bytes()
+                            ),
+                        ));
+                        complete(cmd, ERROR_CRC, 0)?;
+                    }
+                }
+            }
+            CommandCode::CLEAR_ERROR | CommandCode::FLUSH | CommandCode::COMPLETE => {
+                complete(cmd, completion::ERROR_SUCCESS, 0)?;
+            }
+            CommandCode::WRITE => {
+                failed.get_or_insert(fail(
+                    Kind::PeerFailed,
+                    "the engine is backing up (it sent a Write), but this backup application was started for a restore",
+                ));
+                complete(cmd, completion::ERROR_NOT_SUPPORTED, 0)?;
+            }
+            _ => complete(cmd, completion::ERROR_NOT_SUPPORTED, 0)?,
+        }
+    }
+    match failed {
+        Some(f) => Err(ClientErr::Root(f)),
+        None => Ok(()),
+    }
+}
+
+/// Serves the stored streams to the engine's Reads until every device ends.
+pub fn serve_restore(
+    prep: PreparedRestore,
+    alive: &dyn Fn() -> Result<()>,
+) -> Result<ServedRestore, ClientErr> {
+    let set = prep.set.clone();
+    let _guard = {
+        let s = set.clone();
+        interrupt::on_interrupt(move || {
+            let _ = s.signal_abort();
+        })
+    };
+    let manifest = prep.backup.manifest.clone();
+    let result = (|| {
+        let cfg = wait_config(&set, alive, prep.wait, prep.hint.as_deref())?;
+        if cfg.features & features::READ_MEDIA == 0 {
+            return Err(ClientErr::Root(fail(
+                Kind::PeerFailed,
+                "the engine opened the set for a backup, but this backup application was started for a restore",
+            )));
+        }
+        let devices = prep.backup.devices();
+        let total = manifest.as_ref().map(|m| m.total_stream_bytes);
+        let progress = Progress::start(&prep.label, devices, total, prep.mode);
+        let readers = prep.backup.readers;
+        let results: Vec<Result<u64, ClientErr>> = std::thread::scope(|s| {
+            let hs: Vec<_> = readers
+                .into_iter()
+                .enumerate()
+                .map(|(i, (r, e))| {
+                    let (set, progress) = (&set, &progress);
+                    s.spawn(move || {
+                        let res = serve_restore_device(set, i as u32, r, e.as_ref(), progress);
+                        if matches!(res, Err(ClientErr::Root(_))) {
+                            let _ = set.signal_abort();
+                        }
+                        res
+                    })
+                })
+                .collect();
+            hs.into_iter()
+                .map(|h| {
+                    h.join().unwrap_or_else(|_| {
+                        Err(ClientErr::Root(anyhow::anyhow!("a device thread panicked")))
+                    })
+                })
+                .collect()
+        });
+        let elapsed = progress.finish();
+        Ok((first_error(results)?, elapsed))
+    })();
+    let closed = set.close();
+    let (stream_bytes, elapsed) = result?;
+    closed.map_err(|e| vd_err(&e, "closing the set"))?;
+    Ok(ServedRestore {
+        stream_bytes,
+        elapsed,
+        manifest,
+    })
+}

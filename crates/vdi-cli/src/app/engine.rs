@@ -1,0 +1,1056 @@
+//! The reference engine (the VDI server role): backs a source up through every device of
+//! a set, and restores a target from them, in the stream format of `vdi_cli::stream`.
+//!
+//! Backup: one thread reads the source straight into shared buffers (zero copy), seals
+//! each buffer as a chunk and sends it as a Write on whichever device has a buffer free
+//! (dynamic distribution; 4 buffers per device by default, so every device stays busy),
+//! then a trailer, Flush and Complete on every device, and closes them.
+//!
+//! Restore: one thread per device keeps its Reads in flight, decodes what they return in
+//! the order they were sent (whatever size each Read had), and writes each chunk's payload
+//! where it belongs in the target, until the client answers `ERROR_HANDLE_EOF`.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::fs::File;
+use std::io::{self, Write};
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+use vdi::{
+    AbortCause, CommandCode, Completion, ErrorCode, Reason, ServerBuffer, ServerCommand,
+    ServerDevice, ServerSet, completion, features,
+};
+use vdi_cli::backup::{is_disk_full, read_full, sync_dir};
+use vdi_cli::stream::{
+    self, ChunkHeader, Decoder, DeviceStream, Sink, StreamError, StreamHeader, Trailer,
+};
+
+use super::fail::{Failure, Kind, fail, kind_of};
+use super::source::{self, Spec};
+use super::vdiutil::{abort_cause, abort_sentence, code_name, device_name, is_full_code, vd_fail};
+
+/// The prefix of the report line an engine started by `vdi backup`/`vdi restore` prints
+/// on standard error.
+pub const REPORT_PREFIX: &str = "VDI-ENGINE-REPORT ";
+
+/// How the engine configures the set.
+#[derive(Clone, Debug)]
+pub struct EngineCfg {
+    /// The set name.
+    pub set: String,
+    /// Total buffers (default 4 per device).
+    pub buffer_count: Option<u32>,
+    /// maxTransferSize.
+    pub max_transfer: u32,
+    /// blockSize.
+    pub block_size: u32,
+    /// How long to wait for the set to appear.
+    pub wait: Duration,
+    /// Another user whose sets may be opened.
+    pub trust_owner: Option<u32>,
+}
+
+/// What the engine did (also the report line's JSON).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct EngineReport {
+    /// Whether it succeeded.
+    pub ok: bool,
+    /// `backup` or `restore`.
+    pub op: String,
+    /// The failure's kind name, if it failed.
+    pub kind: Option<String>,
+    /// The failure's message, if it failed.
+    pub message: Option<String>,
+    /// The engine's process id.
+    pub pid: u32,
+    /// Source bytes moved.
+    pub source_bytes: u64,
+    /// Chunks moved.
+    pub chunks: u64,
+    /// Devices used.
+    pub devices: u32,
+    /// The backup's stream id.
+    pub stream_id: Option<String>,
+    /// Seconds from opening the set to closing it.
+    pub seconds: f64,
+    /// Seconds the database snapshot took (sqlite sources).
+    pub snapshot_seconds: f64,
+    /// The integrity check of a restored database (`ok`).
+    pub integrity_check: Option<String>,
+}
+
+/// Opens the set, waiting up to `cfg.wait` for the backup application to create it.
+fn open_set(cfg: &EngineCfg) -> Result<ServerSet> {
+    let deadline = Instant::now() + cfg.wait;
+    let mut said = false;
+    loop {
+        let mut opts = vdi::AttachOptions::default();
+        if let Some(uid) = cfg.trust_owner {
+            opts = opts.trust_owner(uid);
+        }
+        match ServerSet::open_with(&cfg.set, opts) {
+            Ok(s) => return Ok(s),
+            Err(e) if matches!(e.reason(), Reason::NoSuchSet(_)) && Instant::now() < deadline => {
+                if !said {
+                    tracing::info!(
+                        "waiting for the backup application to create set '{}'",
+                        cfg.set
+                    );
+                    said = true;
+                }
+                if super::interrupt::interrupted() {
+                    return Err(fail(
+                        Kind::Interrupted,
+                        "interrupted while waiting for the set",
+                    ));
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err(e) if matches!(e.reason(), Reason::NoSuchSet(_)) => {
+                return Err(fail(
+                    Kind::PeerFailed,
+                    format!(
+                        "no virtual device set named '{}' appeared within {} s: start the backup application first (vdi client backup|restore --set {})",
+                        cfg.set,
+                        cfg.wait.as_secs(),
+                        cfg.set
+                    ),
+                ));
+            }
+            Err(e) => return Err(vd_fail(&e, "engine", &format!("opening set '{}'", cfg.set))),
+        }
+    }
+}
+
+/// A completion, as the agent thread hands it to the engine's threads.
+struct Ev {
+    dev: u32,
+    code: CommandCode,
+    size: u32,
+    completion: u32,
+    bytes: u32,
+    buffer: Option<ServerBuffer>,
+    tag: u64,
+}
+
+fn send(
+    dev: &ServerDevice,
+    cmd: ServerCommand,
+    tx: &Sender<Ev>,
+    tag: u64,
+) -> Result<(), vdi::VdError> {
+    let tx = tx.clone();
+    dev.send_command(cmd, move |c: Completion| {
+        let _ = tx.send(Ev {
+            dev: c.device,
+            code: c.code,
+            size: c.size,
+            completion: c.completion_code,
+            bytes: c.bytes_transferred,
+            buffer: c.buffer,
+            tag,
+        });
+    })
+}
+
+/// The failure for a command the client did not complete with success.
+fn command_failure(set: &ServerSet, ev: &Ev) -> anyhow::Error {
+    if ev.completion == completion::ERROR_OPERATION_ABORTED {
+        let cause = set.abort_cause().unwrap_or(AbortCause::Unknown);
+        return fail(Kind::PeerFailed, abort_sentence(cause, "engine"));
+    }
+    if is_full_code(ev.completion) {
+        return fail(
+            Kind::DiskFull,
+            format!(
+                "the backup application's media is full: it answered {} to a {} on device {}",
+                code_name(ev.completion),
+                ev.code,
+                ev.dev
+            ),
+        );
+    }
+    fail(
+        Kind::PeerFailed,
+        format!(
+            "the backup application failed a {} on device {} with {}",
+            ev.code,
+            ev.dev,
+            code_name(ev.completion)
+        ),
+    )
+}
+
+/// The backup engine's sending loop.
+struct Pump<'a> {
+    set: &'a ServerSet,
+    devs: &'a [ServerDevice],
+    tx: Sender<Ev>,
+    rx: Receiver<Ev>,
+    free: Vec<ServerBuffer>,
+    credits: VecDeque<u32>,
+    in_flight: u32,
+}
+
+impl Pump<'_> {
+    fn send(&mut self, dev: u32, cmd: ServerCommand) -> Result<()> {
+        self.in_flight += 1;
+        let code = cmd.code();
+        send(&self.devs[dev as usize], cmd, &self.tx, 0)
+            .map_err(|e| vd_fail(&e, "engine", &format!("sending {code} on device {dev}")))
+    }
+
+    fn wait_one(&mut self) -> Result<()> {
+        let ev = self
+            .rx
+            .recv()
+            .map_err(|_| anyhow::anyhow!("the completion channel closed"))?;
+        self.in_flight -= 1;
+        self.credits.push_back(ev.dev);
+        let ok = ev.completion == completion::ERROR_SUCCESS
+            && (!ev.code.carries_data() || ev.bytes == ev.size);
+        let err = if ok {
+            None
+        } else if ev.completion == completion::ERROR_SUCCESS {
+            Some(fail(
+                Kind::PeerFailed,
+                format!(
+                    "the backup application stored {} of the {} bytes of a Write on device {}",
+                    ev.bytes, ev.size, ev.dev
+                ),
+            ))
+        } else {
+            Some(command_failure(self.set, &ev))
+        };
+        if let Some(b) = ev.buffer {
+            self.free.push(b);
+        }
+        match err {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    fn drain(&mut self) -> Result<()> {
+        while self.in_flight > 0 {
+            self.wait_one()?;
+        }
+        Ok(())
+    }
+
+    fn take(&mut self) -> Result<(u32, ServerBuffer)> {
+        loop {
+            if !self.credits.is_empty()
+                && let Some(b) = self.free.pop()
+            {
+                let d = self.credits.pop_front().unwrap_or(0);
+                return Ok((d, b));
+            }
+            self.wait_one()?;
+        }
+    }
+
+    fn each_device(&mut self, code: CommandCode) -> Result<()> {
+        for d in 0..self.devs.len() as u32 {
+            self.send(d, ServerCommand::new(code))?;
+        }
+        self.drain()
+    }
+}
+
+fn configure(set: &ServerSet, cfg: &EngineCfg, media: u32) -> Result<(u32, u32, bool)> {
+    let what = "configuring the set";
+    let asked = set
+        .get_configuration()
+        .map_err(|e| vd_fail(&e, "engine", what))?;
+    let devices = asked.device_count;
+    let complete = asked.features & features::REQUEST_COMPLETE != 0;
+    let feats = media
+        | if complete {
+            features::COMPLETE_ENABLED
+        } else {
+            0
+        };
+    let buffers = cfg.buffer_count.unwrap_or(4 * devices).max(devices);
+    set.begin_configuration(feats, cfg.block_size, 0, cfg.max_transfer, 10_000)
+        .map_err(|e| vd_fail(&e, "engine", what))?;
+    set.request_buffers(cfg.max_transfer, 0, buffers)
+        .map_err(|e| vd_fail(&e, "engine", what))?;
+    set.end_configuration()
+        .map_err(|e| vd_fail(&e, "engine", what))?;
+    Ok((devices, buffers, complete))
+}
+
+fn open_devices(set: &ServerSet, devices: u32) -> Result<Vec<ServerDevice>> {
+    (0..devices)
+        .map(|i| {
+            set.open_device(&device_name(set.name(), i))
+                .map_err(|e| vd_fail(&e, "engine", &format!("opening device {i}")))
+        })
+        .collect()
+}
+
+/// Runs `body` with the completion agent on its own thread; aborts the set if `body`
+/// fails, and closes the set in every case.
+fn with_agent<T>(set: &ServerSet, body: impl FnOnce() -> Result<T>) -> Result<T> {
+    let _guard = {
+        let s = set.clone();
+        super::interrupt::on_interrupt(move || {
+            let _ = s.signal_abort();
+        })
+    };
+    let r = std::thread::scope(|s| {
+        let agent = s.spawn(|| set.execute_completion_agent());
+        let r = body();
+        if r.is_err() {
+            let _ = set.signal_abort();
+        }
+        let a = agent.join();
+        match (r, a) {
+            (Err(e), _) => Err(e),
+            (Ok(v), Ok(Ok(()))) => Ok(v),
+            (Ok(_), Ok(Err(e))) => Err(vd_fail(&e, "engine", "completion agent")),
+            (Ok(_), Err(_)) => Err(anyhow::anyhow!("the completion agent panicked")),
+        }
+    });
+    let _ = set.close();
+    if super::interrupt::interrupted()
+        && let Err(e) = &r
+        && kind_of(e) == Kind::PeerFailed
+    {
+        return Err(fail(
+            Kind::Interrupted,
+            "interrupted (Ctrl-C): the operation was aborted",
+        ));
+    }
+    r
+}
+
+/// `vdi engine backup`: streams `spec` through every device of set `cfg.set`.
+pub fn backup(cfg: &EngineCfg, spec: &Spec) -> Result<EngineReport> {
+    let mut src = source::open_source(spec)?;
+    let set = open_set(cfg)?;
+    let started = Instant::now();
+    let (devices, buffers, complete) = match configure(&set, cfg, features::WRITE_MEDIA) {
+        Ok(v) => v,
+        Err(e) => {
+            let _ = set.signal_abort();
+            let _ = set.close();
+            return Err(e);
+        }
+    };
+    let stream_id = super::vdiutil::random_id();
+    let label = spec.label();
+    let (bytes, chunks) = with_agent(&set, || {
+        let devs = open_devices(&set, devices)?;
+        let depth = (buffers / devices).max(1);
+        let mut free = Vec::new();
+        for _ in 0..devices * depth {
+            free.push(
+                set.allocate_buffer(cfg.max_transfer, 0)
+                    .map_err(|e| vd_fail(&e, "engine", "allocating buffers"))?,
+            );
+        }
+        let (tx, rx) = mpsc::channel();
+        let mut p = Pump {
+            set: &set,
+            devs: &devs,
+            tx,
+            rx,
+            free,
+            credits: (1..depth).flat_map(|_| 0..devices).collect(),
+            in_flight: 0,
+        };
+        let block = cfg.block_size as usize;
+        for d in 0..devices {
+            let mut buf = p.free.pop().ok_or_else(|| anyhow::anyhow!("no buffer"))?;
+            let h = StreamHeader::new(
+                stream_id,
+                d,
+                devices,
+                cfg.block_size,
+                cfg.max_transfer,
+                spec.kind(),
+                src.size.unwrap_or(stream::UNKNOWN_SIZE),
+                &label,
+            );
+            h.encode(&mut buf.as_mut_slice()[..block])?;
+            p.send(d, ServerCommand::write(buf, cfg.block_size))?;
+        }
+        let max = stream::max_payload(cfg.max_transfer) as usize;
+        let mut per = vec![(0u64, 0u64); devices as usize];
+        let (mut seq, mut offset) = (0u64, 0u64);
+        loop {
+            let (d, mut buf) = p.take()?;
+            let slice =
+                &mut buf.as_mut_slice()[stream::CHUNK_HEADER_LEN..stream::CHUNK_HEADER_LEN + max];
+            let n = read_full(&mut src.reader, slice)
+                .map_err(|e| fail(Kind::Input, format!("reading the source {label}: {e}")))?;
+            if n == 0 {
+                p.free.push(buf);
+                p.credits.push_front(d);
+                break;
+            }
+            let len = stream::seal_chunk(buf.as_mut_slice(), seq, offset, n as u32, cfg.block_size);
+            p.send(d, ServerCommand::write(buf, len as u32))?;
+            per[d as usize].0 += 1;
+            per[d as usize].1 += n as u64;
+            seq += 1;
+            offset += n as u64;
+        }
+        p.drain()?;
+        for d in 0..devices {
+            let mut buf = p.free.pop().ok_or_else(|| anyhow::anyhow!("no buffer"))?;
+            Trailer {
+                device: d,
+                devices,
+                stream_id,
+                chunks: per[d as usize].0,
+                bytes: per[d as usize].1,
+                total_chunks: seq,
+                total_bytes: offset,
+            }
+            .encode(&mut buf.as_mut_slice()[..block])?;
+            p.send(d, ServerCommand::write(buf, cfg.block_size))?;
+        }
+        p.drain()?;
+        p.each_device(CommandCode::FLUSH)?;
+        if complete {
+            p.each_device(CommandCode::COMPLETE)?;
+        }
+        for (i, d) in devs.iter().enumerate() {
+            d.close_device()
+                .map_err(|e| vd_fail(&e, "engine", &format!("closing device {i}")))?;
+        }
+        Ok((offset, seq))
+    })?;
+    Ok(EngineReport {
+        ok: true,
+        op: "backup".into(),
+        pid: std::process::id(),
+        source_bytes: bytes,
+        chunks,
+        devices,
+        stream_id: Some(stream::hex_id(&stream_id)),
+        seconds: started.elapsed().as_secs_f64(),
+        snapshot_seconds: src.snapshot_secs,
+        ..EngineReport::default()
+    })
+}
+
+/// Where restored data goes.
+enum Out {
+    /// A temporary file beside the target, renamed over it at the end.
+    File {
+        tmp: tempfile::NamedTempFile,
+        file: Arc<File>,
+        path: PathBuf,
+        sqlite: bool,
+    },
+    /// Standard output, in source order.
+    Seq(Arc<SeqOut>),
+}
+
+struct FileSink(Arc<File>);
+
+impl Sink for FileSink {
+    fn payload(&mut self, c: &ChunkHeader, at: u32, data: &[u8]) -> io::Result<()> {
+        self.0.write_all_at(data, c.offset + u64::from(at))
+    }
+    fn chunk_end(&mut self, _: &ChunkHeader) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+struct SeqState {
+    next: u64,
+    pending: BTreeMap<u64, Vec<u8>>,
+    pending_bytes: usize,
+    running: u32,
+    waiting: u32,
+    failed: bool,
+    out: File,
+}
+
+/// Standard output written in source order: chunks that arrive early wait in memory; a
+/// device that gets too far ahead waits for the others.
+struct SeqOut {
+    st: Mutex<SeqState>,
+    cv: Condvar,
+    limit: usize,
+}
+
+impl SeqOut {
+    fn lock(&self) -> std::sync::MutexGuard<'_, SeqState> {
+        self.st.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn put(&self, offset: u64, data: Vec<u8>) -> io::Result<()> {
+        let mut st = self.lock();
+        if st.failed {
+            return Err(io::Error::other("the restore stopped"));
+        }
+        st.pending_bytes += data.len();
+        st.pending.insert(offset, data);
+        loop {
+            let next = st.next;
+            let Some(d) = st.pending.remove(&next) else {
+                break;
+            };
+            st.pending_bytes -= d.len();
+            st.next += d.len() as u64;
+            if let Err(e) = st.out.write_all(&d) {
+                st.failed = true;
+                self.cv.notify_all();
+                return Err(e);
+            }
+        }
+        self.cv.notify_all();
+        while st.pending_bytes > self.limit && !st.failed {
+            if st.waiting + 1 >= st.running {
+                return Err(io::Error::other(format!(
+                    "the streams hold no chunk for source byte {}",
+                    st.next
+                )));
+            }
+            st.waiting += 1;
+            st = self.cv.wait(st).unwrap_or_else(|e| e.into_inner());
+            st.waiting -= 1;
+        }
+        Ok(())
+    }
+
+    fn device_done(&self, failed: bool) {
+        let mut st = self.lock();
+        st.running = st.running.saturating_sub(1);
+        st.failed |= failed;
+        self.cv.notify_all();
+    }
+}
+
+struct SeqSink {
+    out: Arc<SeqOut>,
+    cur: Vec<u8>,
+}
+
+impl Sink for SeqSink {
+    fn payload(&mut self, _: &ChunkHeader, _: u32, data: &[u8]) -> io::Result<()> {
+        self.cur.extend_from_slice(data);
+        Ok(())
+    }
+    fn chunk_end(&mut self, c: &ChunkHeader) -> io::Result<()> {
+        let data = std::mem::take(&mut self.cur);
+        self.out.put(c.offset, data)
+    }
+}
+
+fn target_failure(path: &std::path::Path, e: &io::Error) -> anyhow::Error {
+    if is_disk_full(e) {
+        fail(
+            Kind::DiskFull,
+            format!(
+                "no space left writing the restored target {}: {e}",
+                path.display()
+            ),
+        )
+    } else {
+        fail(
+            Kind::Other,
+            format!("writing the restored target {}: {e}", path.display()),
+        )
+    }
+}
+
+impl Out {
+    fn prepare(spec: &Spec, force: bool, devices_hint: u32) -> Result<Out> {
+        source::check_target(spec, force)?;
+        match spec {
+            Spec::Std => Ok(Out::Seq(Arc::new(SeqOut {
+                st: Mutex::new(SeqState {
+                    next: 0,
+                    pending: BTreeMap::new(),
+                    pending_bytes: 0,
+                    running: devices_hint,
+                    waiting: 0,
+                    failed: false,
+                    out: source::stdout_file().context("standard output")?,
+                }),
+                cv: Condvar::new(),
+                limit: 64 << 20,
+            }))),
+            Spec::File(p) | Spec::Sqlite(p) => {
+                let dir = source::parent_dir(p);
+                let name = p
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_else(|| "target".into());
+                let tmp = tempfile::Builder::new()
+                    .prefix(&partial_prefix(&name, std::process::id()))
+                    .tempfile_in(&dir)
+                    .map_err(|e| target_failure(p, &e))?;
+                let file = Arc::new(
+                    tmp.as_file()
+                        .try_clone()
+                        .map_err(|e| target_failure(p, &e))?,
+                );
+                Ok(Out::File {
+                    tmp,
+                    file,
+                    path: p.clone(),
+                    sqlite: matches!(spec, Spec::Sqlite(_)),
+                })
+            }
+        }
+    }
+
+    fn set_running(&self, devices: u32) {
+        if let Out::Seq(s) = self {
+            s.lock().running = devices;
+        }
+    }
+
+    fn sink(&self) -> Box<dyn Sink + Send> {
+        match self {
+            Out::File { file, .. } => Box::new(FileSink(file.clone())),
+            Out::Seq(s) => Box::new(SeqSink {
+                out: s.clone(),
+                cur: Vec::new(),
+            }),
+        }
+    }
+
+    fn device_done(&self, failed: bool) {
+        if let Out::Seq(s) = self {
+            s.device_done(failed);
+        }
+    }
+
+    /// Makes the target whole and durable and puts it in place; returns the integrity
+    /// check's verdict for a database.
+    fn commit(self, total: u64, force: bool, integrity: bool) -> Result<Option<String>> {
+        match self {
+            Out::Seq(s) => {
+                let mut st = s.lock();
+                if st.next != total || !st.pending.is_empty() {
+                    return Err(fail(
+                        Kind::Damaged,
+                        format!(
+                            "the streams hold no chunk for source byte {} (of {total})",
+                            st.next
+                        ),
+                    ));
+                }
+                st.out
+                    .flush()
+                    .map_err(|e| fail(Kind::Other, format!("standard output: {e}")))?;
+                Ok(None)
+            }
+            Out::File {
+                tmp,
+                file,
+                path,
+                sqlite,
+            } => {
+                file.set_len(total).map_err(|e| target_failure(&path, &e))?;
+                file.sync_all().map_err(|e| target_failure(&path, &e))?;
+                drop(file);
+                let mut verdict = None;
+                if sqlite {
+                    source::header_check(tmp.path()).map_err(|e| {
+                        fail(
+                            Kind::Damaged,
+                            format!("the restored data is not a whole SQLite database: {e}"),
+                        )
+                    })?;
+                    if integrity {
+                        let rows = source::integrity_check(tmp.path()).map_err(|e| {
+                            fail(
+                                Kind::Damaged,
+                                format!("the restored data is not a SQLite database: {e:#}"),
+                            )
+                        })?;
+                        if rows != ["ok"] {
+                            return Err(fail(
+                                Kind::Damaged,
+                                format!(
+                                    "the restored database fails PRAGMA integrity_check: {}",
+                                    rows.join("; ")
+                                ),
+                            ));
+                        }
+                        verdict = Some("ok".to_owned());
+                    }
+                    // An old database's journal or WAL must not be applied to the new one.
+                    for side in ["-wal", "-shm", "-journal"] {
+                        let p = PathBuf::from(format!("{}{side}", path.display()));
+                        if p.exists() {
+                            if !force {
+                                return Err(fail(
+                                    Kind::TargetExists,
+                                    format!("{} exists; use --force to replace it", p.display()),
+                                ));
+                            }
+                            std::fs::remove_file(&p).map_err(|e| target_failure(&p, &e))?;
+                        }
+                    }
+                }
+                if !force && path.exists() {
+                    return Err(fail(
+                        Kind::TargetExists,
+                        format!(
+                            "target {} appeared during the restore; use --force to replace it",
+                            path.display()
+                        ),
+                    ));
+                }
+                tmp.persist(&path)
+                    .map_err(|e| target_failure(&path, &e.error))?;
+                sync_dir(&source::parent_dir(&path)).map_err(|e| target_failure(&path, &e))?;
+                Ok(verdict)
+            }
+        }
+    }
+}
+
+/// A device thread's failure: its own root cause, or only the echo of an abort.
+enum DevErr {
+    Root(anyhow::Error),
+    Aborted(AbortCause),
+}
+
+fn damaged(dev: u32, e: StreamError) -> DevErr {
+    match e {
+        StreamError::Sink(io) => DevErr::Root(fail(
+            if is_disk_full(&io) {
+                Kind::DiskFull
+            } else {
+                Kind::Other
+            },
+            format!("writing the restored data from device {dev}: {io}"),
+        )),
+        e => DevErr::Root(fail(
+            Kind::Damaged,
+            format!("the stream of device {dev} is damaged: {e}"),
+        )),
+    }
+}
+
+struct ReadLoop<'a> {
+    set: &'a ServerSet,
+    dev: &'a ServerDevice,
+    index: u32,
+    max_transfer: u32,
+}
+
+impl ReadLoop<'_> {
+    fn run(&self, depth: u32, sink: &mut dyn Sink, complete: bool) -> Result<DeviceStream, DevErr> {
+        let d = self.index;
+        let vd = |e: vdi::VdError, what: &str| match abort_cause(&e) {
+            Some(c) => DevErr::Aborted(c),
+            None => DevErr::Root(vd_fail(&e, "engine", &format!("{what} on device {d}"))),
+        };
+        let (tx, rx) = mpsc::channel::<Ev>();
+        let mut bufs = Vec::new();
+        for _ in 0..depth {
+            bufs.push(
+                self.set
+                    .allocate_buffer(self.max_transfer, 0)
+                    .map_err(|e| vd(e, "allocating buffers"))?,
+            );
+        }
+        let mut dec = Decoder::new(Some(d));
+        let (mut next_send, mut next_done, mut in_flight) = (0u64, 0u64, 0u32);
+        let mut pending: BTreeMap<u64, Ev> = BTreeMap::new();
+        let mut eof = false;
+        let mut failure: Option<DevErr> = None;
+        while let Some(b) = bufs.pop() {
+            in_flight += 1;
+            // A short stream may be at its end (the device in IO-ERROR) before every Read
+            // is sent; the callback then reports ERROR_IO_DEVICE, handled in order below.
+            if let Err(e) = send(
+                self.dev,
+                ServerCommand::read(b, self.max_transfer),
+                &tx,
+                next_send,
+            ) && e.code() != ErrorCode::IoError
+            {
+                failure = Some(vd(e, "sending a Read"));
+                next_send += 1;
+                break;
+            }
+            next_send += 1;
+        }
+        while in_flight > 0 {
+            let Ok(ev) = rx.recv() else {
+                break;
+            };
+            in_flight -= 1;
+            pending.insert(ev.tag, ev);
+            while let Some(ev) = pending.remove(&next_done) {
+                next_done += 1;
+                if eof || failure.is_some() {
+                    continue;
+                }
+                match ev.completion {
+                    completion::ERROR_SUCCESS
+                    | completion::ERROR_HANDLE_EOF
+                    | completion::ERROR_NO_DATA_DETECTED => {
+                        let n = ev.bytes.min(ev.size) as usize;
+                        let data = ev
+                            .buffer
+                            .as_ref()
+                            .map(|b| &b.as_slice()[..n])
+                            .unwrap_or(&[]);
+                        if let Err(e) = dec.feed(data, sink) {
+                            failure = Some(damaged(d, e));
+                            let _ = self.set.signal_abort();
+                            continue;
+                        }
+                        if ev.completion != completion::ERROR_SUCCESS {
+                            eof = true;
+                            continue;
+                        }
+                        if let Some(b) = ev.buffer {
+                            in_flight += 1;
+                            // A Read sent after the client already answered EOF to a later
+                            // one finds the device in IO-ERROR; its callback reports
+                            // ERROR_IO_DEVICE, which is handled in order below.
+                            if let Err(e) = send(
+                                self.dev,
+                                ServerCommand::read(b, self.max_transfer),
+                                &tx,
+                                next_send,
+                            ) && e.code() != ErrorCode::IoError
+                            {
+                                failure = Some(vd(e, "sending a Read"));
+                            }
+                            next_send += 1;
+                        }
+                    }
+                    completion::ERROR_OPERATION_ABORTED => {
+                        failure = Some(DevErr::Aborted(
+                            self.set.abort_cause().unwrap_or(AbortCause::Unknown),
+                        ));
+                    }
+                    code => {
+                        let kind = if code == super::vdiutil::ERROR_CRC {
+                            Kind::Damaged
+                        } else {
+                            Kind::PeerFailed
+                        };
+                        failure = Some(DevErr::Root(fail(
+                            kind,
+                            format!(
+                                "the backup application failed a Read on device {d} with {}",
+                                code_name(code)
+                            ),
+                        )));
+                        let _ = self.set.signal_abort();
+                    }
+                }
+            }
+        }
+        if let Some(f) = failure {
+            return Err(f);
+        }
+        let stream = dec.finish().map_err(|e| damaged(d, e))?;
+        let finish = |code: CommandCode| -> Result<(), DevErr> {
+            send(self.dev, ServerCommand::new(code), &tx, u64::MAX)
+                .map_err(|e| vd(e, "sending"))?;
+            let ev = rx
+                .recv()
+                .map_err(|_| DevErr::Aborted(AbortCause::Unknown))?;
+            if ev.completion != completion::ERROR_SUCCESS {
+                return Err(DevErr::Root(command_failure(self.set, &ev)));
+            }
+            Ok(())
+        };
+        if self.dev.in_io_error() {
+            finish(CommandCode::CLEAR_ERROR)?;
+        }
+        if complete {
+            finish(CommandCode::COMPLETE)?;
+        }
+        self.dev.close_device().map_err(|e| vd(e, "closing"))?;
+        Ok(stream)
+    }
+}
+
+/// `vdi engine restore`: rebuilds `spec` from what the devices of set `cfg.set` serve.
+pub fn restore(cfg: &EngineCfg, spec: &Spec, force: bool, integrity: bool) -> Result<EngineReport> {
+    let out = Out::prepare(spec, force, 1)?;
+    let set = open_set(cfg)?;
+    let started = Instant::now();
+    let (devices, buffers, complete) = match configure(&set, cfg, features::READ_MEDIA) {
+        Ok(v) => v,
+        Err(e) => {
+            let _ = set.signal_abort();
+            let _ = set.close();
+            return Err(e);
+        }
+    };
+    out.set_running(devices);
+    let streams = with_agent(&set, || {
+        let devs = open_devices(&set, devices)?;
+        let depth = (buffers / devices).max(1);
+        let results: Vec<Result<DeviceStream, DevErr>> = std::thread::scope(|s| {
+            let handles: Vec<_> = devs
+                .iter()
+                .enumerate()
+                .map(|(i, dev)| {
+                    let mut sink = out.sink();
+                    let (set, out) = (&set, &out);
+                    s.spawn(move || {
+                        let r = ReadLoop {
+                            set,
+                            dev,
+                            index: i as u32,
+                            max_transfer: cfg.max_transfer,
+                        }
+                        .run(depth, sink.as_mut(), complete);
+                        if r.is_err() {
+                            let _ = set.signal_abort();
+                        }
+                        out.device_done(r.is_err());
+                        r
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join().unwrap_or_else(|_| {
+                        Err(DevErr::Root(anyhow::anyhow!("a device thread panicked")))
+                    })
+                })
+                .collect()
+        });
+        let mut ok = Vec::new();
+        let mut root = None;
+        let mut echo = None;
+        for r in results {
+            match r {
+                Ok(s) => ok.push(s),
+                Err(DevErr::Root(e)) => {
+                    root.get_or_insert(e);
+                }
+                Err(DevErr::Aborted(c)) => {
+                    echo.get_or_insert(c);
+                }
+            }
+        }
+        if let Some(e) = root {
+            return Err(e);
+        }
+        if let Some(c) = echo {
+            return Err(fail(Kind::PeerFailed, abort_sentence(c, "engine")));
+        }
+        Ok(ok)
+    })?;
+    let summary = stream::check_set(&streams).map_err(|e| {
+        fail(
+            Kind::Damaged,
+            format!("the backup's streams do not make a whole: {e}"),
+        )
+    })?;
+    let verdict = out.commit(summary.total_bytes, force, integrity)?;
+    Ok(EngineReport {
+        ok: true,
+        op: "restore".into(),
+        pid: std::process::id(),
+        source_bytes: summary.total_bytes,
+        chunks: summary.total_chunks,
+        devices,
+        stream_id: Some(stream::hex_id(&summary.stream_id)),
+        seconds: started.elapsed().as_secs_f64(),
+        integrity_check: verdict,
+        ..EngineReport::default()
+    })
+}
+
+/// The name prefix of the temporary file an engine (pid `pid`) restores `name` into.
+pub fn partial_prefix(name: &str, pid: u32) -> String {
+    format!(".{name}.vdi-partial-{pid}-")
+}
+
+/// Removes what a dead engine (pid `pid`) left of its restore of `target`.
+pub fn remove_partial(target: &std::path::Path, pid: u32) {
+    let Some(name) = target.file_name().map(|n| n.to_string_lossy().into_owned()) else {
+        return;
+    };
+    let prefix = partial_prefix(&name, pid);
+    if let Ok(rd) = std::fs::read_dir(source::parent_dir(target)) {
+        for e in rd.flatten() {
+            if e.file_name().to_string_lossy().starts_with(&prefix) {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+}
+
+/// The report of a failed engine.
+pub fn failed_report(op: &str, e: &anyhow::Error) -> EngineReport {
+    let kind = kind_of(e);
+    let message = e
+        .chain()
+        .find_map(|c| c.downcast_ref::<Failure>())
+        .map(|f| f.message.clone())
+        .unwrap_or_else(|| format!("{e:#}"));
+    EngineReport {
+        ok: false,
+        op: op.into(),
+        kind: Some(kind.name().into()),
+        message: Some(message),
+        pid: std::process::id(),
+        ..EngineReport::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn seq_out_orders_and_finds_gaps() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("o");
+        let out = SeqOut {
+            st: Mutex::new(SeqState {
+                next: 0,
+                pending: BTreeMap::new(),
+                pending_bytes: 0,
+                running: 1,
+                waiting: 0,
+                failed: false,
+                out: File::create(&p).unwrap(),
+            }),
+            cv: Condvar::new(),
+            limit: 2,
+        };
+        out.put(3, b"def".to_vec()).unwrap_err(); // over the limit with nobody to fill the gap
+        let out = SeqOut {
+            st: Mutex::new(SeqState {
+                next: 0,
+                pending: BTreeMap::new(),
+                pending_bytes: 0,
+                running: 2,
+                waiting: 0,
+                failed: false,
+                out: File::create(&p).unwrap(),
+            }),
+            cv: Condvar::new(),
+            limit: 100,
+        };
+        out.put(3, b"def".to_vec()).unwrap();
+        out.put(0, b"abc".to_vec()).unwrap();
+        out.put(6, b"g".to_vec()).unwrap();
+        drop(out);
+        assert_eq!(std::fs::read(&p).unwrap(), b"abcdefg");
+    }
+}

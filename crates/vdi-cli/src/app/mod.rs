@@ -1,0 +1,395 @@
+//! The commands.
+
+pub mod cli;
+pub mod client;
+pub mod demo;
+pub mod engine;
+pub mod fail;
+pub mod interrupt;
+pub mod progress;
+pub mod run;
+pub mod source;
+pub mod vdiutil;
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Result;
+use serde_json::json;
+use vdi_cli::backup::{self, SourceInfo};
+use vdi_cli::units::human_bytes;
+
+use cli::{Cli, ClientCmd, Cmd, EngineCmd, EngineKnobs, OutputArgs};
+use client::{BackupPlan, BackupSrc, Dest};
+use engine::{EngineCfg, REPORT_PREFIX};
+use fail::{Kind, fail, kind_of};
+use progress::Mode;
+use source::Spec;
+
+/// Log lines as `vdi: message` (`vdi: warning: ...` for warnings).
+struct LineFormat;
+
+impl<S, N> tracing_subscriber::fmt::FormatEvent<S, N> for LineFormat
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    N: for<'a> tracing_subscriber::fmt::FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &tracing_subscriber::fmt::FmtContext<'_, S, N>,
+        mut writer: tracing_subscriber::fmt::format::Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        let level = *event.metadata().level();
+        write!(writer, "vdi: ")?;
+        if level == tracing::Level::WARN {
+            write!(writer, "warning: ")?;
+        } else if level == tracing::Level::ERROR {
+            write!(writer, "error: ")?;
+        }
+        ctx.field_format().format_fields(writer.by_ref(), event)?;
+        writeln!(writer)
+    }
+}
+
+fn init_logging(quiet: bool) {
+    let level = if quiet {
+        tracing::Level::ERROR
+    } else {
+        tracing::Level::INFO
+    };
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_max_level(level)
+        .event_format(LineFormat)
+        .try_init();
+}
+
+fn output_of(cmd: &Cmd) -> OutputArgs {
+    match cmd {
+        Cmd::Backup(a) => a.output,
+        Cmd::Restore(a) => a.output,
+        Cmd::Verify(a) => a.output,
+        Cmd::Client(ClientCmd::Backup(a)) => a.output,
+        Cmd::Client(ClientCmd::Restore(a)) => a.output,
+        Cmd::Engine(EngineCmd::Backup(a)) => a.output,
+        Cmd::Engine(EngineCmd::Restore(a)) => a.output,
+        Cmd::Demo(a) => a.output,
+    }
+}
+
+/// Runs a command; prints its error and returns its exit code.
+pub fn main(cli: Cli) -> ExitCode {
+    let out = output_of(&cli.cmd);
+    init_logging(out.quiet);
+    interrupt::install();
+    let name = match &cli.cmd {
+        Cmd::Backup(_) => "backup",
+        Cmd::Restore(_) => "restore",
+        Cmd::Verify(_) => "verify",
+        Cmd::Client(ClientCmd::Backup(_)) => "client backup",
+        Cmd::Client(ClientCmd::Restore(_)) => "client restore",
+        Cmd::Engine(EngineCmd::Backup(_)) => "engine backup",
+        Cmd::Engine(EngineCmd::Restore(_)) => "engine restore",
+        Cmd::Demo(_) => "demo",
+    };
+    let data_on_stdout = match &cli.cmd {
+        Cmd::Backup(a) => a.dest == "-",
+        Cmd::Restore(a) => a.target == "-",
+        Cmd::Client(ClientCmd::Backup(a)) => a.dest == "-",
+        Cmd::Engine(EngineCmd::Restore(a)) => a.target == "-",
+        _ => false,
+    };
+    let engine_report = match &cli.cmd {
+        Cmd::Engine(EngineCmd::Backup(a)) => a.report,
+        Cmd::Engine(EngineCmd::Restore(a)) => a.report,
+        _ => false,
+    };
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let kind = kind_of(&e);
+            if engine_report {
+                let r = engine::failed_report(name.trim_start_matches("engine "), &e);
+                eprintln!(
+                    "{REPORT_PREFIX}{}",
+                    serde_json::to_string(&r).unwrap_or_default()
+                );
+            } else {
+                eprintln!("error: {e:#}");
+                if out.json {
+                    run::print_json(
+                        &json!({
+                            "command": name,
+                            "ok": false,
+                            "error": format!("{e:#}"),
+                            "kind": kind.name(),
+                            "exit_code": kind.exit_code(),
+                        }),
+                        data_on_stdout,
+                    );
+                }
+            }
+            ExitCode::from(kind.exit_code())
+        }
+    }
+}
+
+fn engine_cfg(set: &str, k: &EngineKnobs, wait: u64, trust_owner: Option<u32>) -> EngineCfg {
+    EngineCfg {
+        set: set.to_owned(),
+        buffer_count: k.buffer_count,
+        max_transfer: k.max_transfer_size,
+        block_size: k.block_size,
+        wait: Duration::from_secs(wait),
+        trust_owner,
+    }
+}
+
+fn wait_opt(secs: u64) -> Option<Duration> {
+    (secs > 0).then(|| Duration::from_secs(secs))
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.cmd {
+        Cmd::Backup(a) => {
+            let o = run::backup(&run::BackupRequest {
+                source: &a.source,
+                dest: &a.dest,
+                devices: a.devices,
+                compression: a.compress,
+                set: a.set.clone(),
+                force: a.force,
+                knobs: &a.engine,
+                mode: Mode::pick(a.output.quiet || a.output.json),
+            })?;
+            run::report_backup(&o, a.output.json, a.output.quiet);
+            Ok(())
+        }
+        Cmd::Restore(a) => {
+            let o = run::restore(&run::RestoreRequest {
+                backup: &a.backup,
+                target: &a.target,
+                devices: a.devices,
+                set: a.set.clone(),
+                force: a.force,
+                integrity_check: a.integrity_check,
+                knobs: &a.engine,
+                mode: Mode::pick(a.output.quiet || a.output.json),
+            })?;
+            run::report_restore(&o, a.output.json, a.output.quiet);
+            Ok(())
+        }
+        Cmd::Verify(a) => verify(&a.backup, a.output),
+        Cmd::Client(ClientCmd::Backup(a)) => {
+            let plan = BackupPlan {
+                set: a.set.clone(),
+                devices: a.devices,
+                compression: a.compress,
+                dest: Dest::parse(&a.dest),
+                force: a.force,
+                source: SourceInfo {
+                    kind: "unknown".into(),
+                    name: format!("an engine on set {}", a.set),
+                    bytes: None,
+                },
+                mode: Mode::pick(a.output.quiet || a.output.json),
+                wait: wait_opt(a.wait),
+                hint: Some(format!(
+                    "start it with: vdi engine backup --set {} SOURCE",
+                    a.set
+                )),
+                allow_group: a.allow_group,
+            };
+            let prep = client::prepare_backup(plan)?;
+            let served = client::serve_backup(prep, &|| Ok(())).map_err(|e| e.into_error())?;
+            let done = client::commit_backup(served)?;
+            let m = &done.manifest;
+            if a.output.json {
+                run::print_json(
+                    &json!({
+                        "command": "client backup",
+                        "ok": true,
+                        "backup_id": m.backup_id,
+                        "stream_id": m.stream_id,
+                        "set": m.set_name,
+                        "dest": a.dest,
+                        "devices": m.device_count,
+                        "compression": m.compression.label(),
+                        "stream_bytes": m.total_stream_bytes,
+                        "stored_bytes": m.total_stored_bytes,
+                        "seconds": done.elapsed.as_secs_f64(),
+                        "streams": m.streams,
+                    }),
+                    a.dest == "-",
+                );
+            } else if !a.output.quiet {
+                tracing::info!(
+                    "stored the backup of set '{}' in {}: {} device(s), {} stream bytes, {} stored; completed with VDC_Complete",
+                    m.set_name,
+                    a.dest,
+                    m.device_count,
+                    human_bytes(m.total_stream_bytes),
+                    human_bytes(m.total_stored_bytes)
+                );
+            }
+            Ok(())
+        }
+        Cmd::Client(ClientCmd::Restore(a)) => {
+            let src = BackupSrc::parse(&a.backup);
+            let opened = client::open_backup(&src, a.devices)?;
+            let label = format!("serve {} through {} device(s)", a.backup, opened.devices());
+            let prep = client::prepare_restore(
+                &a.set,
+                opened,
+                Mode::pick(a.output.quiet || a.output.json),
+                wait_opt(a.wait),
+                Some(format!(
+                    "start it with: vdi engine restore --set {} TARGET",
+                    a.set
+                )),
+                label,
+                a.allow_group,
+            )?;
+            let served = client::serve_restore(prep, &|| Ok(())).map_err(|e| e.into_error())?;
+            let bytes: u64 = served.stream_bytes.iter().sum();
+            if a.output.json {
+                run::print_json(
+                    &json!({
+                        "command": "client restore",
+                        "ok": true,
+                        "set": a.set,
+                        "backup": a.backup,
+                        "devices": served.stream_bytes.len(),
+                        "stream_bytes": bytes,
+                        "seconds": served.elapsed.as_secs_f64(),
+                    }),
+                    false,
+                );
+            } else if !a.output.quiet {
+                tracing::info!(
+                    "served {} ({}) to the engine through {} device(s); every stream matched its digest",
+                    a.backup,
+                    human_bytes(bytes),
+                    served.stream_bytes.len()
+                );
+            }
+            Ok(())
+        }
+        Cmd::Engine(EngineCmd::Backup(a)) => {
+            let spec = Spec::parse(&a.source)?;
+            let r = engine::backup(&engine_cfg(&a.set, &a.engine, a.wait, a.trust_owner), &spec)?;
+            engine_done(&r, a.report, a.output, false);
+            Ok(())
+        }
+        Cmd::Engine(EngineCmd::Restore(a)) => {
+            let spec = Spec::parse(&a.target)?;
+            let r = engine::restore(
+                &engine_cfg(&a.set, &a.engine, a.wait, a.trust_owner),
+                &spec,
+                a.force,
+                a.integrity_check,
+            )?;
+            engine_done(&r, a.report, a.output, a.target == "-");
+            Ok(())
+        }
+        Cmd::Demo(a) => demo::run(&a),
+    }
+}
+
+fn engine_done(r: &engine::EngineReport, report: bool, out: OutputArgs, data_on_stdout: bool) {
+    if report {
+        eprintln!(
+            "{REPORT_PREFIX}{}",
+            serde_json::to_string(r).unwrap_or_default()
+        );
+    } else if out.json {
+        run::print_json(&serde_json::to_value(r).unwrap_or_default(), data_on_stdout);
+    } else if !out.quiet {
+        tracing::info!(
+            "engine {}: {} in {} chunks through {} device(s) in {:.2} s; stream id {}",
+            r.op,
+            human_bytes(r.source_bytes),
+            r.chunks,
+            r.devices,
+            r.seconds,
+            r.stream_id.as_deref().unwrap_or("-")
+        );
+    }
+}
+
+fn verify(target: &str, out: OutputArgs) -> Result<()> {
+    let report = if target == "-" {
+        let media: Box<dyn std::io::Read + Send> = Box::new(
+            source::stdin_file().map_err(|e| fail(Kind::Input, format!("standard input: {e}")))?,
+        );
+        let mut r = backup::VerifyReport::default();
+        match backup::check_stream(media, None, None) {
+            Ok(c) => {
+                r.stream_bytes = c.stream_bytes;
+                r.chunks = c.chunks;
+                if let Some(p) = c.problem {
+                    r.problems.push(format!("standard input: {p}"));
+                }
+                if let Some(d) = c.stream {
+                    match vdi_cli::stream::check_set(std::slice::from_ref(&d)) {
+                        Ok(s) => r.source_bytes = Some(s.total_bytes),
+                        Err(e) => r
+                            .problems
+                            .push(format!("the stream is not a whole backup: {e}")),
+                    }
+                }
+            }
+            Err(p) => r.problems.push(format!("standard input: {p}")),
+        }
+        r
+    } else {
+        let dir = std::path::Path::new(target);
+        backup::verify_dir(dir).map_err(|e| match &e {
+            backup::BackupError::Unreadable { .. } => fail(Kind::Input, e.to_string()),
+            _ => fail(
+                Kind::Damaged,
+                format!("backup {target} is not complete: {e}"),
+            ),
+        })?
+    };
+    if out.json {
+        run::print_json(
+            &json!({
+                "command": "verify",
+                "ok": report.ok(),
+                "backup": target,
+                "backup_id": report.manifest.as_ref().map(|m| m.backup_id.clone()),
+                "devices": report.manifest.as_ref().map_or(1, |m| m.device_count),
+                "source_bytes": report.source_bytes,
+                "stream_bytes": report.stream_bytes,
+                "chunks": report.chunks,
+                "problems": report.problems,
+            }),
+            false,
+        );
+    }
+    if !report.ok() {
+        let list: Vec<String> = report.problems.iter().map(|p| format!("  - {p}")).collect();
+        return Err(fail(
+            Kind::Damaged,
+            format!("backup {target} is damaged:\n{}", list.join("\n")),
+        ));
+    }
+    if !out.json && !out.quiet {
+        let (devices, id) = report.manifest.as_ref().map_or((1, "-".to_owned()), |m| {
+            (m.device_count, m.backup_id.clone())
+        });
+        tracing::info!(
+            "backup {target} is complete and intact: {devices} stream(s), {} of source in {} chunks; every chunk checksum{} matches (backup id {id})",
+            human_bytes(report.source_bytes.unwrap_or(0)),
+            report.chunks,
+            if report.manifest.is_some() {
+                ", stream digest and size"
+            } else {
+                ""
+            }
+        );
+    }
+    Ok(())
+}

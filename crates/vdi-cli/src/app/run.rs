@@ -1,0 +1,534 @@
+//! `vdi backup` and `vdi restore`: the backup application in this process, the engine
+//! in a child process (this same binary, `vdi engine ...`), and one verdict from both.
+
+use std::io::{BufRead, BufReader};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use serde_json::json;
+use vdi_cli::backup::{Compression, SourceInfo};
+use vdi_cli::units::{bytes_per_sec, human_bytes, human_rate};
+
+use super::cli::EngineKnobs;
+use super::client::{self, BackupDone, BackupPlan, BackupSrc, ClientErr, Dest};
+use super::engine::{EngineReport, REPORT_PREFIX};
+use super::fail::{Kind, fail};
+use super::interrupt;
+use super::progress::Mode;
+use super::source::{self, Spec};
+use super::vdiutil::new_set_name;
+
+/// The engine child process.
+struct EngineProc {
+    child: Mutex<Child>,
+    pid: u32,
+    lines: Arc<Mutex<Vec<String>>>,
+    report: Arc<Mutex<Option<EngineReport>>>,
+    reader: Option<std::thread::JoinHandle<()>>,
+}
+
+/// How the engine ended.
+enum EngineEnd {
+    Ok(EngineReport),
+    Failed { kind: Kind, message: String },
+}
+
+impl EngineProc {
+    fn spawn(args: &[String], stdin_inherit: bool, stdout_inherit: bool) -> Result<EngineProc> {
+        let exe =
+            std::env::current_exe().context("finding the vdi executable to start the engine")?;
+        let mut cmd = Command::new(&exe);
+        cmd.args(args)
+            .stdin(if stdin_inherit {
+                Stdio::inherit()
+            } else {
+                Stdio::null()
+            })
+            .stdout(if stdout_inherit {
+                Stdio::inherit()
+            } else {
+                Stdio::null()
+            })
+            .stderr(Stdio::piped())
+            // Its own process group: Ctrl-C on the terminal reaches this process only,
+            // which aborts the set, and the engine then stops cleanly.
+            .process_group(0);
+        let mut child = cmd
+            .spawn()
+            .with_context(|| format!("starting the engine ({})", exe.display()))?;
+        let pid = child.id();
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let report = Arc::new(Mutex::new(None));
+        let reader = child.stderr.take().map(|err| {
+            let (l2, r2) = (lines.clone(), report.clone());
+            std::thread::spawn(move || {
+                for line in BufReader::new(err).lines().map_while(Result::ok) {
+                    if let Some(j) = line.strip_prefix(REPORT_PREFIX) {
+                        if let Ok(r) = serde_json::from_str::<EngineReport>(j) {
+                            *r2.lock().unwrap_or_else(|e| e.into_inner()) = Some(r);
+                        }
+                    } else {
+                        l2.lock().unwrap_or_else(|e| e.into_inner()).push(line);
+                    }
+                }
+            })
+        });
+        tracing::debug!("engine started, pid {pid}");
+        Ok(EngineProc {
+            child: Mutex::new(child),
+            pid,
+            lines,
+            report,
+            reader,
+        })
+    }
+
+    /// Fails if the engine process has exited (while the client waits for it).
+    fn alive(&self) -> Result<()> {
+        let st = self
+            .child
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .try_wait()
+            .context("watching the engine process")?;
+        match st {
+            None => Ok(()),
+            Some(st) => {
+                // Give the reader a moment to collect its last words.
+                std::thread::sleep(Duration::from_millis(50));
+                let end = self.verdict(st);
+                match end {
+                    EngineEnd::Failed { kind, message } => Err(fail(kind, message)),
+                    EngineEnd::Ok(_) => Err(fail(
+                        Kind::PeerFailed,
+                        format!("the engine (pid {}) exited before using the set", self.pid),
+                    )),
+                }
+            }
+        }
+    }
+
+    fn verdict(&self, st: std::process::ExitStatus) -> EngineEnd {
+        let report = self
+            .report
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let lines = self.lines.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        if let Some(sig) = st.signal() {
+            let name = match sig {
+                9 => " (SIGKILL)",
+                15 => " (SIGTERM)",
+                11 => " (SIGSEGV)",
+                6 => " (SIGABRT)",
+                2 => " (SIGINT)",
+                _ => "",
+            };
+            return EngineEnd::Failed {
+                kind: Kind::PeerFailed,
+                message: format!(
+                    "the engine process (pid {}) was killed by signal {sig}{name} in the middle of the operation",
+                    self.pid
+                ),
+            };
+        }
+        match report {
+            Some(r) if r.ok && st.success() => EngineEnd::Ok(r),
+            Some(r) if !r.ok => EngineEnd::Failed {
+                kind: Kind::from_name(r.kind.as_deref().unwrap_or("error")),
+                message: r.message.unwrap_or_else(|| "the engine failed".into()),
+            },
+            _ => {
+                let last = lines
+                    .iter()
+                    .rev()
+                    .find(|l| !l.trim().is_empty())
+                    .cloned()
+                    .unwrap_or_default();
+                EngineEnd::Failed {
+                    kind: match st.code() {
+                        Some(c) if c != 0 => Kind::from_exit_code(c),
+                        _ => Kind::PeerFailed,
+                    },
+                    message: format!(
+                        "the engine process (pid {}) exited with {st} without a report{}",
+                        self.pid,
+                        if last.is_empty() {
+                            String::new()
+                        } else {
+                            format!(": {last}")
+                        }
+                    ),
+                }
+            }
+        }
+    }
+
+    /// Waits for the engine to exit (killing it after `grace` if it does not).
+    fn finish(mut self, grace: Duration) -> EngineEnd {
+        let deadline = Instant::now() + grace;
+        let st = loop {
+            let r = self
+                .child
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .try_wait();
+            match r {
+                Ok(Some(st)) => break Some(st),
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(10))
+                }
+                _ => {
+                    let mut c = self.child.lock().unwrap_or_else(|e| e.into_inner());
+                    let _ = c.kill();
+                    break c.wait().ok();
+                }
+            }
+        };
+        if let Some(t) = self.reader.take() {
+            let _ = t.join();
+        }
+        match st {
+            Some(st) => self.verdict(st),
+            None => EngineEnd::Failed {
+                kind: Kind::PeerFailed,
+                message: format!(
+                    "the engine process (pid {}) could not be waited for",
+                    self.pid
+                ),
+            },
+        }
+    }
+}
+
+impl Drop for EngineProc {
+    fn drop(&mut self) {
+        let mut c = self.child.lock().unwrap_or_else(|e| e.into_inner());
+        if let Ok(None) = c.try_wait() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// How long to let the engine finish once the backup application is done: long after a
+/// success (it is closing and syncing), short after a failure (it was aborted; only an
+/// engine stuck reading a silent standard input takes longer, and is then stopped).
+fn grace(served_ok: bool, ok_secs: u64) -> Duration {
+    if interrupt::interrupted() {
+        Duration::from_secs(1)
+    } else if served_ok {
+        Duration::from_secs(ok_secs)
+    } else {
+        Duration::from_secs(5)
+    }
+}
+
+fn knob_args(k: &EngineKnobs) -> Vec<String> {
+    let mut v = vec![
+        "--max-transfer-size".into(),
+        k.max_transfer_size.to_string(),
+        "--block-size".into(),
+        k.block_size.to_string(),
+    ];
+    if let Some(n) = k.buffer_count {
+        v.push("--buffer-count".into());
+        v.push(n.to_string());
+    }
+    v
+}
+
+/// One verdict from the client's result and the engine's end.
+fn judge<T>(client: Result<T, ClientErr>, engine: EngineEnd) -> Result<(T, EngineReport)> {
+    if interrupt::interrupted() {
+        return Err(fail(
+            Kind::Interrupted,
+            "interrupted (Ctrl-C): the operation was aborted; nothing was marked complete",
+        ));
+    }
+    match (client, engine) {
+        (Ok(v), EngineEnd::Ok(r)) => Ok((v, r)),
+        (Ok(_), EngineEnd::Failed { kind, message }) => Err(fail(kind, message)),
+        (Err(ClientErr::Root(e)), EngineEnd::Failed { kind, message })
+            if kind == Kind::Damaged && super::fail::kind_of(&e) == Kind::Damaged =>
+        {
+            // Both roles found the damage: say everything they found.
+            Err(fail(
+                Kind::Damaged,
+                format!("{e:#}; the engine found: {message}"),
+            ))
+        }
+        (Err(ClientErr::Root(e)), _) => Err(e),
+        (Err(ClientErr::Aborted(_)), EngineEnd::Failed { kind, message }) => {
+            Err(fail(kind, message))
+        }
+        (Err(e @ ClientErr::Aborted(_)), EngineEnd::Ok(_)) => Err(e.into_error()),
+    }
+}
+
+/// Prints the JSON summary (standard output, or standard error when standard output
+/// carries data).
+pub fn print_json(v: &serde_json::Value, data_on_stdout: bool) {
+    let s = v.to_string();
+    if data_on_stdout {
+        eprintln!("{s}");
+    } else {
+        println!("{s}");
+    }
+}
+
+/// Options shared by `backup` and the demo.
+pub struct BackupRequest<'a> {
+    /// SOURCE as typed.
+    pub source: &'a str,
+    /// DEST as typed.
+    pub dest: &'a str,
+    /// Devices.
+    pub devices: u32,
+    /// Compression.
+    pub compression: Compression,
+    /// Set name.
+    pub set: Option<String>,
+    /// Replace an existing backup.
+    pub force: bool,
+    /// Engine knobs.
+    pub knobs: &'a EngineKnobs,
+    /// Progress.
+    pub mode: Mode,
+}
+
+/// The outcome of `vdi backup`.
+pub struct BackupOutcome {
+    /// What the client stored.
+    pub done: BackupDone,
+    /// The whole command, from start to the manifest.
+    pub total: Duration,
+    /// What the engine reported.
+    pub engine: EngineReport,
+}
+
+/// `vdi backup`.
+pub fn backup(req: &BackupRequest<'_>) -> Result<BackupOutcome> {
+    let t0 = Instant::now();
+    let spec = Spec::parse(req.source)?;
+    let size = source::check_source(&spec)?;
+    let dest = Dest::parse(req.dest);
+    let set = req.set.clone().unwrap_or_else(|| new_set_name("backup"));
+    let plan = BackupPlan {
+        set: set.clone(),
+        devices: req.devices,
+        compression: req.compression,
+        dest: dest.clone(),
+        force: req.force,
+        source: SourceInfo {
+            kind: spec.kind().name().into(),
+            name: spec.label(),
+            bytes: size,
+        },
+        mode: req.mode,
+        wait: None,
+        hint: None,
+        allow_group: None,
+    };
+    let prep = client::prepare_backup(plan)?;
+    let mut args = vec![
+        "engine".into(),
+        "backup".into(),
+        "--set".into(),
+        set,
+        "--quiet".into(),
+        "--report".into(),
+        "--wait".into(),
+        "10".into(),
+    ];
+    args.extend(knob_args(req.knobs));
+    args.push("--".into());
+    args.push(req.source.into());
+    let engine = EngineProc::spawn(&args, spec == Spec::Std, false)?;
+    let served = client::serve_backup(prep, &|| engine.alive());
+    let grace = grace(served.is_ok(), 60);
+    let end = engine.finish(grace);
+    let (served, report) = judge(served, end)?;
+    let done = client::commit_backup(served)?;
+    Ok(BackupOutcome {
+        done,
+        engine: report,
+        total: t0.elapsed(),
+    })
+}
+
+/// Reports a finished backup.
+pub fn report_backup(o: &BackupOutcome, json: bool, quiet: bool) {
+    let m = &o.done.manifest;
+    let secs = o.total.as_secs_f64();
+    let to_stdout = matches!(o.done.dest, Dest::Stdout);
+    let dest = match &o.done.dest {
+        Dest::Dir(d) => d.display().to_string(),
+        Dest::Stdout => "-".into(),
+    };
+    if json {
+        print_json(
+            &json!({
+                "command": "backup",
+                "ok": true,
+                "backup_id": m.backup_id,
+                "stream_id": m.stream_id,
+                "set": m.set_name,
+                "source": m.source.name,
+                "dest": dest,
+                "devices": m.device_count,
+                "compression": m.compression.label(),
+                "source_bytes": o.engine.source_bytes,
+                "stream_bytes": m.total_stream_bytes,
+                "stored_bytes": m.total_stored_bytes,
+                "chunks": o.engine.chunks,
+                "seconds": secs,
+                "transfer_seconds": o.done.elapsed.as_secs_f64(),
+                "snapshot_seconds": o.engine.snapshot_seconds,
+                "bytes_per_second": bytes_per_sec(o.engine.source_bytes, o.total),
+                "engine_pid": o.engine.pid,
+                "streams": m.streams,
+            }),
+            to_stdout,
+        );
+    } else if !quiet {
+        tracing::info!(
+            "backed up {} ({}) to {dest} through {} device(s) in {secs:.2} s ({}); stored {} ({}); backup id {}",
+            m.source.name,
+            human_bytes(o.engine.source_bytes),
+            m.device_count,
+            human_rate(o.engine.source_bytes, o.total),
+            human_bytes(m.total_stored_bytes),
+            m.compression.label(),
+            m.backup_id
+        );
+    }
+}
+
+/// The outcome of `vdi restore`.
+pub struct RestoreOutcome {
+    /// What the client served.
+    pub served: client::ServedRestore,
+    /// The whole command, from start to TARGET in place.
+    pub total: Duration,
+    /// What the engine reported.
+    pub engine: EngineReport,
+    /// TARGET as typed.
+    pub target: String,
+}
+
+/// Options of `restore`.
+pub struct RestoreRequest<'a> {
+    /// BACKUP as typed.
+    pub backup: &'a str,
+    /// TARGET as typed.
+    pub target: &'a str,
+    /// Devices, if given.
+    pub devices: Option<u32>,
+    /// Set name.
+    pub set: Option<String>,
+    /// Replace TARGET.
+    pub force: bool,
+    /// Run PRAGMA integrity_check on a restored database.
+    pub integrity_check: bool,
+    /// Engine knobs.
+    pub knobs: &'a EngineKnobs,
+    /// Progress.
+    pub mode: Mode,
+}
+
+/// `vdi restore`.
+pub fn restore(req: &RestoreRequest<'_>) -> Result<RestoreOutcome> {
+    let t0 = Instant::now();
+    let src = BackupSrc::parse(req.backup);
+    let target = Spec::parse(req.target)?;
+    let opened = client::open_backup(&src, req.devices)?;
+    source::check_target(&target, req.force)?;
+    let set = req.set.clone().unwrap_or_else(|| new_set_name("restore"));
+    let label = format!(
+        "restore {} to {} through {} device(s)",
+        req.backup,
+        target.label(),
+        opened.devices()
+    );
+    let prep = client::prepare_restore(&set, opened, req.mode, None, None, label, None)?;
+    let mut args = vec![
+        "engine".into(),
+        "restore".into(),
+        "--set".into(),
+        set,
+        "--quiet".into(),
+        "--report".into(),
+        "--wait".into(),
+        "10".into(),
+    ];
+    if req.force {
+        args.push("--force".into());
+    }
+    if req.integrity_check {
+        args.push("--integrity-check".into());
+    }
+    args.extend(knob_args(req.knobs));
+    args.push("--".into());
+    args.push(req.target.into());
+    let engine = EngineProc::spawn(&args, false, target == Spec::Std)?;
+    let served = client::serve_restore(prep, &|| engine.alive());
+    let grace = grace(served.is_ok(), 600);
+    let pid = engine.pid;
+    let end = engine.finish(grace);
+    if let (EngineEnd::Failed { .. }, Spec::File(p) | Spec::Sqlite(p)) = (&end, &target) {
+        // An engine that died cannot remove its temporary file; nothing of it may stay.
+        super::engine::remove_partial(p, pid);
+    }
+    let (served, report) = judge(served, end)?;
+    Ok(RestoreOutcome {
+        served,
+        total: t0.elapsed(),
+        engine: report,
+        target: req.target.into(),
+    })
+}
+
+/// Reports a finished restore.
+pub fn report_restore(o: &RestoreOutcome, json: bool, quiet: bool) {
+    let secs = o.total.as_secs_f64();
+    let to_stdout = o.target == "-";
+    if json {
+        print_json(
+            &json!({
+                "command": "restore",
+                "ok": true,
+                "backup_id": o.served.manifest.as_ref().map(|m| m.backup_id.clone()),
+                "stream_id": o.engine.stream_id,
+                "target": o.target,
+                "devices": o.engine.devices,
+                "bytes": o.engine.source_bytes,
+                "stream_bytes": o.served.stream_bytes.iter().sum::<u64>(),
+                "chunks": o.engine.chunks,
+                "integrity_check": o.engine.integrity_check,
+                "seconds": secs,
+                "transfer_seconds": o.served.elapsed.as_secs_f64(),
+                "bytes_per_second": bytes_per_sec(o.engine.source_bytes, o.total),
+                "engine_pid": o.engine.pid,
+            }),
+            to_stdout,
+        );
+    } else if !quiet {
+        let check = o
+            .engine
+            .integrity_check
+            .as_ref()
+            .map(|v| format!("; PRAGMA integrity_check: {v}"))
+            .unwrap_or_default();
+        tracing::info!(
+            "restored {} ({}) through {} device(s) in {secs:.2} s ({}){check}",
+            o.target,
+            human_bytes(o.engine.source_bytes),
+            o.engine.devices,
+            human_rate(o.engine.source_bytes, o.total),
+        );
+    }
+}

@@ -1,0 +1,153 @@
+//! What both roles say about VDI: device names, completion codes, and library errors
+//! turned into failures a person can act on.
+
+use vdi::{AbortCause, ErrorCode, Reason, VdError, completion};
+
+use super::fail::{Kind, fail};
+
+/// `ERROR_CRC` (23): data error (cyclic redundancy check). Not in the library's list.
+pub const ERROR_CRC: u32 = 23;
+/// `ERROR_WRITE_FAULT` (29): the device cannot be written.
+pub const ERROR_WRITE_FAULT: u32 = 29;
+/// `ERROR_READ_FAULT` (30): the device cannot be read.
+pub const ERROR_READ_FAULT: u32 = 30;
+
+/// The name of device `i` of set `set`: device 0 has the set's name, device `i` is
+/// `SET#i` (both roles use this convention).
+pub fn device_name(set: &str, i: u32) -> String {
+    if i == 0 {
+        set.to_owned()
+    } else {
+        format!("{set}#{i}")
+    }
+}
+
+/// `ERROR_DISK_FULL (112)`.
+pub fn code_name(code: u32) -> String {
+    let name = match code {
+        completion::ERROR_SUCCESS => "ERROR_SUCCESS",
+        completion::ERROR_INVALID_HANDLE => "ERROR_INVALID_HANDLE",
+        completion::ERROR_INVALID_DATA => "ERROR_INVALID_DATA",
+        completion::ERROR_INVALID_PARAMETER => "ERROR_INVALID_PARAMETER",
+        completion::ERROR_HANDLE_EOF => "ERROR_HANDLE_EOF",
+        completion::ERROR_HANDLE_DISK_FULL => "ERROR_HANDLE_DISK_FULL",
+        completion::ERROR_NOT_SUPPORTED => "ERROR_NOT_SUPPORTED",
+        completion::ERROR_DISK_FULL => "ERROR_DISK_FULL",
+        completion::ERROR_OPERATION_ABORTED => "ERROR_OPERATION_ABORTED",
+        completion::ERROR_END_OF_MEDIA => "ERROR_END_OF_MEDIA",
+        completion::ERROR_NO_DATA_DETECTED => "ERROR_NO_DATA_DETECTED",
+        completion::ERROR_IO_DEVICE => "ERROR_IO_DEVICE",
+        completion::ERROR_EOM_OVERFLOW => "ERROR_EOM_OVERFLOW",
+        completion::ERROR_NO_SYSTEM_RESOURCES => "ERROR_NO_SYSTEM_RESOURCES",
+        ERROR_CRC => "ERROR_CRC",
+        ERROR_WRITE_FAULT => "ERROR_WRITE_FAULT",
+        ERROR_READ_FAULT => "ERROR_READ_FAULT",
+        _ => "error",
+    };
+    format!("{name} ({code})")
+}
+
+/// Whether a completion code says the media is full.
+pub fn is_full_code(code: u32) -> bool {
+    matches!(
+        code,
+        completion::ERROR_DISK_FULL
+            | completion::ERROR_HANDLE_DISK_FULL
+            | completion::ERROR_EOM_OVERFLOW
+    )
+}
+
+/// The abort cause of an error, if it is an abort.
+pub fn abort_cause(e: &VdError) -> Option<AbortCause> {
+    match e.reason() {
+        Reason::Aborted(c) => Some(*c),
+        _ if e.code() == ErrorCode::Abort => Some(AbortCause::Unknown),
+        _ => None,
+    }
+}
+
+/// A sentence for an abort seen by `me` (`"engine"` or `"backup application"`).
+pub fn abort_sentence(cause: AbortCause, me: &str) -> String {
+    let other = if me == "engine" {
+        "backup application"
+    } else {
+        "engine"
+    };
+    match cause {
+        AbortCause::ServerDied => {
+            "the engine process went away in the middle of the operation".into()
+        }
+        AbortCause::ClientDied => {
+            "the backup application process went away in the middle of the operation".into()
+        }
+        AbortCause::ClientSignalled if me == "engine" => {
+            "the backup application aborted the operation".into()
+        }
+        AbortCause::ServerSignalled if me != "engine" => "the engine aborted the operation".into(),
+        AbortCause::ClientSignalled | AbortCause::ServerSignalled => {
+            format!("the operation was aborted (by this {me})")
+        }
+        AbortCause::ServerTimeout => format!("the {other} stopped answering (server time-out)"),
+        AbortCause::SecondaryDied => "a secondary backup application process went away".into(),
+        AbortCause::ProtocolViolation => {
+            format!("the {other} broke the VDI protocol (the shared state is corrupt)")
+        }
+        _ => "the operation was aborted".into(),
+    }
+}
+
+/// A library error as a failure, for role `me`, while doing `what`.
+pub fn vd_fail(e: &VdError, me: &str, what: &str) -> anyhow::Error {
+    if let Some(c) = abort_cause(e) {
+        return fail(
+            Kind::PeerFailed,
+            format!("{what}: {}", abort_sentence(c, me)),
+        );
+    }
+    let kind = match e.code() {
+        ErrorCode::Busy => Kind::SetBusy,
+        ErrorCode::Security => Kind::Input,
+        _ => Kind::Other,
+    };
+    let hint = if e.code() == ErrorCode::Security {
+        " (with vdi: start the backup application with --allow-group GROUP, or the engine with --trust-owner USER)"
+    } else {
+        ""
+    };
+    fail(kind, format!("{what}: {e}{hint}"))
+}
+
+/// A new set name, unique on this machine.
+pub fn new_set_name(tag: &str) -> String {
+    let id = random_id();
+    format!(
+        "vdi-{tag}-{}-{}",
+        std::process::id(),
+        &vdi_cli::stream::hex_id(&id)[..8]
+    )
+}
+
+/// 16 random bytes (from the kernel; time and pid if that fails).
+pub fn random_id() -> [u8; 16] {
+    let mut id = [0u8; 16];
+    let ok = std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut id))
+        .is_ok();
+    if !ok {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        let h = blake3::hash(format!("{t}-{}", std::process::id()).as_bytes());
+        id.copy_from_slice(&h.as_bytes()[..16]);
+    }
+    id
+}
+
+/// Seconds since the Unix epoch.
+pub fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
