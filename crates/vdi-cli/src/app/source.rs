@@ -316,10 +316,15 @@ pub fn open_source(spec: &Spec) -> Result<OpenSource> {
             let snap = dir.path().join("snapshot.db");
             let size = snapshot_sqlite(p, &snap)?;
             let f = File::open(&snap).context("opening the snapshot")?;
+            // Unlinked at once: the open descriptor keeps the snapshot readable, and the
+            // kernel frees it when this process ends, however it ends (even SIGKILL), so
+            // nothing is ever left in $TMPDIR.
+            dir.close()
+                .context("removing the snapshot's directory name")?;
             Ok(OpenSource {
                 reader: Box::new(f),
                 size: Some(size),
-                _snapshot: Some(dir),
+                _snapshot: None,
                 snapshot_secs: t.elapsed().as_secs_f64(),
             })
         }
