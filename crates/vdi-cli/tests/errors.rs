@@ -403,3 +403,55 @@ fn wrong_command_lines() {
     write_pattern(&src, 2, 10);
     run(&["backup", &s(&src), "-", "--devices", "2"]).fails(2, &["single stream", "--devices 1"]);
 }
+
+/// A SQLite engine killed while it takes or streams its snapshot leaves nothing in
+/// $TMPDIR: `vdi backup` owns the engine's scratch directory and removes it.
+#[test]
+fn a_killed_sqlite_engine_leaves_nothing_in_tmpdir() {
+    let dir = tempfile::tempdir().unwrap();
+    let tmp = dir.path().join("tmp");
+    std::fs::create_dir(&tmp).unwrap();
+    let db = dir.path().join("db.sqlite");
+    {
+        let mut c = rusqlite::Connection::open(&db).unwrap();
+        c.execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB)")
+            .unwrap();
+        let tx = c.transaction().unwrap();
+        {
+            let mut st = tx.prepare("INSERT INTO t(v) VALUES (?1)").unwrap();
+            for i in 0..200_000u32 {
+                st.execute([vec![(i % 251) as u8; 200]]).unwrap();
+            }
+        }
+        tx.commit().unwrap();
+    }
+    let bk = dir.path().join("bk");
+    let child = vdi()
+        .args(["backup", &format!("sqlite:{}", s(&db)), &s(&bk)])
+        .env("TMPDIR", &tmp)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    // Kill it as soon as the engine exists and has made its snapshot directory (or, if
+    // that was too quick to see, while it streams).
+    wait_until(
+        Duration::from_secs(30),
+        "the engine's scratch directory",
+        || {
+            std::fs::read_dir(&tmp).is_ok_and(|mut d| d.next().is_some())
+                && children_of(pid).len() == 1
+        },
+    );
+    let engines = children_of(pid);
+    signal(engines[0], "KILL");
+    let r = wait_output(child, Duration::from_secs(30));
+    r.fails(8, &["killed by signal 9"]);
+    assert!(!claims_completion(&bk));
+    let left: Vec<_> = std::fs::read_dir(&tmp)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert!(left.is_empty(), "left in TMPDIR: {left:?}");
+}

@@ -284,6 +284,10 @@ pub struct OpenSource {
     pub snapshot_secs: f64,
 }
 
+/// The environment variable through which `vdi backup` gives the engine it starts a
+/// scratch directory that it removes itself once the engine has exited, however it ended.
+pub const SCRATCH_ENV: &str = "VDI_ENGINE_SCRATCH";
+
 /// Opens `spec` for the engine: a snapshot first for a SQLite database.
 pub fn open_source(spec: &Spec) -> Result<OpenSource> {
     match spec {
@@ -309,10 +313,13 @@ pub fn open_source(spec: &Spec) -> Result<OpenSource> {
         Spec::Sqlite(p) => {
             check_regular("source database", p)?;
             let t = Instant::now();
-            let dir = tempfile::Builder::new()
-                .prefix("vdi-snapshot-")
-                .tempdir()
-                .context("creating a directory for the database snapshot")?;
+            let mut builder = tempfile::Builder::new();
+            builder.prefix("vdi-snapshot-");
+            let dir = match std::env::var_os(SCRATCH_ENV) {
+                Some(d) => builder.tempdir_in(d),
+                None => builder.tempdir(),
+            }
+            .context("creating a directory for the database snapshot")?;
             let snap = dir.path().join("snapshot.db");
             let size = snapshot_sqlite(p, &snap)?;
             let f = File::open(&snap).context("opening the snapshot")?;
