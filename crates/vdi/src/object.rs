@@ -26,7 +26,9 @@ use crate::config::{Timeout, VdConfig};
 use crate::consts::{CommandCode, completion};
 use crate::error::{ErrorCode, Reason, Result, VdError};
 use crate::shared::lock;
-use crate::{ClientDevice, ClientSet, ServerBuffer, ServerCommand, ServerDevice, ServerSet};
+use crate::{
+    AttachOptions, ClientDevice, ClientSet, ServerBuffer, ServerCommand, ServerDevice, ServerSet,
+};
 
 fn no_set(call: &'static str) -> VdError {
     VdError::protocol(call, "not created or opened (no set on this object)")
@@ -84,11 +86,16 @@ impl ClientVirtualDeviceSet {
 
     /// `OpenInSecondary`: `VD_E_PROTOCOL` if this object already has a set.
     pub fn open_in_secondary(&self, name: &str) -> Result<()> {
+        self.open_in_secondary_with(name, AttachOptions::default())
+    }
+
+    /// `OpenInSecondary` trusting another creator ([`AttachOptions::trust_owner`]).
+    pub fn open_in_secondary_with(&self, name: &str, options: AttachOptions) -> Result<()> {
         let mut slot = lock(&self.set);
         if slot.is_some() {
             return Err(VdError::protocol("OpenInSecondary", "already opened"));
         }
-        *slot = Some(ClientSet::open_in_secondary(name)?);
+        *slot = Some(ClientSet::open_in_secondary_with(name, options)?);
         Ok(())
     }
 
@@ -254,6 +261,16 @@ impl ServerVirtualDeviceSet {
 
     /// `Open`: the first call on the object; `VD_E_PROTOCOL` afterwards.
     pub fn open(&self, instance: Option<&str>, name: &str) -> Result<()> {
+        self.open_with(instance, name, AttachOptions::default())
+    }
+
+    /// `Open` trusting another creator ([`AttachOptions::trust_owner`]).
+    pub fn open_with(
+        &self,
+        instance: Option<&str>,
+        name: &str,
+        options: AttachOptions,
+    ) -> Result<()> {
         let mut slot = lock(&self.set);
         if slot.is_some() || self.used.load(Ordering::Acquire) {
             return Err(VdError::protocol(
@@ -269,7 +286,7 @@ impl ServerVirtualDeviceSet {
                 ),
             ));
         }
-        *slot = Some(ServerSet::open(name)?);
+        *slot = Some(ServerSet::open_with(name, options)?);
         self.used.store(true, Ordering::Release);
         Ok(())
     }
