@@ -1083,10 +1083,8 @@ impl ServerInner {
         let idx = {
             let mut c = lock(&d.consumer);
             let r = c.pop(&v.comp_ring());
-            d.comp_head.store(
-                v.block.comp_head.pos.load(Ordering::Relaxed),
-                Ordering::Relaxed,
-            );
+            // Our own position, never read back from the segment the client can write.
+            d.comp_head.store(c.position(), Ordering::Relaxed);
             match r {
                 Ok(Some(idx)) => idx,
                 Ok(None) => return Ok(false),
