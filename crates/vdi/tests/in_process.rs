@@ -15,6 +15,22 @@ fn unique(tag: &str) -> String {
     .replace([' ', ':', '.'], "_")
 }
 
+/// A one-device backup set, configured: `buffers` of 64 KiB, the client past
+/// GetConfiguration.
+fn configured_pair(name: &str, buffers: u32) -> (ClientSet, ServerSet) {
+    let client = ClientSet::create(name, &VdConfig::with_devices(1)).unwrap();
+    let server = ServerSet::open(name).unwrap();
+    server
+        .begin_configuration(features::WRITE_MEDIA, 512, 0, 65536, 1000)
+        .unwrap();
+    server.request_buffers(65536, 0, buffers).unwrap();
+    server.end_configuration().unwrap();
+    client
+        .get_configuration(Timeout::from_millis(10_000))
+        .unwrap();
+    (client, server)
+}
+
 #[test]
 fn backup_one_device_in_one_process() {
     let name = unique("b1");
@@ -98,16 +114,7 @@ fn backup_one_device_in_one_process() {
 #[test]
 fn a_full_queue_is_refused_and_called_back() {
     let name = unique("qf");
-    let client = ClientSet::create(&name, &VdConfig::with_devices(1)).unwrap();
-    let server = ServerSet::open(&name).unwrap();
-    server
-        .begin_configuration(features::WRITE_MEDIA, 512, 0, 65536, 1000)
-        .unwrap();
-    server.request_buffers(65536, 0, 1).unwrap();
-    server.end_configuration().unwrap();
-    client
-        .get_configuration(Timeout::from_millis(10_000))
-        .unwrap();
+    let (client, server) = configured_pair(&name, 1);
     let codes = Arc::new(Mutex::new(Vec::new()));
     std::thread::scope(|s| {
         let agent = s.spawn(|| server.execute_completion_agent());
@@ -181,16 +188,7 @@ fn a_full_queue_is_refused_and_called_back() {
 fn client_leaving_right_after_its_last_completion_is_a_normal_end() {
     for round in 0..40 {
         let name = unique(&format!("end{round}"));
-        let client = ClientSet::create(&name, &VdConfig::with_devices(1)).unwrap();
-        let server = ServerSet::open(&name).unwrap();
-        server
-            .begin_configuration(features::WRITE_MEDIA, 512, 0, 65536, 1000)
-            .unwrap();
-        server.request_buffers(65536, 0, 4).unwrap();
-        server.end_configuration().unwrap();
-        client
-            .get_configuration(Timeout::from_millis(10_000))
-            .unwrap();
+        let (client, server) = configured_pair(&name, 4);
         let ok = Arc::new(Mutex::new(0u32));
         std::thread::scope(|s| {
             let dev = server.open_device(&name).unwrap();
@@ -238,16 +236,7 @@ fn client_leaving_right_after_its_last_completion_is_a_normal_end() {
 #[test]
 fn close_returns_after_a_callback_panicked() {
     let name = unique("panic");
-    let client = ClientSet::create(&name, &VdConfig::with_devices(1)).unwrap();
-    let server = ServerSet::open(&name).unwrap();
-    server
-        .begin_configuration(features::WRITE_MEDIA, 512, 0, 65536, 1000)
-        .unwrap();
-    server.request_buffers(65536, 0, 1).unwrap();
-    server.end_configuration().unwrap();
-    client
-        .get_configuration(Timeout::from_millis(10_000))
-        .unwrap();
+    let (client, server) = configured_pair(&name, 1);
     let dev = server.open_device(&name).unwrap();
     dev.send_command(ServerCommand::new(CommandCode::FLUSH), |_| {
         panic!("callback fails on purpose")
