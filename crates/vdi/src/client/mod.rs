@@ -185,7 +185,8 @@ impl ClientSet {
                 VdError::new(
                     ErrorCode::Busy,
                     Reason::NameInUse(format!(
-                        "a virtual device set named '{name}' already exists; choose another name (a GUID is recommended) or close the other set"
+                        "a virtual device set named '{name}' already exists{}; choose another name (a GUID is recommended) or close the other set",
+                        name_holder(name)
                     )),
                 )
             } else {
@@ -1309,5 +1310,27 @@ impl MappedBuffer<'_> {
     pub unsafe fn as_mut_slice(&self, len: usize) -> Option<&mut [u8]> {
         // SAFETY: in range as checked; exclusivity is the caller's promise.
         (len <= self.len).then(|| unsafe { std::slice::from_raw_parts_mut(self.ptr, len) })
+    }
+}
+
+/// Who holds set name `name`, as " (created by user U, process P)", for the error that
+/// says the name is taken: a name squatted by another user is then plain to see. Empty
+/// if the holder cannot be asked (it went away meanwhile). The probe connects and hangs
+/// up without a Hello, which the holder's service thread drops without effect.
+fn name_holder(name: &str) -> String {
+    let Ok(conn) = Conn::connect(&socket_name(name)) else {
+        return String::new();
+    };
+    match conn.peer_cred() {
+        Ok(c) => {
+            let (me, _) = crate::sys::current_credentials();
+            let whose = if c.uid == me {
+                "this user".to_owned()
+            } else {
+                format!("user {}, not this user ({me})", c.uid)
+            };
+            format!(" (created by {whose}, process {})", c.pid)
+        }
+        Err(_) => String::new(),
     }
 }

@@ -51,6 +51,10 @@ impl SharedMemory {
     pub fn create(name: &str, len: usize) -> Result<SharedMemory, rustix::io::Errno> {
         let len = round_up_page(len.max(1));
         let fd = rustix::fs::memfd_create(name, MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)?;
+        // A memfd is created with mode 0777. Nobody can reach it by a path anyway (its
+        // /proc/PID/fd link is closed to other users), but keep its mode owner-only too:
+        // only a process handed the descriptor (the creator's access check) may use it.
+        rustix::fs::fchmod(&fd, rustix::fs::Mode::from_raw_mode(0o600))?;
         rustix::fs::ftruncate(&fd, len as u64)?;
         rustix::fs::fcntl_add_seals(&fd, SealFlags::SHRINK | SealFlags::GROW | SealFlags::SEAL)?;
         let ptr = map_aligned(fd.as_fd(), len)?;
