@@ -9,11 +9,34 @@
 //! The two SeqCst operations order "flag set, then condition read" against "condition
 //! written, then flag read", so a wake-up is never lost; with nobody asleep, notifying
 //! costs a fence and a load, and no system call.
+//!
+//! Blocking and time are injected: [`wait_with`] is the algorithm, over any
+//! [`FutexWord`] and any [`Pace`] (how the waiter spins and when its deadline passes);
+//! [`wait_until`] is that algorithm on a shared-memory word with the shared futex and the
+//! monotonic clock ([`Monotonic`]). Under `RUSTFLAGS="--cfg loom"` the loom tests
+//! (`crates/vdi/tests/loom.rs`) run the same [`wait_with`] and [`notify`] on a modelled
+//! futex ([`sync::model`](super::sync)) whose sleeps never time out, so that a lost
+//! wake-up is a deadlock loom reports instead of a 100 ms stall, with the deadline as an
+//! explicit branch at every look at the clock. Removing either SeqCst fence makes that
+//! model fail.
+//!
+//! ```
+//! use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+//! use vdi::protocol::event::{notify, wait_until};
+//! let (word, flag) = (AtomicU32::new(0), AtomicBool::new(false));
+//! std::thread::scope(|s| {
+//!     s.spawn(|| {
+//!         flag.store(true, Ordering::Release);
+//!         notify(&word);
+//!     });
+//!     assert!(wait_until(&word, None, || flag.load(Ordering::Acquire)));
+//! });
+//! ```
 
-use std::sync::atomic::{AtomicU32, Ordering, fence};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::sys::futex;
+use crate::protocol::sync::FutexWord;
 
 /// Bit 0: a waiter is (about to be) asleep.
 pub const WAITING: u32 = 1;
@@ -29,14 +52,14 @@ pub const SLICE: Duration = Duration::from_millis(100);
 
 /// Wakes whoever sleeps on `word`; free when nobody does.
 #[inline]
-pub fn notify(word: &AtomicU32) {
-    fence(Ordering::SeqCst);
+pub fn notify<W: FutexWord>(word: &W) {
+    W::fence(Ordering::SeqCst);
     let v = word.load(Ordering::Relaxed);
     if v & WAITING != 0 {
         // Bump the epoch and clear the flag in one step; wake even if a concurrent
         // notifier got there first (a spare wake is harmless, a lost one is not).
         let _ = word.compare_exchange(v, v.wrapping_add(1), Ordering::SeqCst, Ordering::Relaxed);
-        futex::wake_all(word);
+        word.futex_wake_all();
     }
 }
 
@@ -44,72 +67,124 @@ pub fn notify(word: &AtomicU32) {
 ///
 /// `ready` is called many times; it must be cheap and must read the shared state with
 /// acquire ordering.
+#[inline]
 pub fn wait_until(
     word: &AtomicU32,
     deadline: Option<Instant>,
+    ready: impl FnMut() -> bool,
+) -> bool {
+    wait_with(word, &mut Monotonic { deadline }, ready)
+}
+
+/// How a waiter passes the time before and between its sleeps: how it spins, when its
+/// deadline passes, and how long each sleep may last.
+pub trait Pace {
+    /// The spin phase, after a first look at `ready` found it false: looks at `ready`
+    /// for a while without sleeping. `Some(r)`: the wait is over with result `r` (the
+    /// condition became true, or the deadline passed); `None`: go to sleep.
+    fn spin(&mut self, ready: &mut impl FnMut() -> bool) -> Option<bool>;
+
+    /// Before each sleep: `None` if the deadline has passed, else the longest the sleep
+    /// may last (`Some(None)`: no limit).
+    fn sleep_limit(&mut self) -> Option<Option<Duration>>;
+}
+
+/// Production pacing: the monotonic clock, [`PURE_SPIN`] of pure spinning, then yielding
+/// until [`SPIN`], then sleeps of at most [`SLICE`] (or what is left until the deadline).
+#[derive(Clone, Copy, Debug)]
+pub struct Monotonic {
+    /// When the wait gives up (`None`: never).
+    pub deadline: Option<Instant>,
+}
+
+impl Pace for Monotonic {
+    #[inline]
+    fn spin(&mut self, ready: &mut impl FnMut() -> bool) -> Option<bool> {
+        let deadline = self.deadline;
+        let start = Instant::now();
+        if deadline.is_some_and(|d| d <= start) {
+            return Some(false);
+        }
+        let past = |now: Instant| deadline.is_some_and(|d| now >= d);
+        // 1. Spin, looking at the condition after every pause (a pause is ~25 ns here;
+        //    looking only every 64 of them cost 1.6 µs per hand-off) and at the clock
+        //    every 64.
+        let pure_end = start + PURE_SPIN;
+        let mut n = 0u32;
+        loop {
+            std::hint::spin_loop();
+            if ready() {
+                return Some(true);
+            }
+            n = n.wrapping_add(1);
+            if n.is_multiple_of(64) {
+                let now = Instant::now();
+                if past(now) {
+                    return Some(ready());
+                }
+                if now >= pure_end {
+                    break;
+                }
+            }
+        }
+        // 2. Keep looking, but give the CPU to whoever needs it between looks: with more
+        //    spinning threads than cores (four device threads on two), pure spinning
+        //    starves the very peer we wait for.
+        let spin_end = start + SPIN;
+        loop {
+            crate::sys::yield_now();
+            if ready() {
+                return Some(true);
+            }
+            let now = Instant::now();
+            if past(now) {
+                return Some(ready());
+            }
+            if now >= spin_end {
+                return None;
+            }
+        }
+    }
+
+    #[inline]
+    fn sleep_limit(&mut self) -> Option<Option<Duration>> {
+        let now = Instant::now();
+        match self.deadline {
+            Some(d) if d <= now => None,
+            Some(d) => Some(Some((d - now).min(SLICE))),
+            None => Some(Some(SLICE)),
+        }
+    }
+}
+
+/// The wait algorithm: looks at `ready`, spins as `pace` says, then sleeps on `word`
+/// until `ready()` holds or `pace` says the deadline passed. Returns whether it became
+/// true.
+#[inline]
+pub fn wait_with<W: FutexWord, P: Pace>(
+    word: &W,
+    pace: &mut P,
     mut ready: impl FnMut() -> bool,
 ) -> bool {
     if ready() {
         return true;
     }
-    let start = Instant::now();
-    if deadline.is_some_and(|d| d <= start) {
-        return false;
-    }
-    let past = |now: Instant| deadline.is_some_and(|d| now >= d);
-    // 1. Spin, looking at the condition after every pause (a pause is ~25 ns here; looking
-    //    only every 64 of them cost 1.6 µs per hand-off) and at the clock every 64.
-    let pure_end = start + PURE_SPIN;
-    let mut n = 0u32;
-    loop {
-        std::hint::spin_loop();
-        if ready() {
-            return true;
-        }
-        n = n.wrapping_add(1);
-        if n.is_multiple_of(64) {
-            let now = Instant::now();
-            if past(now) {
-                return ready();
-            }
-            if now >= pure_end {
-                break;
-            }
-        }
-    }
-    // 2. Keep looking, but give the CPU to whoever needs it between looks: with more
-    //    spinning threads than cores (four device threads on two), pure spinning starves
-    //    the very peer we wait for.
-    let spin_end = start + SPIN;
-    loop {
-        crate::sys::yield_now();
-        if ready() {
-            return true;
-        }
-        let now = Instant::now();
-        if past(now) {
-            return ready();
-        }
-        if now >= spin_end {
-            break;
-        }
+    if let Some(r) = pace.spin(&mut ready) {
+        return r;
     }
     // 3. Sleep on the futex.
     loop {
         let seen = word.fetch_or(WAITING, Ordering::SeqCst) | WAITING;
         // Pairs with the notifier's fence: our flag store is ordered before the
         // condition's loads below even where acquire loads may be reordered (LDAPR).
-        fence(Ordering::SeqCst);
+        W::fence(Ordering::SeqCst);
         if ready() {
             return true;
         }
-        let now = Instant::now();
-        let sleep = match deadline {
-            Some(d) if d <= now => return false,
-            Some(d) => (d - now).min(SLICE),
-            None => SLICE,
+        let Some(sleep) = pace.sleep_limit() else {
+            return false;
         };
-        futex::wait(word, seen, Some(sleep));
+        word.futex_wait(seen, sleep);
         if ready() {
             return true;
         }

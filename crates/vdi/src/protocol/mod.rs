@@ -14,3 +14,4 @@ pub mod event;
 pub mod layout;
 pub mod msg;
 pub mod ring;
+pub mod sync;

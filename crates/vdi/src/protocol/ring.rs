@@ -6,6 +6,12 @@
 //! wrote garbage, reported as [`RingError::Corrupt`]. Entries are plain `u32` slot
 //! indices; the caller validates each one before use.
 //!
+//! The ring is generic over its words ([`AtomicWord`], default `std`'s `AtomicU32`, the
+//! type in the shared layout), so that the same code runs under loom: with
+//! `RUSTFLAGS="--cfg loom"`, `crates/vdi/tests/loom.rs` checks FIFO order, `Full`, and
+//! that what the producer wrote before a push is visible after the pop (the
+//! release/acquire hand-off), over loom's atomics and cells.
+//!
 //! ```
 //! use std::sync::atomic::AtomicU32;
 //! use vdi::protocol::ring::{Ring, Producer, Consumer};
@@ -20,16 +26,27 @@
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
+use crate::protocol::sync::AtomicWord;
+
 /// A ring's shared parts: both positions and the entries (capacity a power of two).
-#[derive(Clone, Copy)]
-pub struct Ring<'a> {
+pub struct Ring<'a, W = AtomicU32> {
     /// Producer position (written by the producer only).
-    pub tail: &'a AtomicU32,
+    pub tail: &'a W,
     /// Consumer position (written by the consumer only).
-    pub head: &'a AtomicU32,
+    pub head: &'a W,
     /// The entries.
-    pub entries: &'a [AtomicU32],
+    pub entries: &'a [W],
 }
+
+// By hand: a derive would require `W: Copy`, and atomics are not.
+impl<W> Clone for Ring<'_, W> {
+    #[inline]
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<W> Copy for Ring<'_, W> {}
 
 /// What went wrong with a ring operation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -40,11 +57,13 @@ pub enum RingError {
     Corrupt,
 }
 
-impl Ring<'_> {
+impl<W> Ring<'_, W> {
+    #[inline]
     fn mask(&self) -> u32 {
         self.entries.len() as u32 - 1
     }
 
+    #[inline]
     fn capacity(&self) -> u32 {
         self.entries.len() as u32
     }
@@ -58,7 +77,8 @@ pub struct Producer {
 
 impl Producer {
     /// Starts producing at the currently published tail.
-    pub fn attach(ring: &Ring<'_>) -> Producer {
+    #[inline]
+    pub fn attach<W: AtomicWord>(ring: &Ring<'_, W>) -> Producer {
         Producer {
             tail: ring.tail.load(Ordering::Relaxed),
         }
@@ -66,7 +86,8 @@ impl Producer {
 
     /// Appends `value`; publishes it with release ordering, so everything written before
     /// (the slot's fields) is visible to a consumer that acquires the new tail.
-    pub fn push(&mut self, ring: &Ring<'_>, value: u32) -> Result<(), RingError> {
+    #[inline]
+    pub fn push<W: AtomicWord>(&mut self, ring: &Ring<'_, W>, value: u32) -> Result<(), RingError> {
         let head = ring.head.load(Ordering::Acquire);
         let used = self.tail.wrapping_sub(head);
         if used > ring.capacity() {
@@ -91,24 +112,28 @@ pub struct Consumer {
 
 impl Consumer {
     /// Starts consuming at the currently published head.
-    pub fn attach(ring: &Ring<'_>) -> Consumer {
+    #[inline]
+    pub fn attach<W: AtomicWord>(ring: &Ring<'_, W>) -> Consumer {
         Consumer {
             head: ring.head.load(Ordering::Relaxed),
         }
     }
 
     /// The consumer's position (entries taken so far, wrapping).
+    #[inline]
     pub fn position(&self) -> u32 {
         self.head
     }
 
     /// Whether an entry is waiting (or the peer's tail is corrupt: the next `pop` says).
-    pub fn has_next(&self, ring: &Ring<'_>) -> bool {
+    #[inline]
+    pub fn has_next<W: AtomicWord>(&self, ring: &Ring<'_, W>) -> bool {
         ring.tail.load(Ordering::Acquire) != self.head
     }
 
     /// Takes the next entry, if any.
-    pub fn pop(&mut self, ring: &Ring<'_>) -> Result<Option<u32>, RingError> {
+    #[inline]
+    pub fn pop<W: AtomicWord>(&mut self, ring: &Ring<'_, W>) -> Result<Option<u32>, RingError> {
         // Hand-off: acquire pairs with the producer's release of the tail.
         let tail = ring.tail.load(Ordering::Acquire);
         let avail = tail.wrapping_sub(self.head);

@@ -924,10 +924,10 @@ impl ServerInner {
 
     fn total_area_bytes(&self) -> u32 {
         let n = self.shared.header().area_count.load(Ordering::Acquire) as usize;
+        // Client-writable words: summed without overflow (note N20).
         let total: u64 = self.shared.header().area_sizes[..n.min(MAX_AREAS)]
             .iter()
-            .map(|s| s.load(Ordering::Relaxed))
-            .sum();
+            .fold(0u64, |t, s| t.saturating_add(s.load(Ordering::Relaxed)));
         total.min(u64::from(u32::MAX)) as u32
     }
 
@@ -987,8 +987,7 @@ impl ServerInner {
         }
         let total: u64 = h.area_sizes[..=index]
             .iter()
-            .map(|s| s.load(Ordering::Relaxed))
-            .sum();
+            .fold(0u64, |t, s| t.saturating_add(s.load(Ordering::Relaxed)));
         h.final_config[10].store(total.min(u64::from(u32::MAX)) as u32, Ordering::Relaxed);
         h.area_count.store(index as u32 + 1, Ordering::Release);
         event::notify(&h.set_event);
@@ -1030,16 +1029,21 @@ impl ServerInner {
                 last_progress = Instant::now();
                 continue;
             }
+            // The close count first, then the outstanding count: a send increments
+            // `outstanding` before its device's close increments `closed_devices` (both
+            // under the device lock), so "all closed" read first and "none outstanding"
+            // read after cannot miss a command sent just before the last close. Read
+            // the other way round, the agent could return with that command's callback
+            // not yet run (found by the loom model `close_racing_with_send`).
+            let all_closed = self.closed_devices.load(Ordering::Acquire) == device_count
+                || self.closed.load(Ordering::Acquire);
             let outstanding = self.outstanding.load(Ordering::Acquire);
             if outstanding > 0 && self.client_gone.load(Ordering::Acquire) {
                 // Every completion the client left is taken; nobody will send the rest.
                 sh.abort(AbortCause::ClientDied);
                 continue;
             }
-            if outstanding == 0
-                && (self.closed_devices.load(Ordering::Acquire) == device_count
-                    || self.closed.load(Ordering::Acquire))
-            {
+            if outstanding == 0 && all_closed {
                 return Ok(());
             }
             let deadline = (interval > 0 && outstanding > 0)
