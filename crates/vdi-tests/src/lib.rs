@@ -10,6 +10,10 @@ use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
+pub mod campaign;
+pub mod campaign_peer;
+pub mod hostile;
+
 use vdi::{
     ClientSet, CommandCode, Completion, ErrorCode, ServerCommand, ServerSet, Timeout, VdError,
     completion, features,

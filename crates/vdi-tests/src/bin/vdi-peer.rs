@@ -10,6 +10,8 @@
 //! vdi-peer ioerror-server set=NAME   the server half of the IO-ERROR / ClearError script
 //! vdi-peer commands-server set=NAME  sends every command code 1..19 and an unknown one
 //! vdi-peer vanish-server set=NAME    sends one Write, closes the device, exits without Close
+//! vdi-peer crash-server|crash-client|crash-secondary KEY=VALUE...
+//!                                    the crash campaign's roles (`vdi_tests::campaign_peer`)
 //! ```
 //! It prints progress lines (`OPENED`, `CREATED`, `PAUSED point`, `DONE ...`,
 //! `ERROR code message`) that the tests wait for. At `pause=POINT` it stops there until
@@ -55,6 +57,9 @@ fn main() {
         eprintln!("usage: vdi-peer MODE key=value...");
         std::process::exit(64);
     };
+    if mode.starts_with("crash-") {
+        std::process::exit(vdi_tests::campaign_peer::main(mode, &args[1..]));
+    }
     let plan = match Plan::from_args(&args[1..]) {
         Ok(p) => p,
         Err(e) => {

@@ -873,12 +873,21 @@ impl ClientDevice {
                     return Err(VdError::new(ErrorCode::Close, Reason::DeviceClosed));
                 }
             }
+            // Whatever woke us (a predicate that holds without anything to deliver, a
+            // peer's garbage), the time-out still ends the call.
+            if deadline.is_some_and(|d| std::time::Instant::now() >= d) {
+                return Err(VdError::timeout());
+            }
             let ring = d.sub_ring();
             let ready = event::wait_until(&d.block.sub_event, deadline, || {
+                let clear = self.clear_pending.load(Ordering::Acquire);
                 sh.abort_cause().is_some()
-                    || ring.tail.load(Ordering::Acquire) != self.head.load(Ordering::Relaxed)
+                    // Nothing queued behind a held-back ClearError can be delivered
+                    // before it, so new submissions do not count then (note N19).
+                    || (!clear
+                        && ring.tail.load(Ordering::Acquire) != self.head.load(Ordering::Relaxed))
                     || ((d.block.state.load(Ordering::Acquire) & dev::SERVER_CLOSED != 0
-                        || self.clear_pending.load(Ordering::Acquire))
+                        || clear)
                         && self.outstanding.load(Ordering::Acquire) == 0)
             });
             if !ready {

@@ -132,8 +132,12 @@ fn peer_gone(st: &ServiceState, p: &Peer) {
         Role::Server => {
             // A server that closes its set says goodbye first; one that just vanishes
             // died, whatever state its devices were in (its last callbacks may never
-            // have run), so the operation did not end normally.
-            if !p.said_bye {
+            // have run), so the operation did not end normally. One that said goodbye
+            // with a device not SERVER_CLOSED as we see it (an honest server has aborted
+            // before such a Bye; garbage can clear the bit) left a device that no
+            // command and no close can reach any more: abort too, or a GetCommand
+            // would wait forever (note N21).
+            if !p.said_bye || !sh.all_devices_closed() {
                 sh.abort(AbortCause::ServerDied);
             }
         }
