@@ -4,6 +4,8 @@ use clap::{Args, Parser, Subcommand};
 use vdi_cli::backup::Compression;
 use vdi_cli::units::parse_size;
 
+use super::inject::Fault;
+
 /// Back up and restore real data through the SQL Server Virtual Device Interface (VDI).
 ///
 /// `vdi` is a backup application (the VDI client role) and a reference engine (the
@@ -20,7 +22,8 @@ use vdi_cli::units::parse_size;
         "  vdi backup sqlite:shop.db backups/shop --devices 4 --compress zstd\n",
         "  vdi verify backups/shop\n",
         "  vdi restore backups/shop sqlite:shop-restored.db\n",
-        "  vdi backup file:disk.img - > disk.vdis\n\n",
+        "  vdi backup file:disk.img - > disk.vdis\n",
+        "  vdi soak --duration 10m   # back up, verify, restore, compare, in a loop\n\n",
         "SOURCE and TARGET: sqlite:PATH (a live SQLite database), file:PATH (a plain file;\n",
         "a path without a prefix is a file too), - (standard input or output).\n\n",
         "Exit codes:\n",
@@ -100,6 +103,46 @@ pub enum Cmd {
         "  vdi demo --size 50M --keep --dir /tmp/vdi-demo"
     ))]
     Demo(DemoArgs),
+    /// Back up, verify and restore in a loop with random sources, device counts, transfer
+    /// sizes and compression, checking every byte (a soak test of both roles).
+    #[command(after_help = concat!(
+        "Each run draws its parameters from the seed plus its number: a file of random\n",
+        "size (0, under a block, around block and chunk boundaries, up to --max-size) or,\n",
+        "one run in eight, a SQLite database; 1 to 8 devices; transfer sizes 64K to 4M\n",
+        "(another one for the restore, half the time); block sizes 512 to 64K; buffer\n",
+        "counts; no compression or zstd levels 1 to 9. The first failure stops the soak\n",
+        "and prints the command that repeats that run. Default: --duration 10m.\n\n",
+        "Examples:\n",
+        "  vdi soak --duration 10m\n",
+        "  vdi soak --runs 200 --seed 42 --json\n",
+        "  vdi soak --runs 1 --seed 1234567   # repeat one run"
+    ))]
+    Soak(SoakArgs),
+}
+
+/// `vdi soak`.
+#[derive(Debug, Args)]
+pub struct SoakArgs {
+    /// Run for this long (90s, 10m, 2h; default 10m unless --runs is given).
+    #[arg(long, value_name = "TIME", value_parser = super::soak::parse_duration)]
+    pub duration: Option<std::time::Duration>,
+    /// Stop after this many runs (with --duration: whichever comes first).
+    #[arg(long, value_name = "N")]
+    pub runs: Option<u64>,
+    /// The seed (default: a random one, printed).
+    #[arg(long, value_name = "N")]
+    pub seed: Option<u64>,
+    /// Largest source file.
+    #[arg(long, value_name = "BYTES", default_value = "8M", value_parser = parse_size)]
+    pub max_size: u64,
+    /// Where to make the scratch directory (default: $TMPDIR); it is removed at the end.
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<std::path::PathBuf>,
+    /// Keep the files of a failed run (beside the scratch directory).
+    #[arg(long)]
+    pub keep_failed: bool,
+    #[command(flatten)]
+    pub output: OutputArgs,
 }
 
 /// The roles' knobs for the engine (server role).
@@ -115,6 +158,25 @@ pub struct EngineKnobs {
     /// VDI block size: every transfer is a multiple of it; a power of two from 512 to 64K.
     #[arg(long, value_name = "BYTES", default_value = "4096", value_parser = parse_block)]
     pub block_size: u32,
+}
+
+/// Fault injection (for testing).
+#[derive(Debug, Args, Clone, Default)]
+pub struct InjectArgs {
+    /// For testing: make the engine or the backup application fail, stall or abort at
+    /// the Nth command (repeatable): ROLE:fail@N=CODE, ROLE:delay@N=DURATION, ROLE:abort@N.
+    ///
+    /// ROLE is engine (the server role) or client (the backup application); N counts the
+    /// commands of the operation from 1, over every device (the engine counts those it
+    /// sends, the backup application those it receives); CODE is a Win32 completion code,
+    /// a number or a name (1117, ERROR_IO_DEVICE, 112, ERROR_DISK_FULL, 23, ERROR_CRC);
+    /// DURATION is like 200ms or 2s. engine:fail makes the engine treat the command's
+    /// completion as failed with CODE and give up; client:fail completes the command with
+    /// CODE instead of doing it; abort calls SignalAbort; delay stalls first. A fault
+    /// fails the operation (exit 6 for a disk-full code, else 8) and nothing is marked
+    /// complete; a delay does not change the result. Example: --inject client:fail@7=112
+    #[arg(long = "inject", value_name = "FAULT", value_parser = Fault::parse)]
+    pub faults: Vec<Fault>,
 }
 
 /// Output options.
@@ -153,6 +215,8 @@ pub struct BackupArgs {
     #[command(flatten)]
     pub engine: EngineKnobs,
     #[command(flatten)]
+    pub inject: InjectArgs,
+    #[command(flatten)]
     pub output: OutputArgs,
 }
 
@@ -181,6 +245,8 @@ pub struct RestoreArgs {
     pub integrity_check: bool,
     #[command(flatten)]
     pub engine: EngineKnobs,
+    #[command(flatten)]
+    pub inject: InjectArgs,
     #[command(flatten)]
     pub output: OutputArgs,
 }
@@ -243,6 +309,8 @@ pub struct ClientBackupArgs {
     #[arg(long, value_name = "GROUP", value_parser = parse_group)]
     pub allow_group: Option<u32>,
     #[command(flatten)]
+    pub inject: InjectArgs,
+    #[command(flatten)]
     pub output: OutputArgs,
 }
 
@@ -265,6 +333,8 @@ pub struct ClientRestoreArgs {
     /// only this user's processes may open the set.
     #[arg(long, value_name = "GROUP", value_parser = parse_group)]
     pub allow_group: Option<u32>,
+    #[command(flatten)]
+    pub inject: InjectArgs,
     #[command(flatten)]
     pub output: OutputArgs,
 }
@@ -307,6 +377,8 @@ pub struct EngineBackupArgs {
     #[arg(long, value_name = "USER", value_parser = parse_user)]
     pub trust_owner: Option<u32>,
     #[command(flatten)]
+    pub inject: InjectArgs,
+    #[command(flatten)]
     pub output: OutputArgs,
     /// Print the outcome as a report line on standard error (for `vdi backup`).
     #[arg(long, hide = true)]
@@ -337,6 +409,8 @@ pub struct EngineRestoreArgs {
     /// user or root are opened, so nobody can pose as the backup application.
     #[arg(long, value_name = "USER", value_parser = parse_user)]
     pub trust_owner: Option<u32>,
+    #[command(flatten)]
+    pub inject: InjectArgs,
     #[command(flatten)]
     pub output: OutputArgs,
     /// Print the outcome as a report line on standard error (for `vdi restore`).

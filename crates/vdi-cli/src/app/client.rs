@@ -9,6 +9,7 @@
 use std::fs::File;
 use std::io::Read;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::mpsc::{self, Receiver};
 use std::time::{Duration, Instant};
 
@@ -24,6 +25,7 @@ use vdi_cli::backup::{
 use vdi_cli::stream::{self, StreamHeader};
 
 use super::fail::{Kind, fail};
+use super::inject::{Action, Injector};
 use super::interrupt;
 use super::progress::{Mode, Progress};
 use super::source::{stdin_file, stdout_file};
@@ -137,6 +139,8 @@ pub struct BackupPlan {
     pub hint: Option<String>,
     /// A group whose members may also open the set.
     pub allow_group: Option<u32>,
+    /// Faults to inject in this role (`--inject client:...`).
+    pub inject: Arc<Injector>,
 }
 
 /// Files of a backup being written; removed unless the backup completes.
@@ -359,6 +363,47 @@ fn complete(cmd: Command<'_>, code: u32, n: u32) -> Result<(), ClientErr> {
         .map_err(|e| vd_err(&e, "completing a command"))
 }
 
+/// What the injected faults do to a command just received.
+enum Injected<'d> {
+    /// Nothing (after any delay): do the command.
+    Go(Command<'d>),
+    /// The command was completed with the fault's code; the operation must fail with
+    /// this error.
+    Failed(anyhow::Error),
+}
+
+/// Applies the backup application's injected faults to `cmd`, just received on device
+/// `index` during `op`: stalls for a delay; for a fail, completes it with the fault's
+/// code instead of doing it; for an abort, calls SignalAbort.
+fn inject<'d>(
+    inj: &Injector,
+    set: &ClientSet,
+    cmd: Command<'d>,
+    index: u32,
+    op: &str,
+) -> Result<Injected<'d>, ClientErr> {
+    let (_, hit) = inj.next();
+    if !hit.delay.is_zero() {
+        std::thread::sleep(hit.delay);
+    }
+    let Some(f) = hit.fault else {
+        return Ok(Injected::Go(cmd));
+    };
+    let what = format!("a {} on device {index}", cmd.code());
+    match f.action {
+        Action::Fail(code) => {
+            complete(cmd, code, 0)?;
+            Ok(Injected::Failed(f.error(&what, op)))
+        }
+        _ => {
+            let _ = set.signal_abort();
+            // Dropped: completed with ERROR_OPERATION_ABORTED.
+            drop(cmd);
+            Err(ClientErr::Root(f.error(&what, op)))
+        }
+    }
+}
+
 /// Opens device `index` (named by the convention of [`device_name`]).
 fn open_device(set: &ClientSet, index: u32) -> Result<ClientDevice, ClientErr> {
     let name = device_name(set.name(), index);
@@ -436,7 +481,7 @@ fn serve_backup_device(
     std::thread::scope(|s| {
         let (tx, rx) = mpsc::channel::<Command<'_>>();
         let hasher = s.spawn(move || hash_and_complete(rx, index, progress));
-        let served = store_loop(dev, index, &mut w, &tx, &store_err);
+        let served = store_loop(dev, index, &mut w, &tx, &store_err, (set, &plan.inject));
         drop(tx);
         let hashed = hasher.join().unwrap_or_else(|_| {
             Err(ClientErr::Root(anyhow::anyhow!(
@@ -489,6 +534,7 @@ fn store_loop<'d>(
     w: &mut StreamWriter<File>,
     tx: &mpsc::Sender<Command<'d>>,
     store_err: &dyn Fn(&std::io::Error) -> (u32, anyhow::Error),
+    (set, inj): (&ClientSet, &Injector),
 ) -> Result<(Option<Written>, Option<String>), ClientErr> {
     let mut failed: Option<anyhow::Error> = None;
     let mut finished: Option<Written> = None;
@@ -503,6 +549,13 @@ fn store_loop<'d>(
                     Some(f) => ClientErr::Root(f),
                     None => vd_err(&e, &format!("device {index}")),
                 });
+            }
+        };
+        let cmd = match inject(inj, set, cmd, index, "backup")? {
+            Injected::Go(c) => c,
+            Injected::Failed(e) => {
+                failed.get_or_insert(e);
+                continue;
             }
         };
         match cmd.code() {
@@ -854,26 +907,39 @@ pub struct PreparedRestore {
     wait: Option<Duration>,
     hint: Option<String>,
     label: String,
+    inject: Arc<Injector>,
+}
+
+/// How to serve a restore.
+#[derive(Debug)]
+pub struct RestorePlan {
+    /// The set name.
+    pub set: String,
+    /// Progress display.
+    pub mode: Mode,
+    /// How long to wait for the engine (None: forever).
+    pub wait: Option<Duration>,
+    /// Log a hint on how to start the engine by hand.
+    pub hint: Option<String>,
+    /// The progress label.
+    pub label: String,
+    /// A group whose members may also open the set.
+    pub allow_group: Option<u32>,
+    /// Faults to inject in this role (`--inject client:...`).
+    pub inject: Arc<Injector>,
 }
 
 /// Creates the set for serving `backup`.
-pub fn prepare_restore(
-    set_name: &str,
-    backup: OpenedBackup,
-    mode: Mode,
-    wait: Option<Duration>,
-    hint: Option<String>,
-    label: String,
-    allow_group: Option<u32>,
-) -> Result<PreparedRestore> {
-    let set = create_set(set_name, backup.devices(), allow_group)?;
+pub fn prepare_restore(plan: RestorePlan, backup: OpenedBackup) -> Result<PreparedRestore> {
+    let set = create_set(&plan.set, backup.devices(), plan.allow_group)?;
     Ok(PreparedRestore {
         set,
         backup,
-        mode,
-        wait,
-        hint,
-        label,
+        mode: plan.mode,
+        wait: plan.wait,
+        hint: plan.hint,
+        label: plan.label,
+        inject: plan.inject,
     })
 }
 
@@ -952,6 +1018,7 @@ fn serve_restore_device(
     mut r: StreamReader,
     entry: Option<&StreamEntry>,
     progress: &Progress,
+    inj: &Injector,
 ) -> Result<u64, ClientErr> {
     let dev = open_device(set, index)?;
     let file = entry.map_or_else(
@@ -963,7 +1030,7 @@ fn serve_restore_device(
         let (tx, rx) = mpsc::channel::<Filled<'_>>();
         let file = file.as_str();
         let hasher = s.spawn(move || hash_and_serve(rx, index, entry, file, progress));
-        let served = read_loop(dev, index, &mut r, &tx, file);
+        let served = read_loop(dev, index, &mut r, &tx, file, (set, inj));
         drop(tx);
         let hashed = hasher.join().unwrap_or_else(|_| {
             Err(ClientErr::Root(anyhow::anyhow!(
@@ -993,10 +1060,11 @@ fn read_loop<'d>(
     r: &mut StreamReader,
     tx: &mpsc::Sender<Filled<'d>>,
     file: &str,
+    (set, inj): (&ClientSet, &Injector),
 ) -> Result<(), ClientErr> {
     let mut failed: Option<anyhow::Error> = None;
     loop {
-        let mut cmd = match dev.get_command(Timeout::Infinite) {
+        let cmd = match dev.get_command(Timeout::Infinite) {
             Ok(c) => c,
             Err(e) if e.code() == ErrorCode::Close => break,
             Err(e) => {
@@ -1004,6 +1072,13 @@ fn read_loop<'d>(
                     Some(f) => ClientErr::Root(f),
                     None => vd_err(&e, &format!("device {index}")),
                 });
+            }
+        };
+        let mut cmd = match inject(inj, set, cmd, index, "restore")? {
+            Injected::Go(c) => c,
+            Injected::Failed(e) => {
+                failed.get_or_insert(e);
+                continue;
             }
         };
         match cmd.code() {
@@ -1040,6 +1115,10 @@ fn read_loop<'d>(
                     }
                 }
             }
+            // After a failure, the end of the restore must not look like a success to
+            // the engine: it would put the target in place (a Read failed after the
+            // stream's end is otherwise lost in the reads the engine expects to fail).
+            CommandCode::COMPLETE if failed.is_some() => complete(cmd, ERROR_READ_FAULT, 0)?,
             CommandCode::CLEAR_ERROR | CommandCode::FLUSH | CommandCode::COMPLETE => {
                 complete(cmd, completion::ERROR_SUCCESS, 0)?;
             }
@@ -1089,9 +1168,9 @@ pub fn serve_restore(
                 .into_iter()
                 .enumerate()
                 .map(|(i, (r, e))| {
-                    let (set, progress) = (&set, &progress);
+                    let (set, progress, inj) = (&set, &progress, &*prep.inject);
                     s.spawn(move || {
-                        let res = serve_restore_device(set, i as u32, r, e.as_ref(), progress);
+                        let res = serve_restore_device(set, i as u32, r, e.as_ref(), progress, inj);
                         if matches!(res, Err(ClientErr::Root(_))) {
                             let _ = set.signal_abort();
                         }

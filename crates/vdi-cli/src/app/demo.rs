@@ -363,6 +363,7 @@ pub fn run(a: &DemoArgs) -> Result<()> {
         set: None,
         force: true,
         knobs: &knobs,
+        faults: &[],
         mode,
     })?;
     say(format!(
@@ -390,6 +391,7 @@ pub fn run(a: &DemoArgs) -> Result<()> {
         force: true,
         integrity_check: false,
         knobs: &knobs,
+        faults: &[],
         mode,
     })?;
     say(format!(

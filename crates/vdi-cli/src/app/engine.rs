@@ -31,6 +31,7 @@ use vdi_cli::stream::{
 };
 
 use super::fail::{Failure, Kind, fail, kind_of};
+use super::inject::{Action, Fault, Injector, Role};
 use super::source::{self, Spec};
 use super::vdiutil::{abort_cause, abort_sentence, code_name, device_name, is_full_code, vd_fail};
 
@@ -53,6 +54,8 @@ pub struct EngineCfg {
     pub wait: Duration,
     /// Another user whose sets may be opened.
     pub trust_owner: Option<u32>,
+    /// Faults to inject (`--inject`; only the engine's act here).
+    pub faults: Vec<Fault>,
 }
 
 /// What the engine did (also the report line's JSON).
@@ -82,6 +85,9 @@ pub struct EngineReport {
     pub snapshot_seconds: f64,
     /// The integrity check of a restored database (`ok`).
     pub integrity_check: Option<String>,
+    /// Injected faults that never acted (the operation had fewer commands), as warnings.
+    #[serde(default)]
+    pub unfired: Vec<String>,
 }
 
 /// Opens the set, waiting up to `cfg.wait` for the backup application to create it.
@@ -136,6 +142,33 @@ struct Ev {
     bytes: u32,
     buffer: Option<ServerBuffer>,
     tag: u64,
+    /// The injected fault that failed this command, and what the command was.
+    injected: Option<(Fault, String)>,
+}
+
+/// Applies the engine's injected faults to the command it is about to send: stalls for a
+/// delay; for an abort, calls SignalAbort and fails; for a fail, returns the fault, which
+/// the completion then carries.
+fn inject(
+    inj: &Injector,
+    set: &ServerSet,
+    code: CommandCode,
+    dev: u32,
+    op: &str,
+) -> Result<Option<(Fault, String)>> {
+    let (_, hit) = inj.next();
+    if !hit.delay.is_zero() {
+        std::thread::sleep(hit.delay);
+    }
+    let Some(f) = hit.fault else {
+        return Ok(None);
+    };
+    let what = format!("a {code} on device {dev}");
+    if f.action == Action::Abort {
+        let _ = set.signal_abort();
+        return Err(f.error(&what, op));
+    }
+    Ok(Some((f, what)))
 }
 
 fn send(
@@ -143,23 +176,42 @@ fn send(
     cmd: ServerCommand,
     tx: &Sender<Ev>,
     tag: u64,
+    injected: Option<(Fault, String)>,
 ) -> Result<(), vdi::VdError> {
     let tx = tx.clone();
     dev.send_command(cmd, move |c: Completion| {
+        let mut completion = c.completion_code;
+        let mut injected = injected;
+        match injected {
+            // An abort is not this fault's doing: report the abort.
+            _ if completion == completion::ERROR_OPERATION_ABORTED => injected = None,
+            Some((
+                Fault {
+                    action: Action::Fail(code),
+                    ..
+                },
+                _,
+            )) => completion = code,
+            _ => {}
+        }
         let _ = tx.send(Ev {
             dev: c.device,
             code: c.code,
             size: c.size,
-            completion: c.completion_code,
+            completion,
             bytes: c.bytes_transferred,
             buffer: c.buffer,
             tag,
+            injected,
         });
     })
 }
 
 /// The failure for a command the client did not complete with success.
-fn command_failure(set: &ServerSet, ev: &Ev) -> anyhow::Error {
+fn command_failure(set: &ServerSet, ev: &Ev, op: &str) -> anyhow::Error {
+    if let Some((f, what)) = &ev.injected {
+        return f.error(what, op);
+    }
     if ev.completion == completion::ERROR_OPERATION_ABORTED {
         let cause = set.abort_cause().unwrap_or(AbortCause::Unknown);
         return fail(Kind::PeerFailed, abort_sentence(cause, "engine"));
@@ -195,14 +247,49 @@ struct Pump<'a> {
     free: Vec<ServerBuffer>,
     credits: VecDeque<u32>,
     in_flight: u32,
+    /// Commands sent so far (each one's tag).
+    sent: u64,
+    inj: &'a Injector,
 }
 
 impl Pump<'_> {
     fn send(&mut self, dev: u32, cmd: ServerCommand) -> Result<()> {
-        self.in_flight += 1;
         let code = cmd.code();
-        send(&self.devs[dev as usize], cmd, &self.tx, 0)
-            .map_err(|e| vd_fail(&e, "engine", &format!("sending {code} on device {dev}")))
+        let injected = inject(self.inj, self.set, code, dev, "backup")?;
+        self.in_flight += 1;
+        let tag = self.sent;
+        self.sent += 1;
+        match send(&self.devs[dev as usize], cmd, &self.tx, tag, injected) {
+            Ok(()) => Ok(()),
+            // The device is in IO-ERROR: an earlier command failed, and its completion
+            // (perhaps not delivered yet) says why; this one's only echoes it.
+            Err(e) if e.code() == ErrorCode::IoError => {
+                Err(self.first_failure(tag).unwrap_or_else(|| {
+                    vd_fail(&e, "engine", &format!("sending {code} on device {dev}"))
+                }))
+            }
+            Err(e) => Err(vd_fail(
+                &e,
+                "engine",
+                &format!("sending {code} on device {dev}"),
+            )),
+        }
+    }
+
+    /// Waits for the commands in flight until one failed (not the one tagged `skip`,
+    /// which was rejected); returns its failure.
+    fn first_failure(&mut self, skip: u64) -> Option<anyhow::Error> {
+        while self.in_flight > 0 {
+            let ev = self.rx.recv().ok()?;
+            if ev.tag == skip {
+                self.in_flight -= 1;
+                continue;
+            }
+            if let Err(e) = self.judge(ev) {
+                return Some(e);
+            }
+        }
+        None
     }
 
     fn wait_one(&mut self) -> Result<()> {
@@ -210,12 +297,19 @@ impl Pump<'_> {
             .rx
             .recv()
             .map_err(|_| anyhow::anyhow!("the completion channel closed"))?;
+        self.judge(ev)
+    }
+
+    /// Takes back a completed command's device credit and buffer; fails if it failed.
+    fn judge(&mut self, ev: Ev) -> Result<()> {
         self.in_flight -= 1;
         self.credits.push_back(ev.dev);
         let ok = ev.completion == completion::ERROR_SUCCESS
             && (!ev.code.carries_data() || ev.bytes == ev.size);
         let err = if ok {
             None
+        } else if ev.injected.is_some() {
+            Some(command_failure(self.set, &ev, "backup"))
         } else if ev.completion == completion::ERROR_SUCCESS {
             Some(fail(
                 Kind::PeerFailed,
@@ -225,7 +319,7 @@ impl Pump<'_> {
                 ),
             ))
         } else {
-            Some(command_failure(self.set, &ev))
+            Some(command_failure(self.set, &ev, "backup"))
         };
         if let Some(b) = ev.buffer {
             self.free.push(b);
@@ -346,6 +440,7 @@ pub fn backup(cfg: &EngineCfg, spec: &Spec) -> Result<EngineReport> {
     };
     let stream_id = super::vdiutil::random_id();
     let label = spec.label();
+    let inj = Injector::new(Role::Engine, &cfg.faults);
     let (bytes, chunks) = with_agent(&set, || {
         let devs = open_devices(&set, devices)?;
         let depth = (buffers / devices).max(1);
@@ -365,6 +460,8 @@ pub fn backup(cfg: &EngineCfg, spec: &Spec) -> Result<EngineReport> {
             free,
             credits: (1..depth).flat_map(|_| 0..devices).collect(),
             in_flight: 0,
+            sent: 0,
+            inj: &inj,
         };
         let block = cfg.block_size as usize;
         for d in 0..devices {
@@ -439,6 +536,7 @@ pub fn backup(cfg: &EngineCfg, spec: &Spec) -> Result<EngineReport> {
         stream_id: Some(stream::hex_id(&stream_id)),
         seconds: started.elapsed().as_secs_f64(),
         snapshot_seconds: src.snapshot_secs,
+        unfired: unfired(&inj),
         ..EngineReport::default()
     })
 }
@@ -745,9 +843,29 @@ struct ReadLoop<'a> {
     dev: &'a ServerDevice,
     index: u32,
     max_transfer: u32,
+    inj: &'a Injector,
 }
 
 impl ReadLoop<'_> {
+    /// Sends `cmd` (tagged `tag`) after applying the injected faults.
+    fn send(&self, cmd: ServerCommand, tx: &Sender<Ev>, tag: u64) -> Result<(), DevErr> {
+        let injected =
+            inject(self.inj, self.set, cmd.code(), self.index, "restore").map_err(DevErr::Root)?;
+        match send(self.dev, cmd, tx, tag, injected) {
+            // A short stream may be at its end (the device in IO-ERROR) before every Read
+            // is sent; the callback then reports ERROR_IO_DEVICE, handled in order.
+            Err(e) if e.code() != ErrorCode::IoError => Err(match abort_cause(&e) {
+                Some(c) => DevErr::Aborted(c),
+                None => DevErr::Root(vd_fail(
+                    &e,
+                    "engine",
+                    &format!("sending a command on device {}", self.index),
+                )),
+            }),
+            _ => Ok(()),
+        }
+    }
+
     fn run(&self, depth: u32, sink: &mut dyn Sink, complete: bool) -> Result<DeviceStream, DevErr> {
         let d = self.index;
         let vd = |e: vdi::VdError, what: &str| match abort_cause(&e) {
@@ -769,21 +887,17 @@ impl ReadLoop<'_> {
         let mut eof = false;
         let mut failure: Option<DevErr> = None;
         while let Some(b) = bufs.pop() {
-            in_flight += 1;
-            // A short stream may be at its end (the device in IO-ERROR) before every Read
-            // is sent; the callback then reports ERROR_IO_DEVICE, handled in order below.
-            if let Err(e) = send(
-                self.dev,
-                ServerCommand::read(b, self.max_transfer),
-                &tx,
-                next_send,
-            ) && e.code() != ErrorCode::IoError
-            {
-                failure = Some(vd(e, "sending a Read"));
-                next_send += 1;
-                break;
-            }
+            // A failed send still completes the command (the callback runs at once),
+            // except for an injected abort, which never sends it.
+            let r = self.send(ServerCommand::read(b, self.max_transfer), &tx, next_send);
             next_send += 1;
+            match r {
+                Ok(()) => in_flight += 1,
+                Err(e) => {
+                    failure = Some(e);
+                    break;
+                }
+            }
         }
         while in_flight > 0 {
             let Ok(ev) = rx.recv() else {
@@ -793,7 +907,17 @@ impl ReadLoop<'_> {
             pending.insert(ev.tag, ev);
             while let Some(ev) = pending.remove(&next_done) {
                 next_done += 1;
-                if eof || failure.is_some() {
+                if failure.is_some() {
+                    continue;
+                }
+                // An injected failure acts even on a Read past the end of the stream
+                // (whose ERROR_IO_DEVICE the engine otherwise expects and ignores).
+                if let Some((f, what)) = &ev.injected {
+                    failure = Some(DevErr::Root(f.error(what, "restore")));
+                    let _ = self.set.signal_abort();
+                    continue;
+                }
+                if eof {
                     continue;
                 }
                 match ev.completion {
@@ -816,20 +940,19 @@ impl ReadLoop<'_> {
                             continue;
                         }
                         if let Some(b) = ev.buffer {
-                            in_flight += 1;
                             // A Read sent after the client already answered EOF to a later
                             // one finds the device in IO-ERROR; its callback reports
                             // ERROR_IO_DEVICE, which is handled in order below.
-                            if let Err(e) = send(
-                                self.dev,
+                            let r = self.send(
                                 ServerCommand::read(b, self.max_transfer),
                                 &tx,
                                 next_send,
-                            ) && e.code() != ErrorCode::IoError
-                            {
-                                failure = Some(vd(e, "sending a Read"));
-                            }
+                            );
                             next_send += 1;
+                            match r {
+                                Ok(()) => in_flight += 1,
+                                Err(e) => failure = Some(e),
+                            }
                         }
                     }
                     completion::ERROR_OPERATION_ABORTED => {
@@ -860,13 +983,20 @@ impl ReadLoop<'_> {
         }
         let stream = dec.finish().map_err(|e| damaged(d, e))?;
         let finish = |code: CommandCode| -> Result<(), DevErr> {
-            send(self.dev, ServerCommand::new(code), &tx, u64::MAX)
+            let injected = inject(self.inj, self.set, code, d, "restore").map_err(DevErr::Root)?;
+            send(self.dev, ServerCommand::new(code), &tx, u64::MAX, injected)
                 .map_err(|e| vd(e, "sending"))?;
             let ev = rx
                 .recv()
                 .map_err(|_| DevErr::Aborted(AbortCause::Unknown))?;
+            if ev.completion == completion::ERROR_OPERATION_ABORTED && ev.injected.is_none() {
+                // Only the echo of an abort: another device's thread knows its cause.
+                return Err(DevErr::Aborted(
+                    self.set.abort_cause().unwrap_or(AbortCause::Unknown),
+                ));
+            }
             if ev.completion != completion::ERROR_SUCCESS {
-                return Err(DevErr::Root(command_failure(self.set, &ev)));
+                return Err(DevErr::Root(command_failure(self.set, &ev, "restore")));
             }
             Ok(())
         };
@@ -895,6 +1025,7 @@ pub fn restore(cfg: &EngineCfg, spec: &Spec, force: bool, integrity: bool) -> Re
         }
     };
     out.set_running(devices);
+    let inj = Injector::new(Role::Engine, &cfg.faults);
     let streams = with_agent(&set, || {
         let devs = open_devices(&set, devices)?;
         let depth = (buffers / devices).max(1);
@@ -904,13 +1035,14 @@ pub fn restore(cfg: &EngineCfg, spec: &Spec, force: bool, integrity: bool) -> Re
                 .enumerate()
                 .map(|(i, dev)| {
                     let mut sink = out.sink();
-                    let (set, out) = (&set, &out);
+                    let (set, out, inj) = (&set, &out, &inj);
                     s.spawn(move || {
                         let r = ReadLoop {
                             set,
                             dev,
                             index: i as u32,
                             max_transfer: cfg.max_transfer,
+                            inj,
                         }
                         .run(depth, sink.as_mut(), complete);
                         if r.is_err() {
@@ -969,8 +1101,17 @@ pub fn restore(cfg: &EngineCfg, spec: &Spec, force: bool, integrity: bool) -> Re
         stream_id: Some(stream::hex_id(&summary.stream_id)),
         seconds: started.elapsed().as_secs_f64(),
         integrity_check: verdict,
+        unfired: unfired(&inj),
         ..EngineReport::default()
     })
+}
+
+/// The injected faults that never acted, as typed.
+fn unfired(inj: &Injector) -> Vec<String> {
+    let (left, n) = inj.unfired();
+    left.iter()
+        .map(|f| format!("--inject {f} never acted: the engine sent only {n} command(s)"))
+        .collect()
 }
 
 /// The name prefix of the temporary file an engine (pid `pid`) restores `name` into.

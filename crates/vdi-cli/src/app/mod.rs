@@ -5,9 +5,11 @@ pub mod client;
 pub mod demo;
 pub mod engine;
 pub mod fail;
+pub mod inject;
 pub mod interrupt;
 pub mod progress;
 pub mod run;
+pub mod soak;
 pub mod source;
 pub mod vdiutil;
 
@@ -23,6 +25,7 @@ use cli::{Cli, ClientCmd, Cmd, EngineCmd, EngineKnobs, OutputArgs};
 use client::{BackupPlan, BackupSrc, Dest};
 use engine::{EngineCfg, REPORT_PREFIX};
 use fail::{Kind, fail, kind_of};
+use inject::{Injector, Role, only_role};
 use progress::Mode;
 use source::Spec;
 
@@ -75,6 +78,7 @@ fn output_of(cmd: &Cmd) -> OutputArgs {
         Cmd::Engine(EngineCmd::Backup(a)) => a.output,
         Cmd::Engine(EngineCmd::Restore(a)) => a.output,
         Cmd::Demo(a) => a.output,
+        Cmd::Soak(a) => a.output,
     }
 }
 
@@ -92,6 +96,7 @@ pub fn main(cli: Cli) -> ExitCode {
         Cmd::Engine(EngineCmd::Backup(_)) => "engine backup",
         Cmd::Engine(EngineCmd::Restore(_)) => "engine restore",
         Cmd::Demo(_) => "demo",
+        Cmd::Soak(_) => "soak",
     };
     let data_on_stdout = match &cli.cmd {
         Cmd::Backup(a) => a.dest == "-",
@@ -135,8 +140,15 @@ pub fn main(cli: Cli) -> ExitCode {
     }
 }
 
-fn engine_cfg(set: &str, k: &EngineKnobs, wait: u64, trust_owner: Option<u32>) -> EngineCfg {
+fn engine_cfg(
+    set: &str,
+    k: &EngineKnobs,
+    wait: u64,
+    trust_owner: Option<u32>,
+    faults: &[inject::Fault],
+) -> EngineCfg {
     EngineCfg {
+        faults: faults.to_vec(),
         set: set.to_owned(),
         buffer_count: k.buffer_count,
         max_transfer: k.max_transfer_size,
@@ -162,6 +174,7 @@ fn run(cli: Cli) -> Result<()> {
                 force: a.force,
                 knobs: &a.engine,
                 mode: Mode::pick(a.output.quiet || a.output.json),
+                faults: &a.inject.faults,
             })?;
             run::report_backup(&o, a.output.json, a.output.quiet);
             Ok(())
@@ -176,13 +189,17 @@ fn run(cli: Cli) -> Result<()> {
                 integrity_check: a.integrity_check,
                 knobs: &a.engine,
                 mode: Mode::pick(a.output.quiet || a.output.json),
+                faults: &a.inject.faults,
             })?;
             run::report_restore(&o, a.output.json, a.output.quiet);
             Ok(())
         }
         Cmd::Verify(a) => verify(&a.backup, a.output),
         Cmd::Client(ClientCmd::Backup(a)) => {
+            only_role(&a.inject.faults, Role::Client, "client backup")?;
+            let inject = std::sync::Arc::new(Injector::new(Role::Client, &a.inject.faults));
             let plan = BackupPlan {
+                inject: inject.clone(),
                 set: a.set.clone(),
                 devices: a.devices,
                 compression: a.compress,
@@ -204,6 +221,7 @@ fn run(cli: Cli) -> Result<()> {
             let prep = client::prepare_backup(plan)?;
             let served = client::serve_backup(prep, &|| Ok(())).map_err(|e| e.into_error())?;
             let done = client::commit_backup(served)?;
+            inject.warn_unfired();
             let m = &done.manifest;
             if a.output.json {
                 run::print_json(
@@ -236,22 +254,28 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Cmd::Client(ClientCmd::Restore(a)) => {
+            only_role(&a.inject.faults, Role::Client, "client restore")?;
+            let inject = std::sync::Arc::new(Injector::new(Role::Client, &a.inject.faults));
             let src = BackupSrc::parse(&a.backup);
             let opened = client::open_backup(&src, a.devices)?;
             let label = format!("serve {} through {} device(s)", a.backup, opened.devices());
             let prep = client::prepare_restore(
-                &a.set,
+                client::RestorePlan {
+                    set: a.set.clone(),
+                    mode: Mode::pick(a.output.quiet || a.output.json),
+                    wait: wait_opt(a.wait),
+                    hint: Some(format!(
+                        "start it with: vdi engine restore --set {} TARGET",
+                        a.set
+                    )),
+                    label,
+                    allow_group: a.allow_group,
+                    inject: inject.clone(),
+                },
                 opened,
-                Mode::pick(a.output.quiet || a.output.json),
-                wait_opt(a.wait),
-                Some(format!(
-                    "start it with: vdi engine restore --set {} TARGET",
-                    a.set
-                )),
-                label,
-                a.allow_group,
             )?;
             let served = client::serve_restore(prep, &|| Ok(())).map_err(|e| e.into_error())?;
+            inject.warn_unfired();
             let bytes: u64 = served.stream_bytes.iter().sum();
             if a.output.json {
                 run::print_json(
@@ -277,15 +301,18 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Cmd::Engine(EngineCmd::Backup(a)) => {
+            only_role(&a.inject.faults, Role::Engine, "engine backup")?;
             let spec = Spec::parse(&a.source)?;
-            let r = engine::backup(&engine_cfg(&a.set, &a.engine, a.wait, a.trust_owner), &spec)?;
+            let cfg = engine_cfg(&a.set, &a.engine, a.wait, a.trust_owner, &a.inject.faults);
+            let r = engine::backup(&cfg, &spec)?;
             engine_done(&r, a.report, a.output, false);
             Ok(())
         }
         Cmd::Engine(EngineCmd::Restore(a)) => {
+            only_role(&a.inject.faults, Role::Engine, "engine restore")?;
             let spec = Spec::parse(&a.target)?;
             let r = engine::restore(
-                &engine_cfg(&a.set, &a.engine, a.wait, a.trust_owner),
+                &engine_cfg(&a.set, &a.engine, a.wait, a.trust_owner, &a.inject.faults),
                 &spec,
                 a.force,
                 a.integrity_check,
@@ -294,6 +321,7 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Cmd::Demo(a) => demo::run(&a),
+        Cmd::Soak(a) => soak::run(&a),
     }
 }
 
@@ -306,6 +334,9 @@ fn engine_done(r: &engine::EngineReport, report: bool, out: OutputArgs, data_on_
     } else if out.json {
         run::print_json(&serde_json::to_value(r).unwrap_or_default(), data_on_stdout);
     } else if !out.quiet {
+        for f in &r.unfired {
+            tracing::warn!("injected fault {f}");
+        }
         tracing::info!(
             "engine {}: {} in {} chunks through {} device(s) in {:.2} s; stream id {}",
             r.op,

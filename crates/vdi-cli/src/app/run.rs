@@ -16,6 +16,7 @@ use super::cli::EngineKnobs;
 use super::client::{self, BackupDone, BackupPlan, BackupSrc, ClientErr, Dest};
 use super::engine::{EngineReport, REPORT_PREFIX};
 use super::fail::{Kind, fail};
+use super::inject::{Fault, Injector, Role};
 use super::interrupt;
 use super::progress::Mode;
 use super::source::{self, Spec};
@@ -236,6 +237,23 @@ fn grace(served_ok: bool, ok_secs: u64) -> Duration {
     }
 }
 
+/// The `--inject` arguments that pass the engine's faults on to the engine process.
+fn inject_args(faults: &[Fault]) -> Vec<String> {
+    faults
+        .iter()
+        .filter(|f| f.role == Role::Engine)
+        .flat_map(|f| ["--inject".to_owned(), f.to_string()])
+        .collect()
+}
+
+/// Warns about injected faults that never acted (in either role).
+fn warn_unfired(client: &Injector, engine: &EngineReport) {
+    client.warn_unfired();
+    for f in &engine.unfired {
+        tracing::warn!("injected fault {f}");
+    }
+}
+
 fn knob_args(k: &EngineKnobs) -> Vec<String> {
     let mut v = vec![
         "--max-transfer-size".into(),
@@ -307,6 +325,8 @@ pub struct BackupRequest<'a> {
     pub knobs: &'a EngineKnobs,
     /// Progress.
     pub mode: Mode,
+    /// Faults to inject (for testing).
+    pub faults: &'a [Fault],
 }
 
 /// The outcome of `vdi backup`.
@@ -326,6 +346,7 @@ pub fn backup(req: &BackupRequest<'_>) -> Result<BackupOutcome> {
     let size = source::check_source(&spec)?;
     let dest = Dest::parse(req.dest);
     let set = req.set.clone().unwrap_or_else(|| new_set_name("backup"));
+    let inject = Arc::new(Injector::new(Role::Client, req.faults));
     let plan = BackupPlan {
         set: set.clone(),
         devices: req.devices,
@@ -341,6 +362,7 @@ pub fn backup(req: &BackupRequest<'_>) -> Result<BackupOutcome> {
         wait: None,
         hint: None,
         allow_group: None,
+        inject: inject.clone(),
     };
     let prep = client::prepare_backup(plan)?;
     let mut args = vec![
@@ -354,6 +376,7 @@ pub fn backup(req: &BackupRequest<'_>) -> Result<BackupOutcome> {
         "10".into(),
     ];
     args.extend(knob_args(req.knobs));
+    args.extend(inject_args(req.faults));
     args.push("--".into());
     args.push(req.source.into());
     let engine = EngineProc::spawn(&args, spec == Spec::Std, false)?;
@@ -362,6 +385,7 @@ pub fn backup(req: &BackupRequest<'_>) -> Result<BackupOutcome> {
     let end = engine.finish(grace);
     let (served, report) = judge(served, end)?;
     let done = client::commit_backup(served)?;
+    warn_unfired(&inject, &report);
     Ok(BackupOutcome {
         done,
         engine: report,
@@ -447,6 +471,8 @@ pub struct RestoreRequest<'a> {
     pub knobs: &'a EngineKnobs,
     /// Progress.
     pub mode: Mode,
+    /// Faults to inject (for testing).
+    pub faults: &'a [Fault],
 }
 
 /// `vdi restore`.
@@ -463,7 +489,19 @@ pub fn restore(req: &RestoreRequest<'_>) -> Result<RestoreOutcome> {
         target.label(),
         opened.devices()
     );
-    let prep = client::prepare_restore(&set, opened, req.mode, None, None, label, None)?;
+    let inject = Arc::new(Injector::new(Role::Client, req.faults));
+    let prep = client::prepare_restore(
+        client::RestorePlan {
+            set: set.clone(),
+            mode: req.mode,
+            wait: None,
+            hint: None,
+            label,
+            allow_group: None,
+            inject: inject.clone(),
+        },
+        opened,
+    )?;
     let mut args = vec![
         "engine".into(),
         "restore".into(),
@@ -481,6 +519,7 @@ pub fn restore(req: &RestoreRequest<'_>) -> Result<RestoreOutcome> {
         args.push("--integrity-check".into());
     }
     args.extend(knob_args(req.knobs));
+    args.extend(inject_args(req.faults));
     args.push("--".into());
     args.push(req.target.into());
     let engine = EngineProc::spawn(&args, false, target == Spec::Std)?;
@@ -493,6 +532,7 @@ pub fn restore(req: &RestoreRequest<'_>) -> Result<RestoreOutcome> {
         super::engine::remove_partial(p, pid);
     }
     let (served, report) = judge(served, end)?;
+    warn_unfired(&inject, &report);
     Ok(RestoreOutcome {
         served,
         total: t0.elapsed(),

@@ -22,29 +22,114 @@ pub fn device_name(set: &str, i: u32) -> String {
     }
 }
 
+/// The completion codes the tool knows: code, name, meaning.
+const CODES: &[(u32, &str, &str)] = &[
+    (completion::ERROR_SUCCESS, "ERROR_SUCCESS", "success"),
+    (
+        completion::ERROR_INVALID_HANDLE,
+        "ERROR_INVALID_HANDLE",
+        "the device is not active",
+    ),
+    (
+        completion::ERROR_INVALID_DATA,
+        "ERROR_INVALID_DATA",
+        "the data is invalid",
+    ),
+    (
+        completion::ERROR_INVALID_PARAMETER,
+        "ERROR_INVALID_PARAMETER",
+        "a parameter is invalid",
+    ),
+    (
+        completion::ERROR_HANDLE_EOF,
+        "ERROR_HANDLE_EOF",
+        "the end of the data was reached",
+    ),
+    (
+        completion::ERROR_HANDLE_DISK_FULL,
+        "ERROR_HANDLE_DISK_FULL",
+        "the media is full",
+    ),
+    (
+        completion::ERROR_NOT_SUPPORTED,
+        "ERROR_NOT_SUPPORTED",
+        "the command is not supported",
+    ),
+    (
+        completion::ERROR_DISK_FULL,
+        "ERROR_DISK_FULL",
+        "the media is full",
+    ),
+    (
+        completion::ERROR_OPERATION_ABORTED,
+        "ERROR_OPERATION_ABORTED",
+        "the operation was aborted",
+    ),
+    (
+        completion::ERROR_END_OF_MEDIA,
+        "ERROR_END_OF_MEDIA",
+        "the end of the media was reached",
+    ),
+    (
+        completion::ERROR_NO_DATA_DETECTED,
+        "ERROR_NO_DATA_DETECTED",
+        "no more data on the media",
+    ),
+    (
+        completion::ERROR_IO_DEVICE,
+        "ERROR_IO_DEVICE",
+        "an I/O error on the device",
+    ),
+    (
+        completion::ERROR_EOM_OVERFLOW,
+        "ERROR_EOM_OVERFLOW",
+        "the physical end of the media was reached",
+    ),
+    (
+        completion::ERROR_NO_SYSTEM_RESOURCES,
+        "ERROR_NO_SYSTEM_RESOURCES",
+        "out of system resources",
+    ),
+    (
+        ERROR_CRC,
+        "ERROR_CRC",
+        "a data error (cyclic redundancy check)",
+    ),
+    (
+        ERROR_WRITE_FAULT,
+        "ERROR_WRITE_FAULT",
+        "the device cannot be written",
+    ),
+    (
+        ERROR_READ_FAULT,
+        "ERROR_READ_FAULT",
+        "the device cannot be read",
+    ),
+];
+
 /// `ERROR_DISK_FULL (112)`.
 pub fn code_name(code: u32) -> String {
-    let name = match code {
-        completion::ERROR_SUCCESS => "ERROR_SUCCESS",
-        completion::ERROR_INVALID_HANDLE => "ERROR_INVALID_HANDLE",
-        completion::ERROR_INVALID_DATA => "ERROR_INVALID_DATA",
-        completion::ERROR_INVALID_PARAMETER => "ERROR_INVALID_PARAMETER",
-        completion::ERROR_HANDLE_EOF => "ERROR_HANDLE_EOF",
-        completion::ERROR_HANDLE_DISK_FULL => "ERROR_HANDLE_DISK_FULL",
-        completion::ERROR_NOT_SUPPORTED => "ERROR_NOT_SUPPORTED",
-        completion::ERROR_DISK_FULL => "ERROR_DISK_FULL",
-        completion::ERROR_OPERATION_ABORTED => "ERROR_OPERATION_ABORTED",
-        completion::ERROR_END_OF_MEDIA => "ERROR_END_OF_MEDIA",
-        completion::ERROR_NO_DATA_DETECTED => "ERROR_NO_DATA_DETECTED",
-        completion::ERROR_IO_DEVICE => "ERROR_IO_DEVICE",
-        completion::ERROR_EOM_OVERFLOW => "ERROR_EOM_OVERFLOW",
-        completion::ERROR_NO_SYSTEM_RESOURCES => "ERROR_NO_SYSTEM_RESOURCES",
-        ERROR_CRC => "ERROR_CRC",
-        ERROR_WRITE_FAULT => "ERROR_WRITE_FAULT",
-        ERROR_READ_FAULT => "ERROR_READ_FAULT",
-        _ => "error",
-    };
+    let name = CODES.iter().find(|c| c.0 == code).map_or("error", |c| c.1);
     format!("{name} ({code})")
+}
+
+/// What a completion code means, in a few words.
+pub fn code_meaning(code: u32) -> &'static str {
+    CODES
+        .iter()
+        .find(|c| c.0 == code)
+        .map_or("a Win32 error code this tool does not know", |c| c.2)
+}
+
+/// The code named `name` (`ERROR_IO_DEVICE` or `IO_DEVICE`, any case).
+pub fn code_by_name(name: &str) -> Option<u32> {
+    let up = name.trim().to_ascii_uppercase();
+    let full = if up.starts_with("ERROR_") {
+        up
+    } else {
+        format!("ERROR_{up}")
+    };
+    CODES.iter().find(|c| c.1 == full).map(|c| c.0)
 }
 
 /// Whether a completion code says the media is full.
