@@ -154,3 +154,42 @@ fn secondary_without_a_set_is_refused() {
     assert_eq!(e.code(), ErrorCode::Protocol);
     let _ = VdConfig::default();
 }
+
+/// The primary closes its set while a secondary still serves a device: a device open in
+/// a secondary is open in the set (whose service lives in the primary), so `Close`
+/// returns `VD_E_OPEN` and aborts as the client's own abort, and the engine is not told
+/// that the client died. Found by the crash campaign (`Close` used to return NOERROR and
+/// the engine saw "the client process went away").
+#[test]
+fn primary_close_with_a_secondary_device_open_reports_vd_e_open() {
+    let name = unique_name("pclose");
+    let mut plan = Plan::new(&name, 2, 8 << 20);
+    plan.transfer = 64 << 10;
+    let set = ClientSet::create(&name, &client_config(&plan)).unwrap();
+    let mut args = vec!["server".to_owned()];
+    args.extend(plan.to_args());
+    let mut server = Peer::spawn(PEER, &args, None);
+    set.get_configuration(Timeout::from_millis(30_000)).unwrap();
+    let mut sec_plan = plan.clone();
+    sec_plan.pause = Some("midstream".into());
+    let mut sargs = vec!["secondary".to_owned()];
+    sargs.extend(sec_plan.to_args());
+    sargs.push("which=1".into());
+    let mut secondary = Peer::spawn(PEER, &sargs, None);
+    secondary.expect_line("PAUSED", Duration::from_secs(30));
+    // Device 0 runs to its end; device 1 stays open in the (paused) secondary.
+    run_client(&set, &plan, &[0], &|_| {}).unwrap();
+    let closed = set.close();
+    assert_eq!(server.wait(Duration::from_secs(30)), 2, "{:?}", server.seen);
+    secondary.kill();
+    assert_eq!(
+        closed.as_ref().map_err(|e| e.code()),
+        Err(ErrorCode::Open),
+        "the primary's Close with a device open in a secondary"
+    );
+    assert!(
+        !server.seen.iter().any(|l| l.contains("went away")),
+        "the engine was told the client died: {:?}",
+        server.seen
+    );
+}

@@ -455,7 +455,10 @@ impl ClientSet {
         }
         // After an abort the client need not wait for VD_E_CLOSE (reference §3.1): Close
         // is then the normal way out and returns NOERROR.
-        let open = self.inner.open_devices.load(Ordering::Acquire) > 0
+        // Devices still open here, or (for the primary) still served by a secondary:
+        // closing the set ends theirs too, so that is a Close with devices open.
+        let open = (self.inner.open_devices.load(Ordering::Acquire) > 0
+            || self.secondary_devices_open())
             && self.inner.shared.abort_cause().is_none();
         if open {
             self.inner.shared.abort(AbortCause::ClientSignalled);
@@ -465,6 +468,26 @@ impl ClientSet {
             return Err(VdError::new(ErrorCode::Open, Reason::DevicesStillOpen));
         }
         Ok(())
+    }
+
+    /// For the primary: whether a secondary process has a device open that it has not
+    /// finished (no `VD_E_CLOSE` delivered yet). A secondary that died or left with one
+    /// unfinished has already aborted the set.
+    fn secondary_devices_open(&self) -> bool {
+        if !matches!(self.inner.link, Link::Primary { .. }) {
+            return false;
+        }
+        let sh = &self.inner.shared;
+        (0..sh.device_count()).any(|i| {
+            sh.device(i).is_some_and(|d| {
+                let owner = d.block.owner.load(Ordering::Acquire);
+                let state = d.block.state.load(Ordering::Acquire);
+                owner != 0
+                    && owner != self.inner.process_no
+                    && state & dev::CLIENT_OPEN != 0
+                    && state & dev::CLIENT_DONE == 0
+            })
+        })
     }
 
     /// Whether the set has been aborted, and why.
