@@ -455,3 +455,59 @@ fn a_killed_sqlite_engine_leaves_nothing_in_tmpdir() {
         .collect();
     assert!(left.is_empty(), "left in TMPDIR: {left:?}");
 }
+
+/// An engine started by `vdi backup`/`vdi restore` (`--parent-pid`) whose `vdi` is gone
+/// before it could open the set gives up at once, whatever `--wait` says (that set will
+/// never come), and removes what `vdi` can no longer remove: the scratch directory it was
+/// given, and its partial restore target.
+#[test]
+fn an_orphaned_engine_gives_up_at_once_and_leaves_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let scratch = dir.path().join("vdi-engine-test");
+    std::fs::create_dir(&scratch).unwrap();
+    std::fs::write(scratch.join("leftover"), b"x").unwrap();
+    // A pid that is not this engine's parent: a process that has exited.
+    let mut gone = std::process::Command::new("true").spawn().unwrap();
+    gone.wait().unwrap();
+    let target = dir.path().join("out.img");
+    let set = set_name("orphan");
+    let c = vdi()
+        .args([
+            "engine", "restore", "--set", &set, "--wait", "60", "--report",
+        ])
+        .args(["--parent-pid", &gone.id().to_string()])
+        .arg(format!("file:{}", s(&target)))
+        .env("VDI_ENGINE_SCRATCH", &scratch)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let r = wait_output(c, Duration::from_secs(120));
+    r.fails(8, &["VDI-ENGINE-REPORT", "started this engine", "is gone"]);
+    assert!(!scratch.exists(), "the engine left its scratch directory");
+    assert!(files_with(dir.path(), "vdi-partial").is_empty());
+    assert!(!target.exists());
+}
+
+/// An engine whose standard error nobody reads any more (the `vdi` that started it was
+/// killed: every write fails with EPIPE) ends with its failure's exit code, not a panic
+/// (exit 101), in both the plain and the report form of its last words.
+#[test]
+fn an_engine_with_a_broken_standard_error_exits_with_its_code() {
+    for extra in [&[][..], &["--report"][..]] {
+        let (r, w) = std::io::pipe().unwrap();
+        drop(r);
+        let set = set_name("epipe");
+        let st = vdi()
+            .args(["engine", "backup", "--set", &set, "--wait", "0"])
+            .args(extra)
+            .arg("file:/dev/null")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(w)
+            .status()
+            .unwrap();
+        assert_eq!(st.code(), Some(8), "{extra:?}: {st}");
+    }
+}

@@ -153,6 +153,8 @@ fn engine_with_a_closed_stderr_fails_cleanly_instead_of_panicking() {
             "backup",
             "--set",
             &format!("no-such-set-{}", std::process::id()),
+            "--wait",
+            "0",
             "file:/dev/null",
         ])
         .stdin(Stdio::null())

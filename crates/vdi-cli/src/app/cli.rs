@@ -383,6 +383,10 @@ pub struct EngineBackupArgs {
     /// Print the outcome as a report line on standard error (for `vdi backup`).
     #[arg(long, hide = true)]
     pub report: bool,
+    /// The pid of the `vdi backup` that started this engine: the engine gives up at once
+    /// when that process is gone, and removes the scratch directory it was given.
+    #[arg(long, value_name = "PID", hide = true)]
+    pub parent_pid: Option<u32>,
 }
 
 /// `vdi engine restore`.
@@ -416,6 +420,10 @@ pub struct EngineRestoreArgs {
     /// Print the outcome as a report line on standard error (for `vdi restore`).
     #[arg(long, hide = true)]
     pub report: bool,
+    /// The pid of the `vdi restore` that started this engine: the engine gives up at once
+    /// when that process is gone, and removes the scratch directory it was given.
+    #[arg(long, value_name = "PID", hide = true)]
+    pub parent_pid: Option<u32>,
 }
 
 /// `vdi demo`.

@@ -297,7 +297,7 @@ pub fn run(a: &DemoArgs) -> Result<()> {
     let quiet = a.output.quiet || a.output.json;
     let say = |s: String| {
         if !quiet {
-            println!("{s}");
+            super::print_line(format_args!("{s}"));
         }
     };
     let (_tmp, dir): (Option<tempfile::TempDir>, PathBuf) = match &a.dir {

@@ -56,6 +56,9 @@ pub struct EngineCfg {
     pub trust_owner: Option<u32>,
     /// Faults to inject (`--inject`; only the engine's act here).
     pub faults: Vec<Fault>,
+    /// The `vdi backup`/`vdi restore` process that started this engine (`--parent-pid`):
+    /// once it is gone, its set is gone too, and waiting for it is pointless.
+    pub parent: Option<u32>,
 }
 
 /// What the engine did (also the report line's JSON).
@@ -90,7 +93,23 @@ pub struct EngineReport {
     pub unfired: Vec<String>,
 }
 
-/// Opens the set, waiting up to `cfg.wait` for the backup application to create it.
+/// The failure of an engine whose parent `vdi` (pid `parent`) is gone, if it is: the
+/// process that started it exited or was killed (the engine was then reparented, so its
+/// parent pid changed).
+pub fn parent_gone(parent: Option<u32>, set: &str) -> Result<()> {
+    match parent {
+        Some(p) if std::os::unix::process::parent_id() != p => Err(fail(
+            Kind::PeerFailed,
+            format!(
+                "the vdi process that started this engine (pid {p}) is gone; set '{set}' went with it"
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Opens the set, waiting up to `cfg.wait` for the backup application to create it (and
+/// not at all once the `vdi` that started this engine is gone).
 fn open_set(cfg: &EngineCfg) -> Result<ServerSet> {
     let deadline = Instant::now() + cfg.wait;
     let mut said = false;
@@ -101,6 +120,19 @@ fn open_set(cfg: &EngineCfg) -> Result<ServerSet> {
         }
         match ServerSet::open_with(&cfg.set, opts) {
             Ok(s) => return Ok(s),
+            Err(e) if matches!(e.reason(), Reason::NoSuchSet(_)) && cfg.parent.is_some() => {
+                // Started by `vdi backup`/`vdi restore`, which created the set before it
+                // started this engine: a missing set means that process is gone (or gave
+                // up on the set), and no set will come.
+                parent_gone(cfg.parent, &cfg.set)?;
+                return Err(fail(
+                    Kind::PeerFailed,
+                    format!(
+                        "set '{}' is gone: the backup application that started this engine removed it before the engine could open it",
+                        cfg.set
+                    ),
+                ));
+            }
             Err(e) if matches!(e.reason(), Reason::NoSuchSet(_)) && Instant::now() < deadline => {
                 if !said {
                     tracing::info!(

@@ -10,12 +10,16 @@ type Hook = Box<dyn Fn() + Send>;
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 static NEXT: AtomicU64 = AtomicU64::new(0);
 static HOOKS: Mutex<Vec<(u64, Hook)>> = Mutex::new(Vec::new());
+static BEFORE_EXIT: Mutex<Vec<Hook>> = Mutex::new(Vec::new());
 
 /// Installs the handler (once per process).
 pub fn install() {
     let _ = ctrlc::set_handler(|| {
         if INTERRUPTED.swap(true, Ordering::AcqRel) {
-            eprintln!("error: interrupted again; exiting at once");
+            super::eprint_line(format_args!("error: interrupted again; exiting at once"));
+            for h in BEFORE_EXIT.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+                h();
+            }
             std::process::exit(130);
         }
         let hooks = HOOKS.lock().unwrap_or_else(|e| e.into_inner());
@@ -23,6 +27,15 @@ pub fn install() {
             h();
         }
     });
+}
+
+/// Runs `hook` before a second interrupt exits the process at once (no destructor runs
+/// then).
+pub fn before_exit(hook: impl Fn() + Send + 'static) {
+    BEFORE_EXIT
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push(Box::new(hook));
 }
 
 /// Whether Ctrl-C (or SIGTERM) was received.

@@ -55,6 +55,22 @@ where
     }
 }
 
+/// Writes a line on standard error, and never panics doing it (unlike `eprintln!`): an
+/// engine's standard error is a pipe to the `vdi backup`/`vdi restore` that started it,
+/// and once that process is killed every write fails with EPIPE (Rust programs ignore
+/// SIGPIPE). A last word nobody can read is dropped; the exit code still tells the outcome.
+pub fn eprint_line(args: std::fmt::Arguments<'_>) {
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stderr().lock(), "{args}");
+}
+
+/// Writes a line on standard output, and never panics doing it (a reader that went away,
+/// as in `vdi backup --json ... | true`).
+pub fn print_line(args: std::fmt::Arguments<'_>) {
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stdout().lock(), "{args}");
+}
+
 fn init_logging(quiet: bool) {
     let level = if quiet {
         tracing::Level::ERROR
@@ -64,6 +80,9 @@ fn init_logging(quiet: bool) {
     let _ = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_max_level(level)
+        // A failed write (a standard error nobody reads any more) is dropped; the
+        // default reports it with `eprintln!`, which panics on the same broken pipe.
+        .log_internal_errors(false)
         .event_format(LineFormat)
         .try_init();
 }
@@ -110,18 +129,27 @@ pub fn main(cli: Cli) -> ExitCode {
         Cmd::Engine(EngineCmd::Restore(a)) => a.report,
         _ => false,
     };
+    let parent = match &cli.cmd {
+        Cmd::Engine(EngineCmd::Backup(a)) => a.parent_pid,
+        Cmd::Engine(EngineCmd::Restore(a)) => a.parent_pid,
+        _ => None,
+    };
+    // An engine started by `vdi backup`/`vdi restore` removes the scratch directory it
+    // was given whenever it ends (its parent removes it too, if the engine is the one
+    // killed): whichever survives cleans up.
+    let _scratch = parent.and_then(|_| source::EngineScratch::from_env());
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             let kind = kind_of(&e);
             if engine_report {
                 let r = engine::failed_report(name.trim_start_matches("engine "), &e);
-                eprintln!(
+                eprint_line(format_args!(
                     "{REPORT_PREFIX}{}",
                     serde_json::to_string(&r).unwrap_or_default()
-                );
+                ));
             } else {
-                eprintln!("error: {e:#}");
+                eprint_line(format_args!("error: {e:#}"));
                 if out.json {
                     run::print_json(
                         &json!({
@@ -146,8 +174,10 @@ fn engine_cfg(
     wait: u64,
     trust_owner: Option<u32>,
     faults: &[inject::Fault],
+    parent: Option<u32>,
 ) -> EngineCfg {
     EngineCfg {
+        parent,
         faults: faults.to_vec(),
         set: set.to_owned(),
         buffer_count: k.buffer_count,
@@ -303,7 +333,14 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Engine(EngineCmd::Backup(a)) => {
             only_role(&a.inject.faults, Role::Engine, "engine backup")?;
             let spec = Spec::parse(&a.source)?;
-            let cfg = engine_cfg(&a.set, &a.engine, a.wait, a.trust_owner, &a.inject.faults);
+            let cfg = engine_cfg(
+                &a.set,
+                &a.engine,
+                a.wait,
+                a.trust_owner,
+                &a.inject.faults,
+                a.parent_pid,
+            );
             let r = engine::backup(&cfg, &spec)?;
             engine_done(&r, a.report, a.output, false);
             Ok(())
@@ -312,7 +349,14 @@ fn run(cli: Cli) -> Result<()> {
             only_role(&a.inject.faults, Role::Engine, "engine restore")?;
             let spec = Spec::parse(&a.target)?;
             let r = engine::restore(
-                &engine_cfg(&a.set, &a.engine, a.wait, a.trust_owner, &a.inject.faults),
+                &engine_cfg(
+                    &a.set,
+                    &a.engine,
+                    a.wait,
+                    a.trust_owner,
+                    &a.inject.faults,
+                    a.parent_pid,
+                ),
                 &spec,
                 a.force,
                 a.integrity_check,
@@ -327,10 +371,10 @@ fn run(cli: Cli) -> Result<()> {
 
 fn engine_done(r: &engine::EngineReport, report: bool, out: OutputArgs, data_on_stdout: bool) {
     if report {
-        eprintln!(
+        eprint_line(format_args!(
             "{REPORT_PREFIX}{}",
             serde_json::to_string(r).unwrap_or_default()
-        );
+        ));
     } else if out.json {
         run::print_json(&serde_json::to_value(r).unwrap_or_default(), data_on_stdout);
     } else if !out.quiet {

@@ -301,9 +301,9 @@ fn judge<T>(client: Result<T, ClientErr>, engine: EngineEnd) -> Result<(T, Engin
 pub fn print_json(v: &serde_json::Value, data_on_stdout: bool) {
     let s = v.to_string();
     if data_on_stdout {
-        eprintln!("{s}");
+        super::eprint_line(format_args!("{s}"));
     } else {
-        println!("{s}");
+        super::print_line(format_args!("{s}"));
     }
 }
 
@@ -372,8 +372,10 @@ pub fn backup(req: &BackupRequest<'_>) -> Result<BackupOutcome> {
         set,
         "--quiet".into(),
         "--report".into(),
-        "--wait".into(),
-        "10".into(),
+        // The set exists already (created above): the engine does not wait for it, and
+        // gives up at once if this process is gone before it could open it.
+        "--parent-pid".into(),
+        std::process::id().to_string(),
     ];
     args.extend(knob_args(req.knobs));
     args.extend(inject_args(req.faults));
@@ -509,8 +511,10 @@ pub fn restore(req: &RestoreRequest<'_>) -> Result<RestoreOutcome> {
         set,
         "--quiet".into(),
         "--report".into(),
-        "--wait".into(),
-        "10".into(),
+        // The set exists already (created above): the engine does not wait for it, and
+        // gives up at once if this process is gone before it could open it.
+        "--parent-pid".into(),
+        std::process::id().to_string(),
     ];
     if req.force {
         args.push("--force".into());

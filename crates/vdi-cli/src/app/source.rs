@@ -284,9 +284,37 @@ pub struct OpenSource {
     pub snapshot_secs: f64,
 }
 
-/// The environment variable through which `vdi backup` gives the engine it starts a
-/// scratch directory that it removes itself once the engine has exited, however it ended.
+/// The environment variable through which `vdi backup`/`vdi restore` gives the engine it
+/// starts a scratch directory. Whichever of the two processes outlives the other removes
+/// it: `vdi` once the engine has exited, however it ended (even SIGKILL), and the engine
+/// ([`EngineScratch`]) whenever it ends by itself, so that a `vdi` killed in the middle
+/// leaves nothing in `$TMPDIR` either.
 pub const SCRATCH_ENV: &str = "VDI_ENGINE_SCRATCH";
+
+/// The engine's hold on the scratch directory named by [`SCRATCH_ENV`]: removes it when
+/// dropped (every return, error and unwind of the engine) or when a second interrupt
+/// exits the process at once.
+#[derive(Debug)]
+pub struct EngineScratch(PathBuf);
+
+impl EngineScratch {
+    /// The directory named by [`SCRATCH_ENV`], if it is set (only `vdi backup`/`vdi
+    /// restore` sets it, for an engine it starts with `--parent-pid`).
+    pub fn from_env() -> Option<EngineScratch> {
+        let dir = PathBuf::from(std::env::var_os(SCRATCH_ENV)?);
+        let d2 = dir.clone();
+        super::interrupt::before_exit(move || {
+            let _ = std::fs::remove_dir_all(&d2);
+        });
+        Some(EngineScratch(dir))
+    }
+}
+
+impl Drop for EngineScratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
 
 /// Opens `spec` for the engine: a snapshot first for a SQLite database.
 pub fn open_source(spec: &Spec) -> Result<OpenSource> {
