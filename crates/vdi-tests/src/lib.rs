@@ -19,6 +19,35 @@ use vdi::{
     completion, features,
 };
 
+/// The report lines the peer binaries print for the tests to read.
+pub mod say {
+    use crate::Report;
+
+    /// Prints one line on standard output.
+    pub fn line(s: &str) {
+        println!("{s}");
+    }
+
+    /// `DONE bytes=.. commands=.. mismatches=.. errors=..`; the exit code (1 if anything
+    /// mismatched or failed).
+    pub fn done(r: &Report) -> i32 {
+        line(&format!(
+            "DONE bytes={} commands={} mismatches={} errors={}",
+            r.bytes.iter().sum::<u64>(),
+            r.commands.iter().sum::<u64>(),
+            r.mismatches,
+            r.errors
+        ));
+        i32::from(r.mismatches != 0 || r.errors != 0)
+    }
+
+    /// `ERROR CODE message`; the exit code 2.
+    pub fn fail(e: &vdi::VdError) -> i32 {
+        line(&format!("ERROR {} {}", e.code().name(), e));
+        2
+    }
+}
+
 /// A position-addressed pseudo-random byte stream: byte `p` of device `d` under `seed` is
 /// always the same, so any chunk can be produced or checked on its own.
 pub mod pattern {

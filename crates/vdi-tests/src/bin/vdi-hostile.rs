@@ -18,27 +18,9 @@ use std::time::Duration;
 use vdi::protocol::layout::QueueGeometry;
 use vdi::{ClientSet, ServerSet};
 use vdi_tests::hostile::{Schedule, Scribbler};
-use vdi_tests::{Plan, Report, run_client, run_server};
+use vdi_tests::{Plan, run_client, run_server};
 
-fn say(s: &str) {
-    println!("{s}");
-}
-
-fn done(r: &Report) -> i32 {
-    say(&format!(
-        "DONE bytes={} commands={} mismatches={} errors={}",
-        r.bytes.iter().sum::<u64>(),
-        r.commands.iter().sum::<u64>(),
-        r.mismatches,
-        r.errors
-    ));
-    i32::from(r.mismatches != 0 || r.errors != 0)
-}
-
-fn fail(e: &vdi::VdError) -> i32 {
-    say(&format!("ERROR {} {}", e.code().name(), e));
-    2
-}
+use vdi_tests::say::{done, fail, line as say};
 
 fn key(args: &[String], k: &str) -> Option<u64> {
     args.iter()

@@ -22,33 +22,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use vdi::{ClientSet, CommandCode, ErrorCode, ServerCommand, ServerSet, completion, features};
-use vdi_tests::{Plan, Report, device_name, pattern, run_client, run_server};
-
-fn say(s: &str) {
-    println!("{s}");
-}
+use vdi_tests::say::{done, fail, line as say};
+use vdi_tests::{Plan, device_name, pattern, run_client, run_server};
 
 fn pause(point: &str) {
     say(&format!("PAUSED {point}"));
     loop {
         std::thread::sleep(Duration::from_secs(3600));
     }
-}
-
-fn done(r: &Report) -> i32 {
-    say(&format!(
-        "DONE bytes={} commands={} mismatches={} errors={}",
-        r.bytes.iter().sum::<u64>(),
-        r.commands.iter().sum::<u64>(),
-        r.mismatches,
-        r.errors
-    ));
-    i32::from(r.mismatches != 0 || r.errors != 0)
-}
-
-fn fail(e: &vdi::VdError) -> i32 {
-    say(&format!("ERROR {} {}", e.code().name(), e));
-    2
 }
 
 fn main() {
