@@ -98,7 +98,8 @@ pub struct Schedule {
     pub period: Duration,
     /// Stop after this many writes.
     pub writes: u32,
-    /// Print every write to stderr.
+    /// Print every write on standard output (`SCRIBBLE +µs segment word i: old -> new`,
+    /// the time counted from the scribbler's start).
     pub log: bool,
 }
 
@@ -216,6 +217,7 @@ fn scribble(
     queue_writes: &AtomicU64,
 ) {
     let mut r = fastrand::Rng::with_seed(s.seed ^ 0x5C41_BB1E);
+    let started = Instant::now();
     if !sleep_unless_stopped(s.delay, stop) {
         return;
     }
@@ -268,8 +270,9 @@ fn scribble(
             };
             if s.log {
                 let seg = if in_queue { "queues" } else { "control" };
-                eprintln!(
-                    "scribble {seg} word {i} (byte {}): {old:#x} -> {:#x}",
+                println!(
+                    "SCRIBBLE +{}us {seg} word {i} (byte {}): {old:#x} -> {:#x}",
+                    started.elapsed().as_micros(),
                     4 * i,
                     w.load(Ordering::Relaxed)
                 );

@@ -129,6 +129,9 @@ pub struct Plan {
     pub prefix: u32,
     /// Client minimum alignment.
     pub alignment: u32,
+    /// The client's `serverTimeOut` in milliseconds (0 = none): the engine's set aborts
+    /// when commands are outstanding and none completes for two such intervals.
+    pub server_timeout: u32,
 }
 
 impl Plan {
@@ -147,6 +150,7 @@ impl Plan {
             reverse: true,
             prefix: 0,
             alignment: 0,
+            server_timeout: 0,
         }
     }
 
@@ -174,6 +178,7 @@ impl Plan {
             format!("reverse={}", self.reverse),
             format!("prefix={}", self.prefix),
             format!("alignment={}", self.alignment),
+            format!("server_timeout={}", self.server_timeout),
         ];
         if let Some(p) = &self.pause {
             v.push(format!("pause={p}"));
@@ -201,6 +206,7 @@ impl Plan {
                 "reverse" => p.reverse = v == "true",
                 "prefix" => p.prefix = num(v)? as u32,
                 "alignment" => p.alignment = num(v)? as u32,
+                "server_timeout" => p.server_timeout = num(v)? as u32,
                 "pause" => p.pause = Some(v.to_owned()),
                 _ => {}
             }
@@ -427,6 +433,7 @@ pub fn client_config(plan: &Plan) -> vdi::VdConfig {
     }
     cfg.prefix_zone_size = plan.prefix;
     cfg.alignment = plan.alignment;
+    cfg.server_time_out = plan.server_timeout;
     cfg
 }
 

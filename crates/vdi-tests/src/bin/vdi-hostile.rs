@@ -5,10 +5,14 @@
 //!     opens the set as its server, runs the reference engine (run_server)
 //! vdi-hostile client hseed=N [hdeadline=MS] (Plan keys)
 //!     creates the set, runs the reference backup application (run_client)
+//! vdi-hostile secondary which=1,2 hseed=N [hdeadline=MS] (Plan keys)
+//!     opens the set in secondary (after the primary's GetConfiguration), runs the
+//!     reference backup application for the devices `which`
 //! ```
 //! Meanwhile a thread writes random garbage into the control and queue segments (never
 //! into buffer areas), on a schedule drawn from `hseed` (see `vdi_tests::hostile`). It
-//! prints `SEED n`, `SCHEDULE ...`, `CREATED`/`OPENED`, then `DONE ...` (exit 0, or 1 with
+//! prints `SEED n`, `SCHEDULE ...`, `CREATED`/`OPENED`, with `hlog=1` a `SCRIBBLE ...` line
+//! for each write, then `DONE ...` (exit 0, or 1 with
 //! mismatches or errors) or `ERROR code message` (exit 2), and `SCRIBBLED writes=W
 //! queue=Q`. At `hdeadline` (default 6000 ms) it exits at once with code 3, without
 //! closing anything (`DEADLINE`): the honest peer must then see a dead peer.
@@ -30,7 +34,7 @@ fn key(args: &[String], k: &str) -> Option<u64> {
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let Some(mode) = args.first().cloned() else {
-        eprintln!("usage: vdi-hostile server|client hseed=N key=value...");
+        eprintln!("usage: vdi-hostile server|client|secondary hseed=N key=value...");
         std::process::exit(64);
     };
     let plan = match Plan::from_args(&args[1..]) {
@@ -79,6 +83,28 @@ fn main() {
                 let s = start();
                 let all: Vec<u32> = (0..plan.devices).collect();
                 let r = run_client(&set, &plan, &all, &|_| {});
+                let tally = s.stop();
+                let c = set.close();
+                (
+                    match (r, c) {
+                        (Ok(r), Ok(())) => done(&r),
+                        (Err(e), _) | (_, Err(e)) => fail(&e),
+                    },
+                    Some(tally),
+                )
+            }
+            Err(e) => (fail(&e), None),
+        },
+        "secondary" => match ClientSet::open_in_secondary(&plan.set) {
+            Ok(set) => {
+                say("OPENED");
+                let s = start();
+                let which: Vec<u32> = args
+                    .iter()
+                    .find_map(|a| a.strip_prefix("which="))
+                    .map(|w| w.split(',').filter_map(|x| x.parse().ok()).collect())
+                    .unwrap_or_default();
+                let r = run_client(&set, &plan, &which, &|_| {});
                 let tally = s.stop();
                 let c = set.close();
                 (

@@ -3,6 +3,10 @@
 //! ```text
 //! vdi-peer server    set=NAME devices=N transfer=B depth=D total=B seed=S restore=BOOL [pause=POINT]
 //! vdi-peer client    (same keys)     creates the set, serves every device
+//! vdi-peer client which=0,2 (same keys)   creates the set, serves only those devices:
+//!                                    prints CONFIGURED once secondaries may attach and
+//!                                    SERVED when its devices are done, then closes the
+//!                                    set after a line (`go`) or EOF on standard input
 //! vdi-peer secondary which=1,2 (same keys)   opens the set in secondary, serves those devices
 //! vdi-peer open-server set=NAME      tries to open the set as server and reports
 //! vdi-peer open-secondary set=NAME   tries to open the set as a secondary client and reports
@@ -21,7 +25,9 @@ use std::io::BufRead;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use vdi::{ClientSet, CommandCode, ErrorCode, ServerCommand, ServerSet, completion, features};
+use vdi::{
+    ClientSet, CommandCode, ErrorCode, ServerCommand, ServerSet, Timeout, completion, features,
+};
 use vdi_tests::say::{done, fail, line as say};
 use vdi_tests::{Plan, device_name, pattern, run_client, run_server};
 
@@ -62,8 +68,29 @@ fn main() {
         "client" => match ClientSet::create(&plan.set, &vdi_tests::client_config(&plan)) {
             Ok(set) => {
                 say("CREATED");
-                let all: Vec<u32> = (0..plan.devices).collect();
-                let r = run_client(&set, &plan, &all, &pause);
+                let r = match which(&args) {
+                    None => {
+                        let all: Vec<u32> = (0..plan.devices).collect();
+                        run_client(&set, &plan, &all, &pause)
+                    }
+                    Some(mine) => {
+                        // Secondaries are admitted only after the primary's
+                        // GetConfiguration: say when that is, for the test to start one.
+                        let r = set
+                            .get_configuration(Timeout::from_millis(30_000))
+                            .and_then(|_| {
+                                say("CONFIGURED");
+                                run_client(&set, &plan, &mine, &pause)
+                            });
+                        // Closing the set ends the secondary's devices too (and with one
+                        // still open is VD_E_OPEN): wait until the test says the
+                        // secondary is gone (`go`, or standard input closed).
+                        say("SERVED");
+                        let mut line = String::new();
+                        let _ = std::io::stdin().read_line(&mut line);
+                        r
+                    }
+                };
                 let c = set.close();
                 match (r, c) {
                     (Ok(r), Ok(())) => done(&r),
@@ -73,11 +100,7 @@ fn main() {
             Err(e) => fail(&e),
         },
         "secondary" => {
-            let which: Vec<u32> = args
-                .iter()
-                .find_map(|a| a.strip_prefix("which="))
-                .map(|w| w.split(',').filter_map(|x| x.parse().ok()).collect())
-                .unwrap_or_default();
+            let which = which(&args).unwrap_or_default();
             match ClientSet::open_in_secondary(&plan.set) {
                 Ok(set) => {
                     say("OPENED");
@@ -107,6 +130,13 @@ fn main() {
         }
     };
     std::process::exit(code);
+}
+
+/// The devices of a `which=1,2` argument, if given.
+fn which(args: &[String]) -> Option<Vec<u32>> {
+    args.iter()
+        .find_map(|a| a.strip_prefix("which="))
+        .map(|w| w.split(',').filter_map(|x| x.parse().ok()).collect())
 }
 
 fn report_open(r: Result<(), vdi::VdError>) -> i32 {
