@@ -90,8 +90,7 @@ impl CrashPlan {
             format!("pace_us={}", self.pace_us),
         ];
         if !self.which.is_empty() {
-            let w: Vec<String> = self.which.iter().map(|d| d.to_string()).collect();
-            v.push(format!("which={}", w.join(",")));
+            v.push(crate::device_list_arg(&self.which));
         }
         if let Some(f) = self.fail_at {
             v.push(format!("fail_at={f}"));
@@ -125,13 +124,7 @@ impl CrashPlan {
                 "at" => p.at = num(v)?,
                 "hold" => p.hold = v == "true",
                 "pace_us" => p.pace_us = num(v)?,
-                "which" => {
-                    p.which = v
-                        .split(',')
-                        .filter(|x| !x.is_empty())
-                        .map(|x| x.parse::<u32>().map_err(|e| format!("which: {e}")))
-                        .collect::<Result<_, _>>()?
-                }
+                "which" => p.which = crate::parse_device_list(v)?,
                 "fail_at" => p.fail_at = Some(num(v)?),
                 _ => {}
             }

@@ -132,6 +132,8 @@ pub struct Plan {
     /// The client's `serverTimeOut` in milliseconds (0 = none): the engine's set aborts
     /// when commands are outstanding and none completes for two such intervals.
     pub server_timeout: u32,
+    /// The devices a client process serves (`which=0,2`); `None`: every device.
+    pub which: Option<Vec<u32>>,
 }
 
 impl Plan {
@@ -151,6 +153,7 @@ impl Plan {
             prefix: 0,
             alignment: 0,
             server_timeout: 0,
+            which: None,
         }
     }
 
@@ -183,6 +186,9 @@ impl Plan {
         if let Some(p) = &self.pause {
             v.push(format!("pause={p}"));
         }
+        if let Some(w) = &self.which {
+            v.push(device_list_arg(w));
+        }
         v
     }
 
@@ -208,6 +214,7 @@ impl Plan {
                 "alignment" => p.alignment = num(v)? as u32,
                 "server_timeout" => p.server_timeout = num(v)? as u32,
                 "pause" => p.pause = Some(v.to_owned()),
+                "which" => p.which = Some(parse_device_list(v)?),
                 _ => {}
             }
         }
@@ -591,6 +598,20 @@ pub struct Peer {
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
+/// Parses a device list such as `1,2` (the value of a `which=` argument).
+pub fn parse_device_list(v: &str) -> Result<Vec<u32>, String> {
+    v.split(',')
+        .filter(|x| !x.is_empty())
+        .map(|x| x.parse::<u32>().map_err(|e| format!("which: {x}: {e}")))
+        .collect()
+}
+
+/// The `which=1,2` argument for device list `w`.
+pub fn device_list_arg(w: &[u32]) -> String {
+    let w: Vec<String> = w.iter().map(|d| d.to_string()).collect();
+    format!("which={}", w.join(","))
+}
+
 /// A set name unique to this test process and call.
 pub fn unique_name(tag: &str) -> String {
     format!(
@@ -751,7 +772,19 @@ pub fn open_vdi_memfds() -> usize {
 
 #[cfg(test)]
 mod tests {
-    use super::pattern;
+    use super::{Plan, pattern};
+
+    #[test]
+    fn plan_arguments_round_trip_and_a_bad_device_list_is_refused() {
+        let mut p = Plan::new("s", 3, 1 << 20);
+        p.which = Some(vec![0, 2]);
+        p.server_timeout = 2000;
+        let q = Plan::from_args(&p.to_args()).unwrap();
+        assert_eq!(q.which, Some(vec![0, 2]));
+        assert_eq!((q.devices, q.total, q.server_timeout), (3, 1 << 20, 2000));
+        let e = Plan::from_args(&["which=1,x".to_owned()]).unwrap_err();
+        assert!(e.contains("which: x"), "{e}");
+    }
 
     #[test]
     fn pattern_is_position_addressed_and_mismatch_finds_a_flip() {

@@ -64,12 +64,6 @@ fn args(mode: &str, plan: &Plan, extra: &[String]) -> Vec<String> {
     v
 }
 
-/// `which=1,2`.
-fn which_arg(devices: &[u32]) -> String {
-    let w: Vec<String> = devices.iter().map(|d| d.to_string()).collect();
-    format!("which={}", w.join(","))
-}
-
 /// The `key=` value of a `DONE ...` line.
 fn field(line: &str, key: &str) -> Option<u64> {
     line.split_whitespace()
@@ -262,7 +256,11 @@ fn one_run(seed: u64) -> Result<(String, Duration), String> {
         Hostile::Secondary => {
             let mut primary = Peer::spawn(
                 PEER,
-                &args("client", &plan, &[which_arg(&primary_devs)]),
+                &args(
+                    "client",
+                    &plan,
+                    &[vdi_tests::device_list_arg(&primary_devs)],
+                ),
                 None,
             );
             primary.expect_line("CREATED", Duration::from_secs(10));
@@ -276,7 +274,7 @@ fn one_run(seed: u64) -> Result<(String, Duration), String> {
                     primary.seen
                 ));
             }
-            hostile_args.push(which_arg(&secondary_devs));
+            hostile_args.push(vdi_tests::device_list_arg(&secondary_devs));
             let hostile = Peer::spawn(HOSTILE, &args("secondary", &plan, &hostile_args), None);
             (Some(engine), Some(primary), hostile)
         }

@@ -358,17 +358,13 @@ pub enum EngineCmd {
     Restore(EngineRestoreArgs),
 }
 
-/// `vdi engine backup`.
+/// What both engine commands share: which set, how long to wait for it, whom to trust,
+/// the faults to inject, and how `vdi backup`/`vdi restore` drive an engine they start.
 #[derive(Debug, Args)]
-pub struct EngineBackupArgs {
+pub struct EngineSession {
     /// The set the backup application created.
     #[arg(long, value_name = "NAME")]
     pub set: String,
-    /// What to back up: sqlite:PATH, file:PATH or - (standard input).
-    #[arg(value_name = "SOURCE")]
-    pub source: String,
-    #[command(flatten)]
-    pub engine: EngineKnobs,
     /// Seconds to wait for the set to appear.
     #[arg(long, value_name = "SECS", default_value_t = 60)]
     pub wait: u64,
@@ -378,23 +374,34 @@ pub struct EngineBackupArgs {
     pub trust_owner: Option<u32>,
     #[command(flatten)]
     pub inject: InjectArgs,
-    #[command(flatten)]
-    pub output: OutputArgs,
-    /// Print the outcome as a report line on standard error (for `vdi backup`).
+    /// Print the outcome as a report line on standard error (for `vdi backup`/`vdi
+    /// restore`, which started this engine).
     #[arg(long, hide = true)]
     pub report: bool,
-    /// The pid of the `vdi backup` that started this engine: the engine gives up at once
-    /// when that process is gone, and removes the scratch directory it was given.
+    /// The pid of the `vdi backup`/`vdi restore` that started this engine: the engine
+    /// gives up at once when that process is gone, and removes the scratch directory it
+    /// was given.
     #[arg(long, value_name = "PID", hide = true)]
     pub parent_pid: Option<u32>,
+}
+
+/// `vdi engine backup`.
+#[derive(Debug, Args)]
+pub struct EngineBackupArgs {
+    /// What to back up: sqlite:PATH, file:PATH or - (standard input).
+    #[arg(value_name = "SOURCE")]
+    pub source: String,
+    #[command(flatten)]
+    pub session: EngineSession,
+    #[command(flatten)]
+    pub engine: EngineKnobs,
+    #[command(flatten)]
+    pub output: OutputArgs,
 }
 
 /// `vdi engine restore`.
 #[derive(Debug, Args)]
 pub struct EngineRestoreArgs {
-    /// The set the backup application created.
-    #[arg(long, value_name = "NAME")]
-    pub set: String,
     /// What to rebuild: sqlite:PATH, file:PATH or - (standard output).
     #[arg(value_name = "TARGET")]
     pub target: String,
@@ -405,25 +412,11 @@ pub struct EngineRestoreArgs {
     #[arg(long)]
     pub integrity_check: bool,
     #[command(flatten)]
-    pub engine: EngineKnobs,
-    /// Seconds to wait for the set to appear.
-    #[arg(long, value_name = "SECS", default_value_t = 60)]
-    pub wait: u64,
-    /// Also accept a set created by this user (name or uid); by default only sets of this
-    /// user or root are opened, so nobody can pose as the backup application.
-    #[arg(long, value_name = "USER", value_parser = parse_user)]
-    pub trust_owner: Option<u32>,
+    pub session: EngineSession,
     #[command(flatten)]
-    pub inject: InjectArgs,
+    pub engine: EngineKnobs,
     #[command(flatten)]
     pub output: OutputArgs,
-    /// Print the outcome as a report line on standard error (for `vdi restore`).
-    #[arg(long, hide = true)]
-    pub report: bool,
-    /// The pid of the `vdi restore` that started this engine: the engine gives up at once
-    /// when that process is gone, and removes the scratch directory it was given.
-    #[arg(long, value_name = "PID", hide = true)]
-    pub parent_pid: Option<u32>,
 }
 
 /// `vdi demo`.

@@ -21,7 +21,7 @@ use serde_json::json;
 use vdi_cli::backup::{self, SourceInfo};
 use vdi_cli::units::human_bytes;
 
-use cli::{Cli, ClientCmd, Cmd, EngineCmd, EngineKnobs, OutputArgs};
+use cli::{Cli, ClientCmd, Cmd, EngineCmd, EngineKnobs, EngineSession, OutputArgs};
 use client::{BackupPlan, BackupSrc, Dest};
 use engine::{EngineCfg, REPORT_PREFIX};
 use fail::{Kind, fail, kind_of};
@@ -124,16 +124,13 @@ pub fn main(cli: Cli) -> ExitCode {
         Cmd::Engine(EngineCmd::Restore(a)) => a.target == "-",
         _ => false,
     };
-    let engine_report = match &cli.cmd {
-        Cmd::Engine(EngineCmd::Backup(a)) => a.report,
-        Cmd::Engine(EngineCmd::Restore(a)) => a.report,
-        _ => false,
-    };
-    let parent = match &cli.cmd {
-        Cmd::Engine(EngineCmd::Backup(a)) => a.parent_pid,
-        Cmd::Engine(EngineCmd::Restore(a)) => a.parent_pid,
+    let session = match &cli.cmd {
+        Cmd::Engine(EngineCmd::Backup(a)) => Some(&a.session),
+        Cmd::Engine(EngineCmd::Restore(a)) => Some(&a.session),
         _ => None,
     };
+    let engine_report = session.is_some_and(|s| s.report);
+    let parent = session.and_then(|s| s.parent_pid);
     // An engine started by `vdi backup`/`vdi restore` removes the scratch directory it
     // was given whenever it ends (its parent removes it too, if the engine is the one
     // killed): whichever survives cleans up.
@@ -168,23 +165,16 @@ pub fn main(cli: Cli) -> ExitCode {
     }
 }
 
-fn engine_cfg(
-    set: &str,
-    k: &EngineKnobs,
-    wait: u64,
-    trust_owner: Option<u32>,
-    faults: &[inject::Fault],
-    parent: Option<u32>,
-) -> EngineCfg {
+fn engine_cfg(s: &EngineSession, k: &EngineKnobs) -> EngineCfg {
     EngineCfg {
-        parent,
-        faults: faults.to_vec(),
-        set: set.to_owned(),
+        parent: s.parent_pid,
+        faults: s.inject.faults.clone(),
+        set: s.set.clone(),
         buffer_count: k.buffer_count,
         max_transfer: k.max_transfer_size,
         block_size: k.block_size,
-        wait: Duration::from_secs(wait),
-        trust_owner,
+        wait: Duration::from_secs(s.wait),
+        trust_owner: s.trust_owner,
     }
 }
 
@@ -331,37 +321,22 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Cmd::Engine(EngineCmd::Backup(a)) => {
-            only_role(&a.inject.faults, Role::Engine, "engine backup")?;
+            only_role(&a.session.inject.faults, Role::Engine, "engine backup")?;
             let spec = Spec::parse(&a.source)?;
-            let cfg = engine_cfg(
-                &a.set,
-                &a.engine,
-                a.wait,
-                a.trust_owner,
-                &a.inject.faults,
-                a.parent_pid,
-            );
-            let r = engine::backup(&cfg, &spec)?;
-            engine_done(&r, a.report, a.output, false);
+            let r = engine::backup(&engine_cfg(&a.session, &a.engine), &spec)?;
+            engine_done(&r, a.session.report, a.output, false);
             Ok(())
         }
         Cmd::Engine(EngineCmd::Restore(a)) => {
-            only_role(&a.inject.faults, Role::Engine, "engine restore")?;
+            only_role(&a.session.inject.faults, Role::Engine, "engine restore")?;
             let spec = Spec::parse(&a.target)?;
             let r = engine::restore(
-                &engine_cfg(
-                    &a.set,
-                    &a.engine,
-                    a.wait,
-                    a.trust_owner,
-                    &a.inject.faults,
-                    a.parent_pid,
-                ),
+                &engine_cfg(&a.session, &a.engine),
                 &spec,
                 a.force,
                 a.integrity_check,
             )?;
-            engine_done(&r, a.report, a.output, a.target == "-");
+            engine_done(&r, a.session.report, a.output, a.target == "-");
             Ok(())
         }
         Cmd::Demo(a) => demo::run(&a),

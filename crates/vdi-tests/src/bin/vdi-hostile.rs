@@ -99,11 +99,7 @@ fn main() {
             Ok(set) => {
                 say("OPENED");
                 let s = start();
-                let which: Vec<u32> = args
-                    .iter()
-                    .find_map(|a| a.strip_prefix("which="))
-                    .map(|w| w.split(',').filter_map(|x| x.parse().ok()).collect())
-                    .unwrap_or_default();
+                let which = plan.which.clone().unwrap_or_default();
                 let r = run_client(&set, &plan, &which, &|_| {});
                 let tally = s.stop();
                 let c = set.close();

@@ -68,7 +68,7 @@ fn main() {
         "client" => match ClientSet::create(&plan.set, &vdi_tests::client_config(&plan)) {
             Ok(set) => {
                 say("CREATED");
-                let r = match which(&args) {
+                let r = match &plan.which {
                     None => {
                         let all: Vec<u32> = (0..plan.devices).collect();
                         run_client(&set, &plan, &all, &pause)
@@ -80,7 +80,7 @@ fn main() {
                             .get_configuration(Timeout::from_millis(30_000))
                             .and_then(|_| {
                                 say("CONFIGURED");
-                                run_client(&set, &plan, &mine, &pause)
+                                run_client(&set, &plan, mine, &pause)
                             });
                         // Closing the set ends the secondary's devices too (and with one
                         // still open is VD_E_OPEN): wait until the test says the
@@ -100,7 +100,7 @@ fn main() {
             Err(e) => fail(&e),
         },
         "secondary" => {
-            let which = which(&args).unwrap_or_default();
+            let which = plan.which.clone().unwrap_or_default();
             match ClientSet::open_in_secondary(&plan.set) {
                 Ok(set) => {
                     say("OPENED");
@@ -130,13 +130,6 @@ fn main() {
         }
     };
     std::process::exit(code);
-}
-
-/// The devices of a `which=1,2` argument, if given.
-fn which(args: &[String]) -> Option<Vec<u32>> {
-    args.iter()
-        .find_map(|a| a.strip_prefix("which="))
-        .map(|w| w.split(',').filter_map(|x| x.parse().ok()).collect())
 }
 
 fn report_open(r: Result<(), vdi::VdError>) -> i32 {
