@@ -234,6 +234,7 @@ pub fn stream(hub: &Hub, s: &Settings, kind: &str, total: u64) -> Result<(Sample
 pub fn ring(hub: &Hub, s: &Settings, total: u64) -> Result<Sample> {
     let size = raw_ring::segment_size(s.buffers, s.transfer as usize);
     let mem = SharedMemory::create("vdi-bench-ring", size)?;
+    let fd = mem.dup_fd().ok_or(rustix::io::Errno::BADF)?;
     let args = vec![
         format!("total={total}"),
         format!("transfer={}", s.transfer),
@@ -242,10 +243,14 @@ pub fn ring(hub: &Hub, s: &Settings, total: u64) -> Result<Sample> {
     let consumer = hub.spawn(
         "ring-consumer",
         &[args.clone(), s.cpu(true)].concat(),
-        &[mem.fd()],
+        &[fd.as_fd()],
     )?;
-    let producer = hub.spawn("ring-producer", &[args, s.cpu(false)].concat(), &[mem.fd()])?;
-    drop(mem);
+    let producer = hub.spawn(
+        "ring-producer",
+        &[args, s.cpu(false)].concat(),
+        &[fd.as_fd()],
+    )?;
+    drop((fd, mem));
     let (gbps, c, p) = drive(s, total, consumer, producer)?;
     Ok(Sample::new(gbps, total, &c, &p, size as u64))
 }

@@ -229,6 +229,12 @@ fn names_cannot_escape() {
         "nul\0byte",
         "",
         &"x".repeat(200),
+        "with space",
+        "new\nline",
+        "tab\there",
+        "bell\x07",
+        "caf\u{e9}",
+        "semi;colon",
     ] {
         let e = ClientSet::create(bad, &VdConfig::with_devices(1))
             .err()

@@ -137,6 +137,16 @@ impl ClientVirtualDeviceSet {
     }
 }
 
+/// The C object's destructor: an object dropped without `Close` closes its set (with
+/// devices open, that aborts it), so its device objects cannot keep the set's resources.
+impl Drop for ClientVirtualDeviceSet {
+    fn drop(&mut self) {
+        if let Some(set) = lock(&self.set).take() {
+            let _ = set.close();
+        }
+    }
+}
+
 /// `VDC_Command`: what `GetCommand` returns, plus the handle to complete it with.
 #[derive(Clone, Copy, Debug)]
 pub struct VdcCommand {
@@ -232,6 +242,19 @@ impl Drop for ClientVirtualDevice {
 #[derive(Default)]
 struct BufferTable {
     free_to_use: Mutex<HashMap<usize, ServerBuffer>>,
+    /// Set by `Close`: buffers that come back afterwards (abort processing's callbacks)
+    /// are dropped, not kept, so nothing of the set outlives `Close` in the table.
+    closed: AtomicBool,
+}
+
+impl BufferTable {
+    /// Takes back a buffer a completion returned, unless the set is closed.
+    fn put_back(&self, ptr: *mut u8, b: ServerBuffer) {
+        let mut t = lock(&self.free_to_use);
+        if !self.closed.load(Ordering::Acquire) {
+            t.insert(ptr as usize, b);
+        }
+    }
 }
 
 /// `IServerVirtualDeviceSet2`: a server set object.
@@ -356,10 +379,13 @@ impl ServerVirtualDeviceSet {
         Ok(p)
     }
 
-    /// `FreeBuffer`: `VD_E_INVALID` unless `buffer` is an allocated buffer of `size`
-    /// bytes that no outstanding command holds.
+    /// `FreeBuffer`: the state table's row first (`VD_E_PROTOCOL` before
+    /// `EndConfiguration`, after the normal end and after `Close`; `VD_E_ABORT` after an
+    /// abort; nothing is freed then), then `VD_E_INVALID` unless `buffer` is an allocated
+    /// buffer of `size` bytes that no outstanding command holds.
     pub fn free_buffer(&self, buffer: *mut u8, size: u32) -> Result<()> {
         let set = self.current("FreeBuffer")?;
+        set.check_buffer_row("FreeBuffer")?;
         let mut t = lock(&self.buffers.free_to_use);
         match t.get(&(buffer as usize)) {
             Some(b) if b.len() == size => {}
@@ -393,11 +419,26 @@ impl ServerVirtualDeviceSet {
         self.current("SignalAbort")?.signal_abort()
     }
 
-    /// `Close`: the object is useless afterwards.
+    /// `Close`: releases everything (see [`ServerSet::close`]), including every buffer
+    /// this object handed out; the object is useless afterwards.
     pub fn close(&self) -> Result<()> {
         let set = lock(&self.set).take().ok_or_else(|| no_set("Close"))?;
+        self.buffers.closed.store(true, Ordering::Release);
+        let r = set.close();
+        // After abort processing: its callbacks gave their buffers back (and dropped them).
         lock(&self.buffers.free_to_use).clear();
-        set.close()
+        r
+    }
+}
+
+/// The C object's destructor: an object dropped without `Close` closes its set (a set
+/// that did not end normally is aborted, its outstanding commands called back with
+/// `ERROR_OPERATION_ABORTED`), so its device objects cannot keep the set's resources.
+impl Drop for ServerVirtualDeviceSet {
+    fn drop(&mut self) {
+        if lock(&self.set).is_some() {
+            let _ = self.close();
+        }
     }
 }
 
@@ -475,7 +516,7 @@ impl ServerVirtualDevice {
                 .as_ref()
                 .map_or(std::ptr::null_mut(), |b| b.as_ptr() as *mut u8);
             if let Some(b) = done.buffer {
-                lock(&table.free_to_use).insert(ptr as usize, b);
+                table.put_back(ptr, b);
             }
             routine(VdsCompletion {
                 command_code,

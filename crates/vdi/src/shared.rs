@@ -20,7 +20,10 @@ use std::time::Duration;
 /// Longest set name in bytes.
 pub const MAX_SET_NAME: usize = 100;
 
-/// Checks a set name: 1 to 100 bytes, no `/`, `\` or NUL.
+/// Checks a set name: 1 to 100 bytes of ASCII letters, digits, `-`, `_`, `.`, `{` and `}`
+/// (what a GUID, with or without braces, and the usual generated names need). Anything
+/// else (a `/`, `\`, NUL, space, newline or control character, non-ASCII) is refused, so
+/// a name is always safe to print in a log line or pass as one argument.
 pub fn validate_set_name(name: &str) -> Result<()> {
     if name.is_empty() || name.len() > MAX_SET_NAME {
         return Err(VdError::invalid(format!(
@@ -28,7 +31,8 @@ pub fn validate_set_name(name: &str) -> Result<()> {
             name.len()
         )));
     }
-    if let Some(c) = name.chars().find(|c| matches!(c, '/' | '\\' | '\0')) {
+    let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '{' | '}');
+    if let Some(c) = name.chars().find(|&c| !allowed(c)) {
         return Err(VdError::invalid(format!(
             "set name {name:?} contains {c:?}; use letters, digits, '-', '_', '.', '{{', '}}' (a GUID is recommended)"
         )));
@@ -56,6 +60,11 @@ pub struct Shared {
     /// The abort cause once seen: kept here so a peer cannot undo an abort by writing 0
     /// back into shared memory.
     local_abort: std::sync::atomic::AtomicU32,
+    /// Set once by [`Shared::release_memory`] (under the lock, so no segment can be
+    /// installed after it).
+    released: std::sync::Mutex<bool>,
+    /// Mirrors `released` for wait conditions: every wait ends once the set is closed.
+    closed: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
@@ -66,6 +75,85 @@ impl Shared {
             queues: OnceLock::new(),
             areas: std::array::from_fn(|_| OnceLock::new()),
             local_abort: std::sync::atomic::AtomicU32::new(0),
+            released: std::sync::Mutex::new(false),
+            closed: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    /// Whether `Close` has released the set in this process.
+    #[inline]
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    /// Whether the set is over for this process (aborted or closed): what ends every wait.
+    #[inline]
+    pub fn ended(&self) -> bool {
+        self.is_closed() || self.abort_cause().is_some()
+    }
+
+    /// `Err(VD_E_PROTOCOL)` once closed, `Err(VD_E_ABORT)` once aborted: the check after
+    /// every wait.
+    pub fn check_live(&self, call: &'static str) -> Result<()> {
+        if self.is_closed() {
+            return Err(VdError::protocol(call, "closed"));
+        }
+        self.check_abort()
+    }
+
+    /// Installs the queue segment. Refused (and the segment unmapped) if the set already
+    /// has one or has been released by `Close`.
+    pub fn install_queues(&self, q: QueueSegment) -> std::result::Result<(), &'static str> {
+        let released = lock(&self.released);
+        if *released {
+            return Err("the set is closed");
+        }
+        self.queues
+            .set(q)
+            .map_err(|_| "the set already has a queue segment")
+    }
+
+    /// Installs buffer area `index`. Refused (and the area unmapped) if the index is out
+    /// of range or taken, or the set has been released by `Close`.
+    pub fn install_area(
+        &self,
+        index: usize,
+        mem: SharedMemory,
+    ) -> std::result::Result<(), &'static str> {
+        let released = lock(&self.released);
+        if *released {
+            return Err("the set is closed");
+        }
+        self.areas
+            .get(index)
+            .ok_or("buffer area index out of range")?
+            .set(mem)
+            .map_err(|_| "buffer area installed twice")
+    }
+
+    /// Releases every segment of the set in this process (`Close`): wakes every waiter
+    /// (while its futex word is still shared), then replaces each shared mapping by private
+    /// anonymous memory in place and closes its memfd ([`SharedMemory::release`]). No
+    /// address into the set becomes invalid: device handles, buffers and commands kept
+    /// past `Close` read dead memory, and their calls return codes because each role
+    /// checks its own `closed` flag first. The mappings themselves go with the last
+    /// handle. Idempotent.
+    pub fn release_memory(&self) {
+        let mut released = lock(&self.released);
+        if *released {
+            return;
+        }
+        *released = true;
+        self.closed.store(true, Ordering::Release);
+        self.wake_everyone();
+        self.control.memory().release();
+        if let Some(q) = self.queues.get() {
+            q.memory().release();
+        }
+        for a in &self.areas {
+            if let Some(m) = a.get() {
+                m.release();
+            }
         }
     }
 
@@ -389,4 +477,24 @@ pub fn io_err(op: &'static str) -> impl Fn(std::io::Error) -> VdError {
 
 pub fn sys_err(op: &'static str) -> impl Fn(rustix::io::Errno) -> VdError {
     move |e| VdError::system(op, e)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::validate_set_name;
+
+    #[test]
+    fn set_names_are_letters_digits_and_a_few_marks() {
+        for good in [
+            "a",
+            "{6F9619FF-8B86-D011-B42D-00C04FC964FF}",
+            "vdi-backup-123-ab.cd_ef",
+        ] {
+            assert!(validate_set_name(good).is_ok(), "{good:?}");
+        }
+        for bad in ["a b", "a\nb", "a\tb", "a\u{1}", "é", "a:b", "a/b", ""] {
+            let e = validate_set_name(bad).unwrap_err();
+            assert!(e.to_string().contains("set name"), "{bad:?}: {e}");
+        }
+    }
 }

@@ -7,12 +7,12 @@ use std::sync::{Arc, Mutex};
 use vdi::*;
 
 fn unique(tag: &str) -> String {
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     format!(
-        "inproc-{tag}-{}-{:?}",
+        "inproc-{tag}-{}-{}",
         std::process::id(),
-        std::time::Instant::now()
+        N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     )
-    .replace([' ', ':', '.'], "_")
 }
 
 /// A one-device backup set, configured: `buffers` of 64 KiB, the client past

@@ -242,3 +242,79 @@ fn commands_by_handle_and_buffers_by_address() {
 fn client_get(dev: &vdi::object::ClientVirtualDevice) -> vdi::object::VdcCommand {
     dev.get_command(Timeout::from_millis(10_000)).unwrap()
 }
+
+/// FreeBuffer follows the AllocateBuffer/FreeBuffer row of the server state table in every
+/// state, before it looks at the buffer: Connected and Configurable `VD_E_PROTOCOL`,
+/// Initializing and Active `NOERROR`, Normally Terminated `VD_E_PROTOCOL`, Abnormally
+/// Terminated `VD_E_ABORT`, after Close `VD_E_PROTOCOL`.
+#[test]
+fn free_buffer_follows_its_state_row() {
+    let n = name("fb");
+    let client = ClientVirtualDeviceSet::new();
+    client.create(&n, &VdConfig::with_devices(1)).unwrap();
+    let server = Arc::new(ServerVirtualDeviceSet::new());
+    server.open(None, &n).unwrap();
+    let mut junk = [0u8; 512];
+    assert_eq!(
+        code(server.free_buffer(junk.as_mut_ptr(), 512)),
+        ErrorCode::Protocol,
+        "Connected"
+    );
+    server
+        .begin_configuration(features::WRITE_MEDIA, 512, 0, 65536, 1000)
+        .unwrap();
+    assert_eq!(
+        code(server.free_buffer(junk.as_mut_ptr(), 512)),
+        ErrorCode::Protocol,
+        "Configurable"
+    );
+    server.request_buffers(65536, 0, 4).unwrap();
+    server.end_configuration().unwrap();
+    let a = server.allocate_buffer(65536, 0).unwrap();
+    server.free_buffer(a, 65536).unwrap();
+    assert_eq!(
+        code(server.free_buffer(junk.as_mut_ptr(), 512)),
+        ErrorCode::Invalid,
+        "Initializing: the state allows it, the address does not"
+    );
+    let s2 = server.clone();
+    let agent = std::thread::spawn(move || s2.execute_completion_agent());
+    client
+        .get_configuration(Timeout::from_millis(10_000))
+        .unwrap();
+    let sdev = server.open_device(&n).unwrap();
+    let cdev = client.open_device(&n).unwrap();
+    let b = server.allocate_buffer(65536, 0).unwrap();
+    let c = server.allocate_buffer(65536, 0).unwrap();
+    server.free_buffer(b, 65536).unwrap();
+    sdev.close_device().unwrap();
+    assert_eq!(
+        code(cdev.get_command(Timeout::from_millis(10_000))),
+        ErrorCode::Close
+    );
+    agent.join().unwrap().unwrap();
+    assert_eq!(
+        code(server.free_buffer(c, 65536)),
+        ErrorCode::Protocol,
+        "Normally Terminated"
+    );
+    server.close().unwrap();
+    assert_eq!(code(server.free_buffer(c, 65536)), ErrorCode::Protocol);
+    client.close().unwrap();
+
+    // Abnormally Terminated.
+    let n = name("fba");
+    client.create(&n, &VdConfig::with_devices(1)).unwrap();
+    let server = ServerVirtualDeviceSet::new();
+    server.open(None, &n).unwrap();
+    server
+        .begin_configuration(features::WRITE_MEDIA, 512, 0, 65536, 1000)
+        .unwrap();
+    server.request_buffers(65536, 0, 1).unwrap();
+    server.end_configuration().unwrap();
+    let d = server.allocate_buffer(65536, 0).unwrap();
+    server.signal_abort().unwrap();
+    assert_eq!(code(server.free_buffer(d, 65536)), ErrorCode::Abort);
+    server.close().unwrap();
+    client.close().unwrap();
+}

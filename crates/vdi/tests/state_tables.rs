@@ -1128,7 +1128,7 @@ fn server_table() -> Vec<Row<SState, SCall>> {
     const T: &str = "§2.2";
     const I: &str = "§2.2 (inferred)";
     const DNE: &str = "§2.2 (DNE column)";
-    const FREE: &str = "library decision: freeing an owned buffer is never a protocol error in the typed API (dropping it frees it too); §2.2's cell is inferred";
+    const BUF: &str = "§2.2 AllocateBuffer/FreeBuffer row (inferred cell; the buffer is returned all the same, as dropping it would)";
     vec![
         // DNE
         row(S::Dne, C::Open, ret(NOERROR).to(S::Connected), T),
@@ -1300,7 +1300,7 @@ fn server_table() -> Vec<Row<SState, SCall>> {
             "§2.2 cell empty ('—'); inferred: not allowed once the operation has ended",
         ),
         row(S::NormallyTerminated, C::AllocateBuffer, ret(E_PROTOCOL), I),
-        row(S::NormallyTerminated, C::FreeBuffer, ret(NOERROR), FREE),
+        row(S::NormallyTerminated, C::FreeBuffer, ret(E_PROTOCOL), BUF),
         row(
             S::NormallyTerminated,
             C::SendCommand,
@@ -1370,7 +1370,7 @@ fn server_table() -> Vec<Row<SState, SCall>> {
             ret(E_ABORT),
             "§2.2 (no new buffers)",
         ),
-        row(S::AbnormallyTerminated, C::FreeBuffer, ret(NOERROR), FREE),
+        row(S::AbnormallyTerminated, C::FreeBuffer, ret(E_ABORT), BUF),
         row(
             S::AbnormallyTerminated,
             C::SendCommand,
@@ -1405,7 +1405,7 @@ fn server_table() -> Vec<Row<SState, SCall>> {
         row(S::Closed, C::OpenDevice, ret(E_PROTOCOL), DNE),
         row(S::Closed, C::ExecuteCompletionAgent, ret(E_PROTOCOL), DNE),
         row(S::Closed, C::AllocateBuffer, ret(E_PROTOCOL), DNE),
-        row(S::Closed, C::FreeBuffer, ret(NOERROR), FREE),
+        row(S::Closed, C::FreeBuffer, ret(E_PROTOCOL), DNE),
         row(
             S::Closed,
             C::SendCommand,

@@ -14,6 +14,8 @@
 //! vdi-peer ioerror-server set=NAME   the server half of the IO-ERROR / ClearError script
 //! vdi-peer commands-server set=NAME  sends every command code 1..19 and an unknown one
 //! vdi-peer vanish-server set=NAME    sends one Write, closes the device, exits without Close
+//! vdi-peer gap-server set=NAME       one Write of 64 KiB per `write` line on stdin (prints
+//!                                    `CALLBACK code` when it completes), `close` ends it
 //! vdi-peer crash-server|crash-client|crash-secondary KEY=VALUE...
 //!                                    the crash campaign's roles (`vdi_tests::campaign_peer`)
 //! ```
@@ -124,6 +126,7 @@ fn main() {
         "ioerror-server" => ioerror_server(&plan),
         "commands-server" => commands_server(&plan),
         "vanish-server" => vanish_server(&plan),
+        "gap-server" => gap_server(&plan),
         other => {
             eprintln!("vdi-peer: unknown mode {other}");
             64
@@ -372,6 +375,53 @@ fn vanish_server(plan: &Plan) -> i32 {
         dev.close_device()?;
         say("VANISHING");
         std::process::exit(0);
+    };
+    match run() {
+        Ok(()) => 0,
+        Err(e) => fail(&e),
+    }
+}
+
+/// A server whose pauses between commands the test chooses: one Write per `write` line on
+/// stdin, its callback's code printed (`CALLBACK code`), `close` (or EOF) to end. The
+/// completion agent is idle between commands for as long as the test waits.
+fn gap_server(plan: &Plan) -> i32 {
+    let run = || -> Result<(), vdi::VdError> {
+        let set = ServerSet::open(&plan.set)?;
+        set.begin_configuration(features::WRITE_MEDIA, 512, 0, 65536, 10_000)?;
+        set.request_buffers(65536, 0, 1)?;
+        set.end_configuration()?;
+        std::thread::scope(|s| -> Result<(), vdi::VdError> {
+            let agent = s.spawn(|| set.execute_completion_agent());
+            let dev = set.open_device(&device_name(&plan.set, 0))?;
+            say("READY");
+            let mut offset = 0u64;
+            for line in std::io::stdin().lock().lines().map_while(Result::ok) {
+                if line.trim() != "write" {
+                    break;
+                }
+                let mut b = set.allocate_buffer(65536, 0)?;
+                pattern::fill(plan.seed, 0, offset, b.as_mut_slice());
+                offset += 65536;
+                let (tx, rx) = std::sync::mpsc::channel();
+                let sent = dev.send_command(ServerCommand::write(b, 65536), move |c| {
+                    let _ = tx.send(c.completion_code);
+                });
+                let code = rx.recv().unwrap_or(u32::MAX);
+                say(&format!("CALLBACK {code}"));
+                sent?;
+            }
+            dev.close_device()?;
+            agent.join().unwrap_or_else(|_| {
+                Err(vdi::VdError::new(
+                    ErrorCode::Unexpected,
+                    vdi::Reason::InvalidArgument("the completion agent panicked".into()),
+                ))
+            })
+        })?;
+        set.close()?;
+        say("DONE");
+        Ok(())
     };
     match run() {
         Ok(()) => 0,

@@ -88,7 +88,7 @@ impl ClientOptions {
 enum Link {
     Primary {
         state: Arc<ServiceState>,
-        stopper: Arc<Stopper>,
+        stopper: Mutex<Option<Arc<Stopper>>>,
         thread: Mutex<Option<JoinHandle<()>>>,
     },
     Secondary {
@@ -115,8 +115,8 @@ struct ClientInner {
 
 /// A virtual device set, as the client (backup application) sees it.
 ///
-/// Cheap to clone; all clones refer to the same set. The set is released when the last
-/// clone, device and command is gone (or at [`ClientSet::close`]).
+/// Cheap to clone; all clones refer to the same set. The set is released at
+/// [`ClientSet::close`], or when the last clone, device and command is gone.
 #[derive(Clone)]
 pub struct ClientSet {
     inner: Arc<ClientInner>,
@@ -220,7 +220,7 @@ impl ClientSet {
                 shared,
                 link: Link::Primary {
                     state,
-                    stopper,
+                    stopper: Mutex::new(Some(stopper)),
                     thread: Mutex::new(Some(thread)),
                 },
                 process_no: 1,
@@ -319,7 +319,7 @@ impl ClientSet {
         }
         let h = sh.header();
         let ready = || {
-            sh.abort_cause().is_some()
+            sh.ended()
                 || (h.phase.load(Ordering::Acquire) >= phase::CONFIGURED
                     && sh.queues.get().is_some()
                     && areas_received(sh))
@@ -327,7 +327,7 @@ impl ClientSet {
         if !event::wait_until(&h.set_event, timeout.into().deadline(), ready) {
             return Err(VdError::timeout());
         }
-        sh.check_abort()?;
+        sh.check_live("GetConfiguration")?;
         let cfg = self.read_final_config()?;
         *lock(&self.inner.config) = Some(cfg);
         self.inner.configured.store(true, Ordering::Release);
@@ -382,7 +382,7 @@ impl ClientSet {
         let mut found = None;
         let h = sh.header();
         event::wait_until(&h.set_event, None, || {
-            if sh.abort_cause().is_some() {
+            if sh.ended() {
                 return true;
             }
             // "All open" first, then the name: a device the server opens between the two
@@ -394,7 +394,7 @@ impl ClientSet {
             found = find_device(sh, name);
             found.is_some() || all_open
         });
-        sh.check_abort()?;
+        sh.check_live("OpenDevice")?;
         let Some(index) = found else {
             return Err(VdError::invalid(format!(
                 "no device of set '{}' is named '{name}'",
@@ -447,8 +447,14 @@ impl ClientSet {
 
     /// `Close`: releases the set. With devices still open (not yet at `VD_E_CLOSE`) it
     /// aborts the set and returns `VD_E_OPEN`; after an abort it returns `NOERROR` (the
-    /// state table's Abort column). The set is released in every case.
-    /// A second `Close` returns `VD_E_PROTOCOL`.
+    /// state table's Abort column).
+    ///
+    /// In every case, errors included, everything the set holds in this process is
+    /// released before `Close` returns, whatever devices and commands the caller still
+    /// holds: the set thread (socket, eventfd, connections), every memfd and shared
+    /// mapping. Devices kept past `Close` return `VD_E_PROTOCOL`; a buffer address kept
+    /// past `Close` stays valid memory but is no longer shared (`docs/shm-layout.md`,
+    /// "Close"). A second `Close` returns `VD_E_PROTOCOL`.
     pub fn close(&self) -> Result<()> {
         if self.inner.closed.swap(true, Ordering::AcqRel) {
             return Err(wrong_state("Close", "closed"));
@@ -620,11 +626,9 @@ fn receive_segment(conn: &Conn, sh: &Shared, devices: u32, want: Option<u32>) ->
                         .map_err(|e| VdError::violation(format!("queue segment refused: {e:?}")))?;
                     let q = QueueSegment::new(mem, geo)
                         .ok_or_else(|| VdError::violation("queue segment too small"))?;
-                    if sh.queues.set(q).is_err() {
-                        return Err(VdError::violation(
-                            "the primary sent a second queue segment",
-                        ));
-                    }
+                    sh.install_queues(q).map_err(|why| {
+                        VdError::violation(format!("the primary's queue segment: {why}"))
+                    })?;
                 }
                 SegmentKind::Area => {
                     if index as usize >= MAX_AREAS || want.is_some_and(|w| w != index) {
@@ -634,11 +638,9 @@ fn receive_segment(conn: &Conn, sh: &Shared, devices: u32, want: Option<u32>) ->
                     }
                     let mem = SharedMemory::attach(fd, Some(size))
                         .map_err(|e| VdError::violation(format!("buffer area refused: {e:?}")))?;
-                    if sh.areas[index as usize].set(mem).is_err() {
-                        return Err(VdError::violation(format!(
-                            "the primary sent buffer area {index} twice"
-                        )));
-                    }
+                    sh.install_area(index as usize, mem).map_err(|why| {
+                        VdError::violation(format!("the primary's buffer area {index}: {why}"))
+                    })?;
                 }
             }
             Ok(())
@@ -694,9 +696,9 @@ impl ClientInner {
                 let h = sh.header();
                 let deadline = std::time::Instant::now() + Duration::from_secs(5);
                 event::wait_until(&h.set_event, Some(deadline), || {
-                    slot.get().is_some() || sh.abort_cause().is_some()
+                    slot.get().is_some() || sh.ended()
                 });
-                sh.check_abort()?;
+                sh.check_live("buffer access")?;
                 if slot.get().is_none() {
                     return Err(
                         sh.violation(format!("buffer area {area} was published but never sent"))
@@ -721,7 +723,9 @@ impl ClientInner {
         }
     }
 
-    /// Releases the link: stops the set thread or says goodbye to the primary.
+    /// Releases everything the set holds in this process, whatever handles remain: stops
+    /// the set thread (its socket, eventfd and connections) or says goodbye to the
+    /// primary, then releases the shared segments (`Shared::release_memory`).
     fn release(&self) {
         match &self.link {
             Link::Primary {
@@ -730,12 +734,16 @@ impl ClientInner {
                 thread,
             } => {
                 state.closing.store(true, Ordering::Release);
-                stopper.signal();
+                let stopper = lock(stopper).take();
+                if let Some(s) = &stopper {
+                    s.signal();
+                }
                 if let Some(t) = lock(thread).take()
                     && t.thread().id() != std::thread::current().id()
                 {
                     let _ = t.join();
                 }
+                drop(stopper);
             }
             Link::Secondary { conn, watchdog } => {
                 drop(lock(watchdog).take());
@@ -744,6 +752,7 @@ impl ClientInner {
                 }
             }
         }
+        self.shared.release_memory();
     }
 }
 
@@ -872,7 +881,7 @@ impl ClientDevice {
         let d = self.view()?;
         let deadline = timeout.deadline();
         loop {
-            sh.check_abort()?;
+            sh.check_live("GetCommand")?;
             if self.terminated.load(Ordering::Acquire) {
                 return Err(VdError::new(ErrorCode::Close, Reason::DeviceClosed));
             }
@@ -904,7 +913,7 @@ impl ClientDevice {
             let ring = d.sub_ring();
             let ready = event::wait_until(&d.block.sub_event, deadline, || {
                 let clear = self.clear_pending.load(Ordering::Acquire);
-                sh.abort_cause().is_some()
+                sh.ended()
                     // Nothing queued behind a held-back ClearError can be delivered
                     // before it, so new submissions do not count then (note N19).
                     || (!clear
@@ -919,7 +928,7 @@ impl ClientDevice {
                 if let Some(cmd) = self.try_next(&d, &mut cons)? {
                     return Ok(cmd);
                 }
-                sh.check_abort()?;
+                sh.check_live("GetCommand")?;
                 return Err(VdError::timeout());
             }
         }

@@ -37,14 +37,17 @@ pub(crate) struct ServiceState {
     pub closing: AtomicBool,
     next_process_no: AtomicU32,
     server_attached: AtomicBool,
-    /// The memfds of the segments received, to forward to secondaries.
+    /// The shapes of the segments received, to forward them to secondaries (the memfds
+    /// themselves are the mapped segments' own, in `shared`).
     segments: Mutex<Segments>,
 }
 
 #[derive(Default)]
 struct Segments {
-    queues: Option<(u32, u64, OwnedFd)>,
-    areas: Vec<Option<(u64, OwnedFd)>>,
+    /// Capacity and size of the queue segment.
+    queues: Option<(u32, u64)>,
+    /// Size of each buffer area received.
+    areas: Vec<Option<u64>>,
 }
 
 impl ServiceState {
@@ -196,18 +199,24 @@ fn serve_message(st: &ServiceState, p: &mut Peer) -> bool {
         }
         (Role::Secondary, Msg::AreaRequest { index }) => {
             let segs = st.segments.lock().unwrap_or_else(|e| e.into_inner());
-            let area = segs.areas.get(index as usize).and_then(|a| a.as_ref());
-            let sent = match area {
-                Some((size, fd)) => p.conn.send_nowait(
+            let size = segs.areas.get(index as usize).copied().flatten();
+            let fd = st
+                .shared
+                .areas
+                .get(index as usize)
+                .and_then(|a| a.get())
+                .and_then(SharedMemory::dup_fd);
+            let sent = match (size, fd) {
+                (Some(size), Some(fd)) => p.conn.send_nowait(
                     &Msg::Segment {
                         kind: SegmentKind::Area,
                         index,
-                        size: *size,
+                        size,
                     }
                     .encode(),
                     &[fd.as_fd()],
                 ),
-                None => p.conn.send_nowait(
+                _ => p.conn.send_nowait(
                     &Msg::Refused {
                         code: ErrorCode::Invalid.as_hresult(),
                         reason: format!("buffer area {index} does not exist"),
@@ -238,7 +247,6 @@ fn store_segment(
     fd: OwnedFd,
 ) -> Result<(), String> {
     let sh = &st.shared;
-    let keep = fd.try_clone().map_err(|e| format!("dup: {e}"))?;
     let mut segs = st.segments.lock().unwrap_or_else(|e| e.into_inner());
     match kind {
         SegmentKind::Queues => {
@@ -256,8 +264,8 @@ fn store_segment(
             let mem = SharedMemory::attach(fd, Some(size))
                 .map_err(|e| format!("queue segment refused: {e:?}"))?;
             let q = QueueSegment::new(mem, geo).ok_or("queue segment too small")?;
-            let _ = sh.queues.set(q);
-            segs.queues = Some((index, size, keep));
+            sh.install_queues(q)?;
+            segs.queues = Some((index, size));
         }
         SegmentKind::Area => {
             let i = index as usize;
@@ -268,11 +276,11 @@ fn store_segment(
             }
             let mem = SharedMemory::attach(fd, Some(size))
                 .map_err(|e| format!("buffer area {index} refused: {e:?}"))?;
-            let _ = sh.areas[i].set(mem);
+            sh.install_area(i, mem)?;
             if segs.areas.len() <= i {
                 segs.areas.resize_with(i + 1, || None);
             }
-            segs.areas[i] = Some((size, keep));
+            segs.areas[i] = Some(size);
         }
     }
     Ok(())
@@ -353,7 +361,15 @@ fn welcome(st: &ServiceState, conn: Conn) -> Option<Peer> {
         );
         return None;
     }
-    let control = sh.control.memory().fd();
+    let Some(control) = sh.control.memory().dup_fd() else {
+        refuse(
+            &conn,
+            ErrorCode::Abort,
+            format!("virtual device set '{}' is closing", sh.name),
+        );
+        return None;
+    };
+    let control = control.as_fd();
     match role {
         Role::Server => {
             if st.server_attached.swap(true, Ordering::AcqRel) {
@@ -403,13 +419,17 @@ fn welcome(st: &ServiceState, conn: Conn) -> Option<Peer> {
                 return None;
             }
             let segs = st.segments.lock().unwrap_or_else(|e| e.into_inner());
-            let areas: Vec<(u32, u64, &OwnedFd)> = segs
+            let areas: Vec<(u32, u64, OwnedFd)> = segs
                 .areas
                 .iter()
                 .enumerate()
-                .filter_map(|(i, a)| a.as_ref().map(|(s, f)| (i as u32, *s, f)))
+                .filter_map(|(i, a)| {
+                    let fd = sh.areas.get(i)?.get()?.dup_fd()?;
+                    a.map(|s| (i as u32, s, fd))
+                })
                 .collect();
-            let (cap, qsize, qfd) = segs.queues.as_ref()?;
+            let (cap, qsize) = segs.queues?;
+            let qfd = sh.queues.get()?.memory().dup_fd()?;
             let process_no = st.next_process_no.fetch_add(1, Ordering::AcqRel);
             let total = 1 + areas.len() as u32;
             conn.send_nowait(
@@ -424,8 +444,8 @@ fn welcome(st: &ServiceState, conn: Conn) -> Option<Peer> {
             conn.send_nowait(
                 &Msg::Segment {
                     kind: SegmentKind::Queues,
-                    index: *cap,
-                    size: *qsize,
+                    index: cap,
+                    size: qsize,
                 }
                 .encode(),
                 &[qfd.as_fd()],

@@ -570,9 +570,8 @@ impl ServerSet {
             )
         })?;
         let qfd = qmem
-            .fd()
-            .try_clone_to_owned()
-            .map_err(|_| VdError::new(ErrorCode::Memory, Reason::OutOfMemory("dup".into())))?;
+            .dup_fd()
+            .ok_or_else(|| VdError::new(ErrorCode::Memory, Reason::OutOfMemory("dup".into())))?;
         let queues =
             QueueSegment::new(qmem, geo).ok_or_else(|| VdError::violation("queue segment"))?;
         let area0 = if area_size > 0 {
@@ -597,7 +596,10 @@ impl ServerSet {
             .map_err(|_| inner.client_gone())?;
             if area_size > 0 {
                 let areas = &inner.shared.areas;
-                let m = areas[0].get().ok_or_else(|| VdError::violation("area 0"))?;
+                let fd = areas[0]
+                    .get()
+                    .and_then(SharedMemory::dup_fd)
+                    .ok_or_else(|| VdError::protocol("EndConfiguration", "closed"))?;
                 c.send(
                     &Msg::Segment {
                         kind: SegmentKind::Area,
@@ -605,7 +607,7 @@ impl ServerSet {
                         size: area_size,
                     }
                     .encode(),
-                    &[m.fd()],
+                    &[std::os::fd::AsFd::as_fd(&fd)],
                 )
                 .map_err(|_| inner.client_gone())?;
             }
@@ -635,7 +637,10 @@ impl ServerSet {
                 }
             })
             .collect();
-        let _ = inner.shared.queues.set(queues);
+        inner
+            .shared
+            .install_queues(queues)
+            .map_err(|why| VdError::protocol("EndConfiguration", why))?;
         let _ = inner.devices.set(devices);
         l.config.buffer_area_size = area_size.min(u64::from(u32::MAX)) as u32;
         let h = inner.shared.header();
@@ -758,13 +763,7 @@ impl ServerSet {
     pub fn allocate_buffer(&self, size: u32, alignment: u32) -> Result<ServerBuffer> {
         let inner = &self.inner;
         let l = lock(&inner.local);
-        let st = inner.effective_state(&l);
-        if st == ServerState::AbnormallyTerminated {
-            return Err(inner.abort_error());
-        }
-        if !matches!(st, ServerState::Initializing | ServerState::Active) {
-            return Err(inner.state_error("AllocateBuffer", st));
-        }
+        inner.buffer_row(&l, "AllocateBuffer")?;
         if size == 0 || size > MAX_TRANSFER_SIZE {
             return Err(VdError::invalid(format!(
                 "buffer size {size} must be 1 to {MAX_TRANSFER_SIZE}"
@@ -798,13 +797,23 @@ impl ServerSet {
         ))
     }
 
-    /// `FreeBuffer`: returns a buffer (the same as dropping it).
+    /// `FreeBuffer`: returns a buffer (the same as dropping it). The buffer is returned
+    /// in every case; the result is the state table's row (shared with AllocateBuffer):
+    /// `NOERROR` while Initializing or Active, `VD_E_PROTOCOL` before `EndConfiguration`,
+    /// after the normal end or after `Close`, `VD_E_ABORT` after an abort, and
+    /// `VD_E_INVALID` for a buffer of another set.
     pub fn free_buffer(&self, buffer: ServerBuffer) -> Result<()> {
         if !Arc::ptr_eq(&buffer.pool, &self.inner.pool) {
             return Err(VdError::invalid("the buffer belongs to another set"));
         }
         drop(buffer);
-        Ok(())
+        self.check_buffer_row("FreeBuffer")
+    }
+
+    /// The AllocateBuffer/FreeBuffer row of the state table for the current state.
+    pub(crate) fn check_buffer_row(&self, call: &'static str) -> Result<()> {
+        let l = lock(&self.inner.local);
+        self.inner.buffer_row(&l, call)
     }
 
     /// `IsSharedBuffer`: whether `p` points into a buffer allocated from this set.
@@ -828,11 +837,18 @@ impl ServerSet {
         Ok(())
     }
 
-    /// `Close`: releases the set. With devices still open (and no abort yet) it returns `VD_E_PROTOCOL`
-    /// after abort processing: every outstanding command is called back with
-    /// `ERROR_OPERATION_ABORTED` (by the running completion agent, which then returns, or
-    /// here if none runs). Memory stays mapped while buffers or handles still refer to
-    /// it; the set is released in every case. A second `Close` returns `VD_E_PROTOCOL`.
+    /// `Close`: releases the set. With devices still open (and no abort yet) it returns
+    /// `VD_E_PROTOCOL` after abort processing: every outstanding command is called back
+    /// with `ERROR_OPERATION_ABORTED` (by the running completion agent, which then
+    /// returns, or here if none runs).
+    ///
+    /// In every case, errors included, everything the set holds in this process is
+    /// released before `Close` returns, whatever devices and buffers the caller still
+    /// holds: the watchdog thread, the socket, every memfd and shared mapping. Devices and
+    /// clones kept past `Close` return `VD_E_PROTOCOL` (or `VD_E_ABORT`); a
+    /// [`ServerBuffer`] kept past `Close` stays valid memory but is no longer shared (its
+    /// pages were replaced in place by private ones: `docs/shm-layout.md`, "Close"). A
+    /// second `Close` returns `VD_E_PROTOCOL`.
     pub fn close(&self) -> Result<()> {
         let inner = &self.inner;
         if inner.closed.swap(true, Ordering::AcqRel) {
@@ -899,6 +915,16 @@ impl ServerInner {
         VdError::aborted(AbortCause::ClientDied)
     }
 
+    /// The AllocateBuffer/FreeBuffer row: Initializing and Active `NOERROR`, Abnormally
+    /// Terminated `VD_E_ABORT`, every other state `VD_E_PROTOCOL`.
+    fn buffer_row(&self, l: &Local, call: &'static str) -> Result<()> {
+        match self.effective_state(l) {
+            ServerState::Initializing | ServerState::Active => Ok(()),
+            ServerState::AbnormallyTerminated => Err(self.abort_error()),
+            st => Err(self.state_error(call, st)),
+        }
+    }
+
     fn abort_error(&self) -> VdError {
         VdError::aborted(self.shared.abort_cause().unwrap_or(AbortCause::Unknown))
     }
@@ -940,9 +966,9 @@ impl ServerInner {
             )
         })?;
         let real = mem.len() as u64;
-        if self.shared.areas[index].set(mem).is_err() {
-            return Err(VdError::violation("buffer area created twice"));
-        }
+        self.shared
+            .install_area(index, mem)
+            .map_err(|why| VdError::protocol("RequestBuffers", why))?;
         self.shared.header().area_sizes[index].store(size, Ordering::Relaxed);
         Ok(real)
     }
@@ -966,9 +992,10 @@ impl ServerInner {
             ));
         };
         let real = self.create_area(index, size)?;
-        let m = self.shared.areas[index]
+        let fd = self.shared.areas[index]
             .get()
-            .ok_or_else(|| VdError::violation("area"))?;
+            .and_then(SharedMemory::dup_fd)
+            .ok_or_else(|| VdError::protocol("RequestBuffers", "closed"))?;
         {
             let conn = lock(&self.conn);
             let c = conn
@@ -981,7 +1008,7 @@ impl ServerInner {
                     size,
                 }
                 .encode(),
-                &[m.fd()],
+                &[std::os::fd::AsFd::as_fd(&fd)],
             )
             .map_err(|_| self.client_gone())?;
         }
@@ -1005,12 +1032,21 @@ impl ServerInner {
             ));
         };
         let device_count = devs.len() as u32;
+        // serverTimeOut counts only time with commands pending: from the later of the
+        // last completion and the moment the agent saw itself busy again after an idle
+        // spell (it looks at least every `event::SLICE`, so the clock may start up to that
+        // much after the send: never earlier, in the client's favour).
         let interval = self.client_config.server_time_out;
         let mut last_progress = Instant::now();
+        let mut busy_since: Option<Instant> = None;
         loop {
             if sh.abort_cause().is_some() {
                 self.abort_processing();
                 return Err(self.abort_error());
+            }
+            if sh.is_closed() {
+                self.abort_processing();
+                return Err(VdError::protocol("ExecuteCompletionAgent", "closed"));
             }
             let mut progressed = false;
             for (i, d) in devs.iter().enumerate() {
@@ -1046,22 +1082,26 @@ impl ServerInner {
             if outstanding == 0 && all_closed {
                 return Ok(());
             }
-            let deadline = (interval > 0 && outstanding > 0)
-                .then(|| last_progress + Duration::from_millis(u64::from(interval) * 2));
+            if outstanding == 0 {
+                busy_since = None;
+            } else if busy_since.is_none() {
+                busy_since = Some(Instant::now());
+            }
+            let deadline = (interval > 0 && outstanding > 0).then(|| {
+                let start = busy_since.map_or(last_progress, |b| b.max(last_progress));
+                start + Duration::from_millis(u64::from(interval) * 2)
+            });
             if let Some(d) = deadline
                 && Instant::now() >= d
             {
                 sh.abort(AbortCause::ServerTimeout);
                 continue;
             }
-            if outstanding == 0 {
-                last_progress = Instant::now();
-            }
             // With a server time-out and nothing outstanding, also wake (at the next
             // re-check) when commands are sent, to start the clock.
             let watch_sends = interval > 0 && outstanding == 0;
             event::wait_until(&h.completion_event, deadline, || {
-                sh.abort_cause().is_some()
+                sh.ended()
                     || self.client_gone.load(Ordering::Acquire)
                     || (watch_sends && self.outstanding.load(Ordering::Acquire) != 0)
                     || devs.iter().enumerate().any(|(i, d)| {
@@ -1181,11 +1221,15 @@ impl ServerInner {
         }
     }
 
+    /// Releases everything the set holds in this process, whatever devices and buffers
+    /// the caller still has: the watchdog thread and its eventfd, the socket (after a
+    /// goodbye), and the shared segments (`Shared::release_memory`).
     fn release(&self) {
         drop(lock(&self.watchdog).take());
         if let Some(c) = lock(&self.conn).take() {
             let _ = c.send(&Msg::Bye.encode(), &[]);
         }
+        self.shared.release_memory();
     }
 }
 

@@ -7,9 +7,15 @@
 //! a process that receives a segment checks those seals and the size before mapping.
 //! Mappings start on a 64 KiB boundary in every process, so an offset aligned to a power
 //! of two up to 64 KiB gives an address aligned the same way on both sides.
+//!
+//! [`SharedMemory::release`] ends the sharing without invalidating any address: the
+//! shared pages are replaced, in place, by private anonymous ones (`MAP_FIXED`), and the
+//! memfd is closed. Whoever still holds a pointer into the segment reads dead, unshared
+//! memory instead of faulting; the address range itself is unmapped on drop.
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::ptr::NonNull;
+use std::sync::Mutex;
 
 use rustix::fs::{MemfdFlags, SealFlags};
 use rustix::mm::{MapFlags, ProtFlags};
@@ -34,7 +40,8 @@ pub enum AttachError {
 /// A mapped shared-memory segment. Unmapped on drop.
 #[derive(Debug)]
 pub struct SharedMemory {
-    fd: OwnedFd,
+    /// The memfd; `None` once [`release`](SharedMemory::release)d.
+    fd: Mutex<Option<OwnedFd>>,
     ptr: NonNull<u8>,
     len: usize,
 }
@@ -58,7 +65,11 @@ impl SharedMemory {
         rustix::fs::ftruncate(&fd, len as u64)?;
         rustix::fs::fcntl_add_seals(&fd, SealFlags::SHRINK | SealFlags::GROW | SealFlags::SEAL)?;
         let ptr = map_aligned(fd.as_fd(), len)?;
-        Ok(SharedMemory { fd, ptr, len })
+        Ok(SharedMemory {
+            fd: Mutex::new(Some(fd)),
+            ptr,
+            len,
+        })
     }
 
     /// Maps a segment received from a peer, after checking that it is sealed against
@@ -80,7 +91,11 @@ impl SharedMemory {
         }
         let len = size as usize;
         let ptr = map_aligned(fd.as_fd(), len).map_err(AttachError::Os)?;
-        Ok(SharedMemory { fd, ptr, len })
+        Ok(SharedMemory {
+            fd: Mutex::new(Some(fd)),
+            ptr,
+            len,
+        })
     }
 
     /// The first byte of the mapping (aligned to [`MAP_ALIGN`]).
@@ -98,9 +113,47 @@ impl SharedMemory {
         false
     }
 
-    /// The memfd, to pass to another process.
-    pub fn fd(&self) -> BorrowedFd<'_> {
-        self.fd.as_fd()
+    /// Runs `f` with the memfd (to pass it to another process); `None` once released.
+    pub fn with_fd<R>(&self, f: impl FnOnce(BorrowedFd<'_>) -> R) -> Option<R> {
+        let fd = self.fd.lock().unwrap_or_else(|e| e.into_inner());
+        fd.as_ref().map(|fd| f(fd.as_fd()))
+    }
+
+    /// A duplicate of the memfd; `None` once released (or if `dup` fails).
+    pub fn dup_fd(&self) -> Option<OwnedFd> {
+        self.with_fd(|fd| fd.try_clone_to_owned().ok()).flatten()
+    }
+
+    /// Whether the segment is still shared (not yet released).
+    pub fn is_shared(&self) -> bool {
+        self.with_fd(|_| ()).is_some()
+    }
+
+    /// Stops sharing: replaces the mapping in place with private anonymous zero pages of
+    /// the same length and closes the memfd, so the segment holds no descriptor and no
+    /// shared page in this process any more while every address into it stays valid.
+    /// Returns false if it was already released. If the kernel refuses the replacement
+    /// (out of mappings), the shared pages stay mapped until drop; the memfd is closed
+    /// either way.
+    pub fn release(&self) -> bool {
+        let mut fd = self.fd.lock().unwrap_or_else(|e| e.into_inner());
+        if fd.is_none() {
+            return false;
+        }
+        // SAFETY: `[ptr, ptr + len)` is a mapping this value owns; MAP_FIXED replaces
+        // exactly those pages with fresh anonymous ones at the same address, so every
+        // pointer into the segment (ours, or a buffer address a caller kept) still points
+        // at mapped, readable and writable memory, only no longer shared with the peer.
+        let _ = unsafe {
+            rustix::mm::mmap_anonymous(
+                self.ptr.as_ptr().cast(),
+                self.len,
+                ProtFlags::READ | ProtFlags::WRITE,
+                MapFlags::PRIVATE | MapFlags::FIXED | MapFlags::NORESERVE,
+            )
+        };
+        *fd = None;
+        true
     }
 
     /// Whether `p` points into this mapping.
@@ -179,13 +232,36 @@ mod tests {
         let a = SharedMemory::create("t", 10_000).unwrap();
         assert_eq!(a.len(), 12_288);
         assert_eq!(a.as_ptr() as usize % MAP_ALIGN, 0);
-        let dup = a.fd().try_clone_to_owned().unwrap();
+        let dup = a.dup_fd().unwrap();
         let b = SharedMemory::attach(dup, Some(10_000)).unwrap();
         // SAFETY: both mappings are ours and in range; single-threaded test.
         unsafe {
             a.as_ptr().add(5).write(42);
             assert_eq!(b.as_ptr().add(5).read(), 42);
         }
+    }
+
+    #[test]
+    fn release_keeps_addresses_valid_but_stops_sharing() {
+        let a = SharedMemory::create("t", 8192).unwrap();
+        let b = SharedMemory::attach(a.dup_fd().unwrap(), Some(8192)).unwrap();
+        // SAFETY: both mappings are ours and in range; single-threaded test.
+        unsafe { a.as_ptr().add(7).write(9) };
+        assert!(b.release());
+        assert!(!b.release(), "a second release does nothing");
+        assert!(!b.is_shared() && b.dup_fd().is_none());
+        // SAFETY: as above: the address stays mapped after release.
+        unsafe {
+            assert_eq!(b.as_ptr().add(7).read(), 0, "dead memory reads as zero");
+            b.as_ptr().add(8).write(1);
+            a.as_ptr().add(9).write(2);
+            assert_eq!(a.as_ptr().add(8).read(), 0, "no longer shared");
+            assert_eq!(b.as_ptr().add(9).read(), 0, "no longer shared");
+        }
+        let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+        let start = format!("{:x}-", b.as_ptr() as usize);
+        let line = maps.lines().find(|l| l.starts_with(&start)).unwrap();
+        assert!(!line.contains("memfd:"), "{line}");
     }
 
     #[test]
@@ -197,7 +273,7 @@ mod tests {
             Err(AttachError::NotSealed)
         ));
         let a = SharedMemory::create("t", 4096).unwrap();
-        let dup = a.fd().try_clone_to_owned().unwrap();
+        let dup = a.dup_fd().unwrap();
         assert!(matches!(
             SharedMemory::attach(dup, Some(8192)),
             Err(AttachError::WrongSize { found: 4096 })
