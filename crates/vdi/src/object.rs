@@ -169,13 +169,6 @@ pub struct ClientVirtualDevice {
     next: AtomicU64,
 }
 
-// SAFETY: the raw commands' buffer pointers point into mappings kept alive by `dev`; the
-// table is behind a mutex, and each command is completed at most once (it is removed
-// from the table first).
-unsafe impl Send for ClientVirtualDevice {}
-// SAFETY: as above; all shared access goes through the mutex or the Sync device.
-unsafe impl Sync for ClientVirtualDevice {}
-
 impl std::fmt::Debug for ClientVirtualDevice {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ClientVirtualDevice")

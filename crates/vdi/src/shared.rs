@@ -257,8 +257,8 @@ impl Shared {
         if end > m.len() as u64 {
             return None;
         }
-        // SAFETY: `offset + len <= m.len()`, so the pointer stays inside the mapping.
-        Some(unsafe { m.as_ptr().add(offset as usize) })
+        // `offset + len <= m.len()`, so the pointer stays inside the mapping.
+        Some(m.as_ptr().wrapping_add(offset as usize))
     }
 
     /// Finds which area holds `p`: (area, offset).

@@ -13,6 +13,8 @@
 //!
 //! Buffer areas are further segments created by the server; the header lists their sizes.
 
+#![allow(unsafe_code)] // a mapped segment viewed as its #[repr(C)] structures; each block justified
+
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use crate::config::VdConfig;

@@ -13,6 +13,8 @@
 //! memfd is closed. Whoever still holds a pointer into the segment reads dead, unshared
 //! memory instead of faulting; the address range itself is unmapped on drop.
 
+#![allow(unsafe_code)] // mmap and munmap of our own segments; each block justified
+
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::ptr::NonNull;
 use std::sync::Mutex;
