@@ -27,7 +27,7 @@
 //! `VDI_FUZZ_SEED=random VDI_FUZZ_CASES=10000 cargo test -p vdi --test hostile -- --nocapture`.
 //! `VDI_FUZZ_TRACE=1` prints every operation; `VDI_FUZZ_GDB=1` dumps every thread's stack
 //! (gdb) when a case hangs. The named tests at the end are the regressions the harness
-//! found (docs/shm-layout.md §10, N19 to N23).
+//! found (docs/review-notes.md, N19 to N23).
 
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
