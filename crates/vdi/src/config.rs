@@ -69,6 +69,16 @@ const _: () = assert!(std::mem::size_of::<VdConfig>() == 44);
 const _: () = assert!(std::mem::align_of::<VdConfig>() == 4);
 
 impl VdConfig {
+    /// The feature bits, typed.
+    pub fn flags(&self) -> crate::Features {
+        crate::Features::from(self.features)
+    }
+
+    /// Whether every bit of `f` is set in `features`.
+    pub fn has(&self, f: crate::Features) -> bool {
+        self.flags().contains(f)
+    }
+
     /// A zeroed configuration with `device_count` devices (pipe-like, no prefix).
     pub fn with_devices(device_count: u32) -> VdConfig {
         VdConfig {

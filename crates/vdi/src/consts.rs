@@ -3,12 +3,22 @@
 //! The values are those of `vdi.h` (reference §4.4, §4.5, §4.7), so that logs and the C
 //! ABI show the same numbers as the system we model.
 //!
+//! The C interface passes them as plain integers (the [`features`] and [`completion`]
+//! modules hold those values); the typed API names them with newtypes that print their
+//! names: [`CommandCode`], [`Features`], [`CompletionCode`]. Each converts from and to
+//! the integer, so either may be passed where the typed API takes `impl Into<...>`.
+//!
 //! ```
-//! use vdi::{CommandCode, features, completion};
+//! use vdi::{CommandCode, CompletionCode, Features, features, completion};
 //! assert_eq!(CommandCode::WRITE.value(), 2);
 //! assert_eq!(CommandCode::from(19).name(), Some("VDC_Complete"));
 //! assert_eq!(features::LIKE_TAPE, 0x173);
 //! assert_eq!(completion::ERROR_IO_DEVICE, 1117);
+//! let f = Features::WRITE_MEDIA | Features::REQUEST_COMPLETE;
+//! assert!(f.contains(Features::WRITE_MEDIA));
+//! assert_eq!(f.to_string(), "VDF_RequestComplete | VDF_WriteMedia");
+//! assert_eq!(CompletionCode::from(1117).to_string(), "ERROR_IO_DEVICE (1117)");
+//! assert!(CompletionCode::SUCCESS.is_success());
 //! ```
 
 use std::fmt;
@@ -248,4 +258,259 @@ pub mod completion {
     pub const ERROR_EOM_OVERFLOW: u32 = 1129;
     /// `SendCommand` found the queue full.
     pub const ERROR_NO_SYSTEM_RESOURCES: u32 = 1450;
+}
+
+macro_rules! named_values {
+    ($ty:ident, $( $name:ident = $module:ident :: $value:ident, $cname:literal; )*) => {
+        impl $ty {
+            $(
+                #[doc = concat!("`", $cname, "`.")]
+                pub const $name: $ty = $ty($module::$value);
+            )*
+            /// Every named value, with its name as the C header spells it.
+            pub const NAMED: &'static [($ty, &'static str)] = &[ $( ($ty::$name, $cname) ),* ];
+        }
+    };
+}
+
+/// A Win32 completion code, as a client reports it ([`Command::complete`]) and a callback
+/// receives it ([`Completion::completion`]). Any value may be carried; the named ones
+/// print their names.
+///
+/// [`Command::complete`]: crate::Command::complete
+/// [`Completion::completion`]: crate::Completion::completion
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct CompletionCode(u32);
+
+named_values!(CompletionCode,
+    SUCCESS = completion::ERROR_SUCCESS, "ERROR_SUCCESS";
+    INVALID_HANDLE = completion::ERROR_INVALID_HANDLE, "ERROR_INVALID_HANDLE";
+    ARENA_TRASHED = completion::ERROR_ARENA_TRASHED, "ERROR_ARENA_TRASHED";
+    BAD_ENVIRONMENT = completion::ERROR_BAD_ENVIRONMENT, "ERROR_BAD_ENVIRONMENT";
+    INVALID_DATA = completion::ERROR_INVALID_DATA, "ERROR_INVALID_DATA";
+    HANDLE_EOF = completion::ERROR_HANDLE_EOF, "ERROR_HANDLE_EOF";
+    HANDLE_DISK_FULL = completion::ERROR_HANDLE_DISK_FULL, "ERROR_HANDLE_DISK_FULL";
+    NOT_SUPPORTED = completion::ERROR_NOT_SUPPORTED, "ERROR_NOT_SUPPORTED";
+    INVALID_PARAMETER = completion::ERROR_INVALID_PARAMETER, "ERROR_INVALID_PARAMETER";
+    DISK_FULL = completion::ERROR_DISK_FULL, "ERROR_DISK_FULL";
+    OPERATION_ABORTED = completion::ERROR_OPERATION_ABORTED, "ERROR_OPERATION_ABORTED";
+    END_OF_MEDIA = completion::ERROR_END_OF_MEDIA, "ERROR_END_OF_MEDIA";
+    FILEMARK_DETECTED = completion::ERROR_FILEMARK_DETECTED, "ERROR_FILEMARK_DETECTED";
+    BEGINNING_OF_MEDIA = completion::ERROR_BEGINNING_OF_MEDIA, "ERROR_BEGINNING_OF_MEDIA";
+    SETMARK_DETECTED = completion::ERROR_SETMARK_DETECTED, "ERROR_SETMARK_DETECTED";
+    NO_DATA_DETECTED = completion::ERROR_NO_DATA_DETECTED, "ERROR_NO_DATA_DETECTED";
+    IO_DEVICE = completion::ERROR_IO_DEVICE, "ERROR_IO_DEVICE";
+    EOM_OVERFLOW = completion::ERROR_EOM_OVERFLOW, "ERROR_EOM_OVERFLOW";
+    NO_SYSTEM_RESOURCES = completion::ERROR_NO_SYSTEM_RESOURCES, "ERROR_NO_SYSTEM_RESOURCES";
+);
+
+impl CompletionCode {
+    /// The numeric value.
+    pub const fn value(self) -> u32 {
+        self.0
+    }
+
+    /// Whether this is `ERROR_SUCCESS`.
+    pub const fn is_success(self) -> bool {
+        self.0 == completion::ERROR_SUCCESS
+    }
+
+    /// The header's name, or `None` for a code this library does not name.
+    pub fn name(self) -> Option<&'static str> {
+        CompletionCode::NAMED
+            .iter()
+            .find(|(c, _)| *c == self)
+            .map(|(_, n)| *n)
+    }
+}
+
+impl From<u32> for CompletionCode {
+    fn from(v: u32) -> CompletionCode {
+        CompletionCode(v)
+    }
+}
+
+impl From<CompletionCode> for u32 {
+    fn from(c: CompletionCode) -> u32 {
+        c.0
+    }
+}
+
+impl PartialEq<u32> for CompletionCode {
+    fn eq(&self, other: &u32) -> bool {
+        self.0 == *other
+    }
+}
+
+impl fmt::Debug for CompletionCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.name() {
+            Some(n) => write!(f, "{n} ({})", self.0),
+            None => write!(f, "completion code {}", self.0),
+        }
+    }
+}
+
+impl fmt::Display for CompletionCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self, f)
+    }
+}
+
+/// A set of feature bits (`VDF_*`): what the client asks for in its configuration and what
+/// the server adds at `BeginConfiguration`. Prints as the names of its bits.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct Features(u32);
+
+named_values!(Features,
+    REMOVABLE = features::REMOVABLE, "VDF_Removable";
+    REWIND = features::REWIND, "VDF_Rewind";
+    POSITION = features::POSITION, "VDF_Position";
+    SKIP_BLOCKS = features::SKIP_BLOCKS, "VDF_SkipBlocks";
+    REVERSE_POSITION = features::REVERSE_POSITION, "VDF_ReversePosition";
+    DISCARD = features::DISCARD, "VDF_Discard";
+    FILE_MARKS = features::FILE_MARKS, "VDF_FileMarks";
+    RANDOM_ACCESS = features::RANDOM_ACCESS, "VDF_RandomAccess";
+    SNAPSHOT_PREPARE = features::SNAPSHOT_PREPARE, "VDF_SnapshotPrepare";
+    ENUM_FROZEN_FILES = features::ENUM_FROZEN_FILES, "VDF_EnumFrozenFiles";
+    VSS_WRITER = features::VSS_WRITER, "VDF_VSSWriter";
+    REQUEST_COMPLETE = features::REQUEST_COMPLETE, "VDF_RequestComplete";
+    WRITE_MEDIA = features::WRITE_MEDIA, "VDF_WriteMedia";
+    READ_MEDIA = features::READ_MEDIA, "VDF_ReadMedia";
+    COMPLETE_ENABLED = features::COMPLETE_ENABLED, "VDF_CompleteEnabled";
+    LATCH_STATS = features::LATCH_STATS, "VDF_LatchStats";
+);
+
+impl Features {
+    /// No bits: a pure sequential stream (`VDF_LikePipe`).
+    pub const NONE: Features = Features(0);
+    /// `VDF_LikeTape`.
+    pub const LIKE_TAPE: Features = Features(features::LIKE_TAPE);
+    /// `VDF_LikeDisk`.
+    pub const LIKE_DISK: Features = Features(features::LIKE_DISK);
+
+    /// The bits.
+    pub const fn bits(self) -> u32 {
+        self.0
+    }
+
+    /// Whether every bit of `other` is set.
+    pub const fn contains(self, other: Features) -> bool {
+        self.0 & other.0 == other.0
+    }
+
+    /// Whether any bit of `other` is set.
+    pub const fn intersects(self, other: Features) -> bool {
+        self.0 & other.0 != 0
+    }
+
+    /// Bits this library has no name for.
+    pub const fn unknown(self) -> u32 {
+        let mut known = 0;
+        let mut i = 0;
+        while i < Features::NAMED.len() {
+            known |= Features::NAMED[i].0.0;
+            i += 1;
+        }
+        self.0 & !known
+    }
+}
+
+impl From<u32> for Features {
+    fn from(v: u32) -> Features {
+        Features(v)
+    }
+}
+
+impl From<Features> for u32 {
+    fn from(f: Features) -> u32 {
+        f.0
+    }
+}
+
+impl std::ops::BitOr for Features {
+    type Output = Features;
+    fn bitor(self, o: Features) -> Features {
+        Features(self.0 | o.0)
+    }
+}
+
+impl std::ops::BitOrAssign for Features {
+    fn bitor_assign(&mut self, o: Features) {
+        self.0 |= o.0;
+    }
+}
+
+impl std::ops::BitAnd for Features {
+    type Output = Features;
+    fn bitand(self, o: Features) -> Features {
+        Features(self.0 & o.0)
+    }
+}
+
+impl std::ops::Not for Features {
+    type Output = Features;
+    fn not(self) -> Features {
+        Features(!self.0)
+    }
+}
+
+impl fmt::Debug for Features {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut names: Vec<&str> = Features::NAMED
+            .iter()
+            .filter(|(b, _)| self.contains(*b))
+            .map(|(_, n)| *n)
+            .collect();
+        names.sort_unstable();
+        let unknown = self.unknown();
+        if names.is_empty() && unknown == 0 {
+            return f.write_str("VDF_LikePipe (0)");
+        }
+        let mut text = names.join(" | ");
+        if unknown != 0 {
+            if !text.is_empty() {
+                text.push_str(" | ");
+            }
+            text.push_str(&format!("0x{unknown:08X}"));
+        }
+        f.write_str(&text)
+    }
+}
+
+impl fmt::Display for Features {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self, f)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn newtypes_name_their_values_and_convert_both_ways() {
+        assert_eq!(u32::from(CompletionCode::IO_DEVICE), 1117);
+        assert_eq!(
+            CompletionCode::from(995).name(),
+            Some("ERROR_OPERATION_ABORTED")
+        );
+        assert_eq!(
+            CompletionCode::from(12345).to_string(),
+            "completion code 12345"
+        );
+        assert_eq!(CompletionCode::NAMED.len(), 19);
+        let f = Features::from(features::LIKE_TAPE);
+        assert!(f.contains(Features::FILE_MARKS) && !f.contains(Features::RANDOM_ACCESS));
+        assert_eq!(Features::NONE.to_string(), "VDF_LikePipe (0)");
+        assert_eq!(
+            Features::from(0x0001_0000 | 0x0800_0000).to_string(),
+            "VDF_WriteMedia | 0x08000000"
+        );
+        assert_eq!(Features::from(0x0800_0000).unknown(), 0x0800_0000);
+        assert_eq!(
+            (Features::WRITE_MEDIA | Features::READ_MEDIA).bits(),
+            0x0003_0000
+        );
+    }
 }

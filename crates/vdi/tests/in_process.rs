@@ -258,3 +258,47 @@ fn close_returns_after_a_callback_panicked() {
     drop(cdev);
     let _ = client.close();
 }
+
+/// The typed configuration is the reference's BeginConfiguration: the same checks, the
+/// same result; the client reads the typed features back.
+#[test]
+fn typed_server_configuration() {
+    let name = unique("cfg");
+    let mut asked = VdConfig::with_devices(1);
+    asked.features = features::REQUEST_COMPLETE;
+    let client = ClientSet::create(&name, &asked).unwrap();
+    let server = ServerSet::open(&name).unwrap();
+    let bad = ServerConfig::backup(65536).block_size(1000);
+    assert_eq!(
+        server.configure(&bad).unwrap_err().code(),
+        ErrorCode::Invalid
+    );
+    let cfg = ServerConfig::restore(128 << 10)
+        .block_size(4096)
+        .complete_enabled(true);
+    assert!(
+        cfg.features
+            .contains(Features::READ_MEDIA | Features::COMPLETE_ENABLED)
+    );
+    server.configure(&cfg).unwrap();
+    server.request_buffers(128 << 10, 0, 2).unwrap();
+    server.end_configuration().unwrap();
+    let got = client
+        .get_configuration(Timeout::from_millis(10_000))
+        .unwrap();
+    assert!(
+        got.has(Features::READ_MEDIA | Features::COMPLETE_ENABLED | Features::REQUEST_COMPLETE)
+    );
+    assert!(!got.has(Features::WRITE_MEDIA));
+    assert_eq!(
+        (got.block_size, got.alignment, got.max_transfer_size),
+        (4096, 4096, 128 << 10)
+    );
+    assert_eq!(
+        got.flags().to_string(),
+        "VDF_CompleteEnabled | VDF_ReadMedia | VDF_RequestComplete"
+    );
+    server.signal_abort().unwrap();
+    let _ = client.close();
+    let _ = server.close();
+}

@@ -4,7 +4,7 @@
 
 use super::ClientDevice;
 use super::handles::encode_handle;
-use crate::consts::{CommandCode, completion};
+use crate::consts::{CommandCode, CompletionCode, completion};
 use crate::error::Result;
 
 /// A command fetched by [`ClientDevice::get_command`]. It lends the command's buffer
@@ -117,15 +117,20 @@ impl Command<'_> {
     ///
     /// Errors: `VD_E_INVALID` (more bytes than the command asked for; the command is then
     /// completed with `ERROR_INVALID_DATA`), `VD_E_ABORT`, `VD_E_PROTOCOL`.
+    /// `completion_code` is a [`CompletionCode`] or its number.
     pub fn complete(
         mut self,
-        completion_code: u32,
+        completion_code: impl Into<CompletionCode>,
         bytes_transferred: u32,
         position: u64,
     ) -> Result<()> {
         self.done = true;
-        self.dev
-            .complete_raw(&self.raw, completion_code, bytes_transferred, position)
+        self.dev.complete_raw(
+            &self.raw,
+            completion_code.into().value(),
+            bytes_transferred,
+            position,
+        )
     }
 
     /// Completes with `ERROR_SUCCESS`, the full size for Read/Write, position 0.

@@ -2,7 +2,7 @@
 //! them back ([`Completion`]).
 
 use super::ServerBuffer;
-use crate::consts::{CommandCode, completion};
+use crate::consts::{CommandCode, CompletionCode, completion};
 
 /// The outcome of a command, given to its callback with the buffer it carried.
 #[derive(Debug)]
@@ -29,6 +29,11 @@ impl Completion {
     /// Whether the command completed with `ERROR_SUCCESS`.
     pub fn is_success(&self) -> bool {
         self.completion_code == completion::ERROR_SUCCESS
+    }
+
+    /// The completion code, typed (it prints its name).
+    pub fn completion(&self) -> CompletionCode {
+        CompletionCode::from(self.completion_code)
     }
 }
 

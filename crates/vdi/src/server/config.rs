@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use super::alloc::AreaAlloc;
 use super::{DevLocal, DeviceLocal, ServerInner, ServerSet, ServerState};
 use crate::config::{MAX_ALIGNMENT, MAX_BLOCK_SIZE, MAX_TRANSFER_SIZE, MIN_BLOCK_SIZE, VdConfig};
-use crate::consts::features;
+use crate::consts::{Features, features};
 use crate::error::{ErrorCode, Reason, Result, VdError};
 use crate::protocol::event;
 use crate::protocol::layout::{self, MAX_AREAS, QueueGeometry, QueueSegment, phase};
@@ -23,7 +23,89 @@ pub(super) fn mem_available() -> Option<u64> {
     Some(kb * 1024)
 }
 
+/// What the server chooses at `BeginConfiguration`, typed: the direction, the block
+/// size, the alignment and the largest transfer. [`ServerSet::configure`] takes it where
+/// [`ServerSet::begin_configuration`] takes the reference's five integers.
+///
+/// ```no_run
+/// use vdi::{ServerConfig, ServerSet};
+/// # fn main() -> Result<(), vdi::VdError> {
+/// let set = ServerSet::open("my-backup-set")?;
+/// set.configure(&ServerConfig::backup(1 << 20).block_size(4096).complete_enabled(true))?;
+/// set.request_buffers(1 << 20, 0, 4)?;
+/// set.end_configuration()?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ServerConfig {
+    /// `WRITE_MEDIA` (backup) or `READ_MEDIA` (restore), plus `COMPLETE_ENABLED` if
+    /// chosen.
+    pub features: Features,
+    /// blockSize: a power of two from 512 to 65536.
+    pub block_size: u32,
+    /// Alignment of every buffer's data: 0 (= the block size) or a power of two from the
+    /// block size to 65536.
+    pub alignment: u32,
+    /// maxTransferSize: a multiple of 64 KiB up to 4 MiB.
+    pub max_transfer_size: u32,
+}
+
+impl ServerConfig {
+    /// A backup (the server writes the media) with transfers of up to
+    /// `max_transfer_size` bytes, blocks of 512 bytes.
+    pub fn backup(max_transfer_size: u32) -> ServerConfig {
+        ServerConfig {
+            features: Features::WRITE_MEDIA,
+            block_size: MIN_BLOCK_SIZE,
+            alignment: 0,
+            max_transfer_size,
+        }
+    }
+
+    /// A restore (the server reads the media).
+    pub fn restore(max_transfer_size: u32) -> ServerConfig {
+        ServerConfig {
+            features: Features::READ_MEDIA,
+            ..ServerConfig::backup(max_transfer_size)
+        }
+    }
+
+    /// Sets the block size.
+    pub fn block_size(mut self, block_size: u32) -> ServerConfig {
+        self.block_size = block_size;
+        self
+    }
+
+    /// Sets the alignment.
+    pub fn alignment(mut self, alignment: u32) -> ServerConfig {
+        self.alignment = alignment;
+        self
+    }
+
+    /// Sends `VDC_Complete` at the end (only if the client asked for
+    /// `VDF_RequestComplete`).
+    pub fn complete_enabled(mut self, on: bool) -> ServerConfig {
+        if on {
+            self.features |= Features::COMPLETE_ENABLED;
+        } else {
+            self.features = self.features & !Features::COMPLETE_ENABLED;
+        }
+        self
+    }
+}
+
 impl ServerSet {
+    /// `BeginConfiguration` with a typed [`ServerConfig`].
+    pub fn configure(&self, config: &ServerConfig) -> Result<()> {
+        self.begin_configuration(
+            config.features,
+            config.block_size,
+            config.alignment,
+            config.max_transfer_size,
+            0,
+        )
+    }
+
     /// `BeginConfiguration(features, blockSize, alignment, maxTransferSize, timeout)`
     /// (the header's order). `features` must name `WRITE_MEDIA` and/or `READ_MEDIA`
     /// (plus `COMPLETE_ENABLED` if the client asked for `REQUEST_COMPLETE`); the client's
@@ -31,15 +113,19 @@ impl ServerSet {
     ///
     /// Errors: `VD_E_PROTOCOL` (not Connected), `VD_E_INVALID` (a parameter; the message
     /// names it).
+    ///
+    /// [`configure`](ServerSet::configure) is the same call with a typed
+    /// [`ServerConfig`].
     pub fn begin_configuration(
         &self,
-        features: u32,
+        features: impl Into<Features>,
         block_size: u32,
         alignment: u32,
         max_transfer_size: u32,
         timeout_ms: u32,
     ) -> Result<()> {
         let _ = timeout_ms; // Client-provided buffer areas are not part of this protocol.
+        let features = features.into().bits();
         let inner = &self.inner;
         let mut l = lock(&inner.local);
         let st = inner.effective_state(&l);

@@ -44,6 +44,7 @@ mod device;
 use buffer::Pool;
 pub use buffer::ServerBuffer;
 pub use command::{Completion, ServerCommand};
+pub use config::ServerConfig;
 pub use device::ServerDevice;
 
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
