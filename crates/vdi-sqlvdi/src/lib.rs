@@ -1,0 +1,1 @@
+//! libsqlvdi.so (work in progress: the SDK's symbols follow).
