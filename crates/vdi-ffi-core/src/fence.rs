@@ -49,7 +49,7 @@ impl From<vdi::VdError> for CError {
     fn from(e: vdi::VdError) -> CError {
         CError {
             code: e.hresult(),
-            message: e.to_string(),
+            message: e.reason().to_string(),
         }
     }
 }
