@@ -89,6 +89,19 @@ pub fn source(rel: &str) -> PathBuf {
 /// `include/`, linking `-l<lib>` from `lib_dir` with an rpath there. Fails the test with
 /// the compiler's output.
 pub fn compile(src: &Path, out: &Path, lib_dir: &Path, lib: &str, extra: &[&str]) {
+    compile_opts(src, out, lib_dir, lib, extra, true);
+}
+
+/// As [`compile`]; without `rpath` the program finds the library only through
+/// `LD_LIBRARY_PATH` (or the system's paths).
+pub fn compile_opts(
+    src: &Path,
+    out: &Path,
+    lib_dir: &Path,
+    lib: &str,
+    extra: &[&str],
+    rpath: bool,
+) {
     let cpp = src.extension().is_some_and(|e| e == "cpp");
     let mut c = Command::new(if cpp { "g++" } else { "gcc" });
     c.arg(if cpp { "-std=c++11" } else { "-std=c11" })
@@ -101,8 +114,10 @@ pub fn compile(src: &Path, out: &Path, lib_dir: &Path, lib: &str, extra: &[&str]
         .arg(out)
         .arg("-L")
         .arg(lib_dir)
-        .arg(format!("-l{lib}"))
-        .arg(format!("-Wl,-rpath,{}", lib_dir.display()));
+        .arg(format!("-l{lib}"));
+    if rpath {
+        c.arg(format!("-Wl,-rpath,{}", lib_dir.display()));
+    }
     let o = c
         .output()
         .unwrap_or_else(|e| panic!("running the compiler ({c:?}): {e}; install gcc and g++"));
