@@ -396,3 +396,54 @@ fn sigkill_of_either_peer_is_seen_through_the_c_api() {
         "{line}"
     );
 }
+
+#[test]
+fn a_com_shaped_client_ported_from_simple_cpp_backs_up_and_restores() {
+    let dir = tempfile::tempdir().unwrap();
+    let exe = dir.path().join("simple_com");
+    compile(
+        &source("cpp/simple_com.cpp"),
+        &exe,
+        &libvdi_dir(),
+        "vdi",
+        &[],
+    );
+    let vdi = vdi_tool();
+    let src = dir.path().join("src");
+    write_pattern(&src, 13, (2 << 20) + 99);
+    let bk = dir.path().join("bk");
+    for (op, file, engine_op, what) in [
+        ("B", &bk, "backup", format!("file:{}", s(&src))),
+        (
+            "R",
+            &bk,
+            "restore",
+            format!("file:{}", s(&dir.path().join("out"))),
+        ),
+    ] {
+        let set = set_name("com");
+        let r = run(
+            &exe,
+            &[
+                op,
+                &s(file),
+                &set,
+                "--",
+                &s(&vdi),
+                "engine",
+                engine_op,
+                "--set",
+                &set,
+                &what,
+                "-q",
+            ],
+        );
+        r.ok();
+        assert!(
+            r.stdout.contains("All data was transferred"),
+            "{}",
+            r.stdout
+        );
+    }
+    assert!(digest(&src) == digest(&dir.path().join("out")));
+}
