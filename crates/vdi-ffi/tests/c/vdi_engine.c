@@ -131,9 +131,15 @@ static void next(struct block *b) {
         } else {
             send(b, VDC_Read, (int32_t)chunk);
         }
-    } else if (last_block) {
-        /* This block carries the device's closing sequence. */
-        send(b, backup ? VDC_Flush : VDC_ClearError, 0);
+    } else {
+        /* Nothing more for this block: its buffer goes back while the set is Active
+         * (after the normal end FreeBuffer is a protocol error, and Close releases
+         * whatever is left). */
+        int32_t f = vdi_server_set_free_buffer(set, b->cmd.buffer, chunk);
+        if (f != NOERROR) fail("FreeBuffer", f);
+        b->cmd.buffer = NULL;
+        /* The last block carries the device's closing sequence. */
+        if (last_block) send(b, backup ? VDC_Flush : VDC_ClearError, 0);
     }
 }
 
@@ -322,10 +328,12 @@ int main(int argc, char **argv) {
     while (devices_done < devices) pthread_cond_wait(&all_done, &lock);
     pthread_mutex_unlock(&lock);
     pthread_join(agent_thread, NULL);
+    /* Buffers still held here belong to an aborted run: FreeBuffer answers VD_E_ABORT
+     * (the state table's Abnormally Terminated cell) and Close releases them. */
     for (unsigned i = 0; i < devices * depth; i++)
         if (blocks[i].cmd.buffer) {
             int32_t f = vdi_server_set_free_buffer(set, blocks[i].cmd.buffer, chunk);
-            if (f != NOERROR && f != VD_E_ABORT) fail("FreeBuffer", f);
+            if (f != VD_E_ABORT) fail("FreeBuffer after an abort", f);
         }
     int32_t crc = vdi_server_set_close(set);
     if (crc != NOERROR && agent_rc == NOERROR) fail("Close", crc);
