@@ -2,6 +2,7 @@
 
 use clap::{Args, Parser, Subcommand};
 use vdi_cli::backup::Compression;
+use vdi_cli::backup_dir::Modes;
 use vdi_cli::units::parse_size;
 
 use super::inject::Fault;
@@ -209,9 +210,18 @@ pub struct BackupArgs {
     /// The virtual device set's name (default: a new unique name).
     #[arg(long, value_name = "NAME")]
     pub set: Option<String>,
-    /// Replace an existing backup in DEST.
+    /// Replace an existing backup in DEST: the new backup is written beside it and
+    /// takes its place only once it is complete; then the old backup's files are removed
+    /// (only those vdi wrote).
     #[arg(long)]
     pub force: bool,
+    /// The modes of what the backup makes: files 0600 and directories 0700 by default
+    /// (readable by their owner only); MODE is an octal file mode such as 640 (then
+    /// directories get 0750: x wherever the mode gives r), or umask (files 0666 and
+    /// directories 0777 less the umask, as other tools make them). A replaced backup's
+    /// directory keeps the old one's permissions and owner.
+    #[arg(long, value_name = "MODE", default_value = "600", value_parser = Modes::parse)]
+    pub mode: Modes,
     #[command(flatten)]
     pub engine: EngineKnobs,
     #[command(flatten)]
@@ -298,9 +308,16 @@ pub struct ClientBackupArgs {
     /// Compress each stored stream: none, zstd or zstd:LEVEL.
     #[arg(long, value_name = "ALGO", default_value = "none", value_parser = Compression::parse)]
     pub compress: Compression,
-    /// Replace an existing backup in DEST.
+    /// Replace an existing backup in DEST (written beside it, swapped in once complete).
     #[arg(long)]
     pub force: bool,
+    /// The modes of what the backup makes: files 0600 and directories 0700 by default
+    /// (readable by their owner only); MODE is an octal file mode such as 640 (then
+    /// directories get 0750: x wherever the mode gives r), or umask (files 0666 and
+    /// directories 0777 less the umask, as other tools make them). A replaced backup's
+    /// directory keeps the old one's permissions and owner.
+    #[arg(long, value_name = "MODE", default_value = "600", value_parser = Modes::parse)]
+    pub mode: Modes,
     /// Seconds to wait for an engine to configure the set (0: forever).
     #[arg(long, value_name = "SECS", default_value_t = 0)]
     pub wait: u64,

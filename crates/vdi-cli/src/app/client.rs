@@ -22,6 +22,7 @@ use vdi_cli::backup::{
     self, BackupError, Compression, Manifest, SourceInfo, StreamEntry, StreamReader, StreamWriter,
     Written, is_disk_full,
 };
+use vdi_cli::backup_dir::{Committed, DestError, Modes, NewBackup};
 use vdi_cli::stream::{self, StreamHeader};
 
 use super::fail::{Kind, fail};
@@ -141,28 +142,8 @@ pub struct BackupPlan {
     pub allow_group: Option<u32>,
     /// Faults to inject in this role (`--inject client:...`).
     pub inject: Arc<Injector>,
-}
-
-/// Files of a backup being written; removed unless the backup completes.
-#[derive(Debug, Default)]
-struct Partial {
-    files: Vec<PathBuf>,
-    dir: Option<PathBuf>,
-    keep: bool,
-}
-
-impl Drop for Partial {
-    fn drop(&mut self) {
-        if self.keep {
-            return;
-        }
-        for f in &self.files {
-            let _ = std::fs::remove_file(f);
-        }
-        if let Some(d) = &self.dir {
-            let _ = std::fs::remove_dir(d);
-        }
-    }
+    /// The modes of the files and directories the backup makes.
+    pub modes: Modes,
 }
 
 /// A set created and a destination ready.
@@ -171,25 +152,22 @@ pub struct PreparedBackup {
     set: ClientSet,
     plan: BackupPlan,
     media: Vec<File>,
-    partial: Partial,
+    /// The destination directory (None for standard output): locked, and removing what
+    /// this backup made unless it is committed.
+    new: Option<NewBackup>,
     backup_id: [u8; 16],
     started: u64,
 }
 
-fn our_files(dir: &std::path::Path) -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map(|rd| {
-            rd.flatten()
-                .filter(|e| {
-                    let n = e.file_name().to_string_lossy().into_owned();
-                    n.starts_with("device-") && n.contains(".stream")
-                })
-                .map(|e| e.path())
-                .collect()
-        })
-        .unwrap_or_default();
-    v.sort();
-    v
+/// A failure to make the destination ready, as the tool reports it.
+fn dest_failure(e: DestError) -> anyhow::Error {
+    let kind = match &e {
+        DestError::Locked { .. } => Kind::SetBusy,
+        DestError::Refused(_) => Kind::TargetExists,
+        _ if e.io_error().is_some_and(is_disk_full) => Kind::DiskFull,
+        _ => Kind::Other,
+    };
+    fail(kind, e.to_string())
 }
 
 fn create_set(name: &str, devices: u32, allow_group: Option<u32>) -> Result<ClientSet> {
@@ -214,83 +192,34 @@ fn create_set(name: &str, devices: u32, allow_group: Option<u32>) -> Result<Clie
     })
 }
 
-/// Checks the destination, creates the set, then makes the destination ready (removing
-/// an old backup's manifest first when `--force` replaces it).
+/// Makes the destination ready (locked for the whole backup; a backup in it is replaced
+/// only with `--force`, and only once the new one is complete), then creates the set.
 pub fn prepare_backup(plan: BackupPlan) -> Result<PreparedBackup> {
-    let mut partial = Partial::default();
-    if let Dest::Dir(d) = &plan.dest {
-        match std::fs::metadata(d) {
-            Ok(m) if !m.is_dir() => {
-                return Err(fail(
-                    Kind::TargetExists,
-                    format!("destination {} exists and is not a directory", d.display()),
-                ));
-            }
-            Ok(_) => {
-                let old = d.join(backup::MANIFEST);
-                let files = our_files(d);
-                if (old.exists() || !files.is_empty()) && !plan.force {
-                    return Err(fail(
-                        Kind::TargetExists,
-                        format!(
-                            "destination {} already holds a backup ({}); use --force to replace it",
-                            d.display(),
-                            if old.exists() {
-                                backup::MANIFEST
-                            } else {
-                                "stream files"
-                            }
-                        ),
-                    ));
-                }
-            }
-            Err(_) => {}
+    let mut new = match &plan.dest {
+        Dest::Dir(d) => Some(NewBackup::prepare(d, plan.force, plan.modes).map_err(dest_failure)?),
+        Dest::Stdout if plan.devices != 1 => {
+            return Err(fail(
+                Kind::Usage,
+                format!(
+                    "destination - (standard output) holds a single stream: use --devices 1, not {}",
+                    plan.devices
+                ),
+            ));
         }
-    } else if plan.devices != 1 {
-        return Err(fail(
-            Kind::Usage,
-            format!(
-                "destination - (standard output) holds a single stream: use --devices 1, not {}",
-                plan.devices
-            ),
-        ));
-    }
+        Dest::Stdout => None,
+    };
     let set = create_set(&plan.set, plan.devices, plan.allow_group)?;
-    let media = match &plan.dest {
-        Dest::Stdout => {
-            vec![stdout_file().map_err(|e| fail(Kind::Other, format!("standard output: {e}")))?]
+    let media = match &mut new {
+        None => {
+            vec![stdout_file().map_err(|e| fail(Kind::Usage, format!("standard output: {e}")))?]
         }
-        Dest::Dir(d) => {
-            let cant = |e: std::io::Error| {
-                let kind = if is_disk_full(&e) {
-                    Kind::DiskFull
-                } else {
-                    Kind::Other
-                };
-                fail(
-                    kind,
-                    format!("cannot write the destination {}: {e}", d.display()),
-                )
-            };
-            if !d.exists() {
-                std::fs::create_dir_all(d).map_err(cant)?;
-                partial.dir = Some(d.clone());
-            }
-            let old = d.join(backup::MANIFEST);
-            if old.exists() {
-                // The old backup stops claiming completion before any of it is overwritten.
-                std::fs::remove_file(&old).map_err(cant)?;
-                backup::sync_dir(d).map_err(cant)?;
-            }
-            for f in our_files(d) {
-                std::fs::remove_file(&f).map_err(cant)?;
-            }
+        Some(n) => {
             let mut v = Vec::new();
             for i in 0..plan.devices {
-                let p = d.join(backup::stream_file_name(i, plan.compression));
-                let f = backup::create_stream_file(&p).map_err(cant)?;
-                partial.files.push(p);
-                v.push(f);
+                v.push(
+                    n.create(&backup::stream_file_name(i, plan.compression))
+                        .map_err(dest_failure)?,
+                );
             }
             v
         }
@@ -299,7 +228,7 @@ pub fn prepare_backup(plan: BackupPlan) -> Result<PreparedBackup> {
         set,
         plan,
         media,
-        partial,
+        new,
         backup_id: random_id(),
         started: now_secs(),
     })
@@ -754,6 +683,45 @@ pub struct BackupDone {
     pub elapsed: Duration,
     /// Where the backup is.
     pub dest: Dest,
+    /// What storing it in the destination directory did (replaced a backup, moved
+    /// files), if it went to a directory.
+    pub committed: Option<Committed>,
+}
+
+impl BackupDone {
+    /// Says what storing the backup did besides (replacing a backup, keeping files vdi
+    /// did not write); warnings even when `quiet`.
+    pub fn report_commit(&self, quiet: bool) {
+        let (Some(c), Dest::Dir(d)) = (&self.committed, &self.dest) else {
+            return;
+        };
+        let d = d.display();
+        if !quiet {
+            if let Some(id) = &c.replaced {
+                tracing::info!(
+                    "replaced backup {id} in {d}: its files were removed once the new backup was complete"
+                );
+            }
+            if !c.removed_leftovers.is_empty() {
+                tracing::info!(
+                    "removed what an interrupted backup had left in {d}: {}",
+                    c.removed_leftovers.join(", ")
+                );
+            }
+            if !c.moved.is_empty() {
+                tracing::info!(
+                    "kept in {d} the file(s) vdi did not write: {}",
+                    c.moved.join(", ")
+                );
+            }
+        }
+        if let Some(k) = &c.kept_in {
+            tracing::warn!(
+                "files vdi did not write were in {d} under names the new backup uses; they were kept in {}",
+                k.display()
+            );
+        }
+    }
 }
 
 /// Writes the manifest (the completion marker), last, after every stream is durable.
@@ -790,26 +758,17 @@ pub fn commit_backup(mut served: ServedBackup) -> Result<BackupDone> {
         streams,
         complete: true,
     };
-    if let Dest::Dir(d) = &plan.dest {
-        backup::sync_dir(d)
-            .and_then(|()| backup::write_manifest(d, &manifest))
-            .map_err(|e| {
-                let kind = if is_disk_full(&e) {
-                    Kind::DiskFull
-                } else {
-                    Kind::Other
-                };
-                fail(
-                    kind,
-                    format!("writing the manifest in {}: {e}", d.display()),
-                )
-            })?;
+    let mut committed = None;
+    if let Some(new) = served.prep.new.take() {
+        let bytes = backup::manifest_bytes(&manifest)
+            .map_err(|e| fail(Kind::Other, format!("encoding the manifest: {e}")))?;
+        committed = Some(new.commit(&bytes).map_err(dest_failure)?);
     }
-    served.prep.partial.keep = true;
     Ok(BackupDone {
         manifest,
         elapsed: served.elapsed,
         dest: served.prep.plan.dest.clone(),
+        committed,
     })
 }
 
@@ -860,10 +819,11 @@ pub fn open_backup(src: &BackupSrc, devices: Option<u32>) -> Result<OpenedBackup
             })
         }
         BackupSrc::Dir(d) => {
-            let m = backup::read_manifest(d).map_err(|e| match &e {
+            let opened = backup::open_backup(d).map_err(|e| match &e {
                 BackupError::Unreadable { .. } => fail(Kind::Input, e.to_string()),
                 _ => fail(Kind::Damaged, format!("cannot restore: {e}")),
             })?;
+            let m = opened.manifest;
             if let Some(n) = devices
                 && n != m.device_count
             {
@@ -878,8 +838,8 @@ pub fn open_backup(src: &BackupSrc, devices: Option<u32>) -> Result<OpenedBackup
                 ));
             }
             let mut readers = Vec::new();
-            for e in &m.streams {
-                let f = backup::open_stream(d, e).map_err(|p| {
+            for (e, f) in m.streams.iter().zip(opened.streams) {
+                let f = f.map_err(|p| {
                     fail(
                         Kind::Damaged,
                         format!("backup {} is damaged: {p}", d.display()),

@@ -362,6 +362,7 @@ pub fn run(a: &DemoArgs) -> Result<()> {
         compression: Compression::None,
         set: None,
         force: true,
+        modes: vdi_cli::backup_dir::Modes::DEFAULT,
         knobs: &knobs,
         faults: &[],
         mode,

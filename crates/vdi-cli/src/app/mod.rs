@@ -192,6 +192,7 @@ fn run(cli: Cli) -> Result<()> {
                 compression: a.compress,
                 set: a.set.clone(),
                 force: a.force,
+                modes: a.mode,
                 knobs: &a.engine,
                 mode: Mode::pick(a.output.quiet || a.output.json),
                 faults: &a.inject.faults,
@@ -237,11 +238,13 @@ fn run(cli: Cli) -> Result<()> {
                     a.set
                 )),
                 allow_group: a.allow_group,
+                modes: a.mode,
             };
             let prep = client::prepare_backup(plan)?;
             let served = client::serve_backup(prep, &|| Ok(())).map_err(|e| e.into_error())?;
             let done = client::commit_backup(served)?;
             inject.warn_unfired();
+            done.report_commit(a.output.quiet || a.output.json);
             let m = &done.manifest;
             if a.output.json {
                 run::print_json(

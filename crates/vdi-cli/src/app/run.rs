@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use serde_json::json;
 use vdi_cli::backup::{Compression, SourceInfo};
+use vdi_cli::backup_dir::Modes;
 use vdi_cli::units::{bytes_per_sec, human_bytes, human_rate};
 
 use super::cli::EngineKnobs;
@@ -321,6 +322,8 @@ pub struct BackupRequest<'a> {
     pub set: Option<String>,
     /// Replace an existing backup.
     pub force: bool,
+    /// The modes of the files and directories the backup makes.
+    pub modes: Modes,
     /// Engine knobs.
     pub knobs: &'a EngineKnobs,
     /// Progress.
@@ -363,6 +366,7 @@ pub fn backup(req: &BackupRequest<'_>) -> Result<BackupOutcome> {
         hint: None,
         allow_group: None,
         inject: inject.clone(),
+        modes: req.modes,
     };
     let prep = client::prepare_backup(plan)?;
     let mut args = vec![
@@ -397,6 +401,7 @@ pub fn backup(req: &BackupRequest<'_>) -> Result<BackupOutcome> {
 
 /// Reports a finished backup.
 pub fn report_backup(o: &BackupOutcome, json: bool, quiet: bool) {
+    o.done.report_commit(quiet || json);
     let m = &o.done.manifest;
     let secs = o.total.as_secs_f64();
     let to_stdout = matches!(o.done.dest, Dest::Stdout);
@@ -425,6 +430,7 @@ pub fn report_backup(o: &BackupOutcome, json: bool, quiet: bool) {
                 "snapshot_seconds": o.engine.snapshot_seconds,
                 "bytes_per_second": bytes_per_sec(o.engine.source_bytes, o.total),
                 "engine_pid": o.engine.pid,
+                "replaced": o.done.committed.as_ref().and_then(|c| c.replaced.clone()),
                 "streams": m.streams,
             }),
             to_stdout,

@@ -260,6 +260,7 @@ fn one_run(p: &Params, dir: &Path) -> Result<RunOutcome> {
         compression,
         set: None,
         force: false,
+        modes: vdi_cli::backup_dir::Modes::DEFAULT,
         knobs: &knobs,
         mode: Mode::pick(true),
         faults: &[],
