@@ -860,27 +860,35 @@ impl Out {
                     }
                     // An old database's journal or WAL must not be applied to the new one.
                     for side in ["-wal", "-shm", "-journal"] {
-                        let p = PathBuf::from(format!("{}{side}", path.display()));
-                        if p.exists() {
-                            if !force {
+                        let mut p = path.clone().into_os_string();
+                        p.push(side);
+                        let p = PathBuf::from(p);
+                        match vdi_cli::backup_dir::FileKind::at(&p) {
+                            Err(_) => {}
+                            Ok(vdi_cli::backup_dir::FileKind::Regular) if force => {
+                                std::fs::remove_file(&p).map_err(|e| target_failure(&p, &e))?;
+                            }
+                            Ok(vdi_cli::backup_dir::FileKind::Regular) => {
                                 return Err(fail(
                                     Kind::TargetExists,
                                     format!("{} exists; use --force to replace it", p.display()),
                                 ));
                             }
-                            std::fs::remove_file(&p).map_err(|e| target_failure(&p, &e))?;
+                            Ok(k) => {
+                                return Err(fail(
+                                    Kind::TargetExists,
+                                    format!(
+                                        "{} is {}, not the database's journal: remove it or restore elsewhere",
+                                        p.display(),
+                                        k.describe()
+                                    ),
+                                ));
+                            }
                         }
                     }
                 }
-                if !force && path.exists() {
-                    return Err(fail(
-                        Kind::TargetExists,
-                        format!(
-                            "target {} appeared during the restore; use --force to replace it",
-                            path.display()
-                        ),
-                    ));
-                }
+                // Looked at again just before the rename: what is there now is replaced.
+                source::check_target_path(&path, force, " during the restore")?;
                 tmp.persist(&path)
                     .map_err(|e| target_failure(&path, &e.error))?;
                 sync_dir(&source::parent_dir(&path)).map_err(|e| target_failure(&path, &e))?;

@@ -2,7 +2,7 @@
 //! SQLite: a consistent snapshot of a live database and an integrity check.
 
 use std::fs::File;
-use std::io::{self, Read};
+use std::io::{self, Read, Seek};
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -11,6 +11,7 @@ use anyhow::{Context, Result};
 use rusqlite::{Connection, OpenFlags};
 
 use super::fail::{Kind, fail};
+use vdi_cli::backup_dir::FileKind;
 use vdi_cli::stream::SourceKind;
 
 /// A source or target as named on the command line.
@@ -79,16 +80,62 @@ fn unreadable(what: &str, path: &Path, e: &io::Error) -> anyhow::Error {
     )
 }
 
-fn check_regular(what: &str, path: &Path) -> Result<File> {
-    let f = File::open(path).map_err(|e| unreadable(what, path, &e))?;
-    let meta = f.metadata().map_err(|e| unreadable(what, path, &e))?;
-    if meta.is_dir() {
+/// Opens the source `path` for reading without ever blocking in the open (a FIFO there
+/// would wait for a writer for ever): a regular file, or (for `file:` sources) a block
+/// device; anything else is refused, saying what it is. Returns the file and its size.
+fn open_input(what: &str, path: &Path, devices_too: bool) -> Result<(File, u64)> {
+    use rustix::fs::{Mode, OFlags};
+    let fd = rustix::fs::open(
+        path,
+        OFlags::RDONLY | OFlags::NONBLOCK | OFlags::NOCTTY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| unreadable(what, path, &io::Error::from_raw_os_error(e.raw_os_error())))?;
+    let st = rustix::fs::fstat(&fd)
+        .map_err(|e| unreadable(what, path, &io::Error::from_raw_os_error(e.raw_os_error())))?;
+    let kind = FileKind::of(&st);
+    let hint = match kind {
+        FileKind::Regular => None,
+        FileKind::BlockDevice if devices_too => None,
+        FileKind::Directory => Some(String::new()),
+        FileKind::Fifo => Some(format!(
+            ": to back up what a program writes into it, read it as standard input: vdi backup - DEST < {}",
+            path.display()
+        )),
+        FileKind::BlockDevice => Some(": a database is a regular file".into()),
+        _ => Some(": vdi backs up regular files and block devices (disks)".into()),
+    };
+    if let Some(hint) = hint {
         return Err(fail(
             Kind::Input,
-            format!("{what} {} is a directory, not a file", path.display()),
+            format!(
+                "{what} {} is {}, not a file{hint}",
+                path.display(),
+                kind.describe()
+            ),
         ));
     }
-    Ok(f)
+    let flags = rustix::fs::fcntl_getfl(&fd)
+        .map_err(|e| unreadable(what, path, &io::Error::from_raw_os_error(e.raw_os_error())))?;
+    rustix::fs::fcntl_setfl(&fd, flags - OFlags::NONBLOCK)
+        .map_err(|e| unreadable(what, path, &io::Error::from_raw_os_error(e.raw_os_error())))?;
+    let mut f = File::from(fd);
+    let size = if kind == FileKind::BlockDevice {
+        // A device's length is where its end is.
+        let end = f
+            .seek(io::SeekFrom::End(0))
+            .map_err(|e| unreadable(what, path, &e))?;
+        f.seek(io::SeekFrom::Start(0))
+            .map_err(|e| unreadable(what, path, &e))?;
+        end
+    } else {
+        st.st_size.max(0) as u64
+    };
+    Ok((f, size))
+}
+
+fn check_regular(what: &str, path: &Path) -> Result<File> {
+    open_input(what, path, false).map(|(f, _)| f)
 }
 
 /// Checks that the source can be read; returns its size if known.
@@ -96,15 +143,13 @@ pub fn check_source(spec: &Spec) -> Result<Option<u64>> {
     match spec {
         Spec::Std => Ok(None),
         Spec::File(p) => {
-            let f = check_regular("source file", p)?;
-            let meta = f.metadata().map_err(|e| unreadable("source file", p, &e))?;
+            let (mut f, len) = open_input("source file", p, true)?;
             let mut probe = [0u8; 1];
-            let mut f = f;
-            if meta.len() > 0 {
+            if len > 0 {
                 f.read(&mut probe)
                     .map_err(|e| unreadable("source file", p, &e))?;
             }
-            Ok(Some(meta.len()))
+            Ok(Some(len))
         }
         Spec::Sqlite(p) => {
             check_regular("source database", p)?;
@@ -326,11 +371,7 @@ pub fn open_source(spec: &Spec) -> Result<OpenSource> {
             snapshot_secs: 0.0,
         }),
         Spec::File(p) => {
-            let f = check_regular("source file", p)?;
-            let size = f
-                .metadata()
-                .map_err(|e| unreadable("source file", p, &e))?
-                .len();
+            let (f, size) = open_input("source file", p, true)?;
             Ok(OpenSource {
                 reader: Box::new(f),
                 size: Some(size),
@@ -366,31 +407,16 @@ pub fn open_source(spec: &Spec) -> Result<OpenSource> {
     }
 }
 
-/// Checks that `spec` may be written: refuses an existing target without `force`, and a
-/// target whose directory does not exist.
+/// Checks that `spec` may be written: refuses an existing target without `force`,
+/// anything but a regular file there even with it (a device such as `/dev/null`, a FIFO,
+/// a link, a directory: restoring renames a new file into the target's place, which
+/// would replace it), and a target whose directory does not exist.
 pub fn check_target(spec: &Spec, force: bool) -> Result<()> {
     let p = match spec {
         Spec::Std => return Ok(()),
         Spec::File(p) | Spec::Sqlite(p) => p,
     };
-    match std::fs::symlink_metadata(p) {
-        Ok(m) if m.is_dir() => {
-            return Err(fail(
-                Kind::TargetExists,
-                format!("target {} is a directory", p.display()),
-            ));
-        }
-        Ok(_) if !force => {
-            return Err(fail(
-                Kind::TargetExists,
-                format!(
-                    "target {} already exists; use --force to replace it",
-                    p.display()
-                ),
-            ));
-        }
-        _ => {}
-    }
+    check_target_path(p, force, "")?;
     let parent = parent_dir(p);
     if !parent.is_dir() {
         return Err(fail(
@@ -403,6 +429,54 @@ pub fn check_target(spec: &Spec, force: bool) -> Result<()> {
         ));
     }
     Ok(())
+}
+
+/// Refuses to put a restored file in place of `p` if something other than a regular file
+/// is there, or if anything is there without `force`. `when` says when it was found
+/// (`""`, or ` during the restore`).
+pub fn check_target_path(p: &Path, force: bool, when: &str) -> Result<()> {
+    match FileKind::at(p) {
+        Ok(FileKind::Regular) if !force => Err(fail(
+            Kind::TargetExists,
+            if when.is_empty() {
+                format!(
+                    "target {} already exists; use --force to replace it",
+                    p.display()
+                )
+            } else {
+                format!(
+                    "target {} appeared{when}; use --force to replace it",
+                    p.display()
+                )
+            },
+        )),
+        Ok(FileKind::Regular) => Ok(()),
+        Ok(k) => {
+            let what = if k == FileKind::Symlink {
+                let to = std::fs::read_link(p)
+                    .map(|t| format!(" (to {})", t.display()))
+                    .unwrap_or_default();
+                format!("a symbolic link{to}; name the file itself")
+            } else {
+                format!(
+                    "{}; a restore makes a regular file and puts it in the target's place, which would replace it",
+                    k.describe()
+                )
+            };
+            Err(fail(
+                Kind::TargetExists,
+                format!(
+                    "target {} is {what}: refused, even with --force",
+                    p.display()
+                ),
+            ))
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(fail(
+            Kind::Input,
+            format!("cannot look at target {}: {e}", p.display()),
+        )),
+    }
 }
 
 /// The directory a path lives in (`.` for a bare name).
