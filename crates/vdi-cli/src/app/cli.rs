@@ -31,7 +31,7 @@ use super::inject::Fault;
         "  0 success, 1 other error, 2 wrong command line, 3 source or backup missing or\n",
         "  unreadable, 4 target exists (use --force), 5 backup damaged or incomplete,\n",
         "  6 disk full, 7 set name in use, 8 the engine or backup application died or\n",
-        "  aborted, 130 interrupted (Ctrl-C)"
+        "  aborted, 130 interrupted (SIGINT, SIGTERM or SIGHUP)"
     )
 )]
 pub struct Cli {
@@ -161,6 +161,24 @@ pub struct EngineKnobs {
     pub block_size: u32,
 }
 
+/// The progress watchdog.
+#[derive(Debug, Args, Clone, Copy)]
+pub struct StallArgs {
+    /// Give up when the other role makes no progress for this long (a stopped engine or
+    /// backup application, a producer that stopped writing): a warning comes first, then
+    /// the operation is aborted, naming the side that stalled (exit 8). 90s, 5m, 1h, or
+    /// seconds; 0: wait for ever.
+    #[arg(long, value_name = "TIME", default_value = super::watchdog::DEFAULT_STALL, value_parser = super::soak::parse_duration)]
+    pub stall_timeout: std::time::Duration,
+}
+
+impl StallArgs {
+    /// The limit (None: wait for ever).
+    pub fn limit(&self) -> Option<std::time::Duration> {
+        (!self.stall_timeout.is_zero()).then_some(self.stall_timeout)
+    }
+}
+
 /// Fault injection (for testing).
 #[derive(Debug, Args, Clone, Default)]
 pub struct InjectArgs {
@@ -225,6 +243,8 @@ pub struct BackupArgs {
     #[command(flatten)]
     pub engine: EngineKnobs,
     #[command(flatten)]
+    pub stall: StallArgs,
+    #[command(flatten)]
     pub inject: InjectArgs,
     #[command(flatten)]
     pub output: OutputArgs,
@@ -255,6 +275,8 @@ pub struct RestoreArgs {
     pub integrity_check: bool,
     #[command(flatten)]
     pub engine: EngineKnobs,
+    #[command(flatten)]
+    pub stall: StallArgs,
     #[command(flatten)]
     pub inject: InjectArgs,
     #[command(flatten)]
@@ -326,6 +348,8 @@ pub struct ClientBackupArgs {
     #[arg(long, value_name = "GROUP", value_parser = parse_group)]
     pub allow_group: Option<u32>,
     #[command(flatten)]
+    pub stall: StallArgs,
+    #[command(flatten)]
     pub inject: InjectArgs,
     #[command(flatten)]
     pub output: OutputArgs,
@@ -350,6 +374,8 @@ pub struct ClientRestoreArgs {
     /// only this user's processes may open the set.
     #[arg(long, value_name = "GROUP", value_parser = parse_group)]
     pub allow_group: Option<u32>,
+    #[command(flatten)]
+    pub stall: StallArgs,
     #[command(flatten)]
     pub inject: InjectArgs,
     #[command(flatten)]
@@ -389,6 +415,8 @@ pub struct EngineSession {
     /// user or root are opened, so nobody can pose as the backup application.
     #[arg(long, value_name = "USER", value_parser = parse_user)]
     pub trust_owner: Option<u32>,
+    #[command(flatten)]
+    pub stall: StallArgs,
     #[command(flatten)]
     pub inject: InjectArgs,
     /// Print the outcome as a report line on standard error (for `vdi backup`/`vdi

@@ -29,11 +29,12 @@ use super::fail::{Kind, fail};
 use super::inject::{Action, Injector};
 use super::interrupt;
 use super::progress::{Mode, Progress};
-use super::source::{stdin_file, stdout_file};
+use super::source::{PolledStdin, stdout_file};
 use super::vdiutil::{
     ERROR_CRC, ERROR_READ_FAULT, ERROR_WRITE_FAULT, abort_cause, abort_sentence, device_name,
     now_secs, random_id, vd_fail,
 };
+use super::watchdog;
 
 /// Where a backup goes.
 #[derive(Clone, Debug)]
@@ -94,7 +95,7 @@ impl ClientErr {
                 if interrupt::interrupted() {
                     fail(
                         Kind::Interrupted,
-                        "interrupted (Ctrl-C): the operation was aborted",
+                        format!("{}: the operation was aborted", interrupt::what()),
                     )
                 } else {
                     fail(Kind::PeerFailed, abort_sentence(c, "backup application"))
@@ -144,6 +145,8 @@ pub struct BackupPlan {
     pub inject: Arc<Injector>,
     /// The modes of the files and directories the backup makes.
     pub modes: Modes,
+    /// Give up when the engine makes no progress for this long (None: never).
+    pub stall: Option<Duration>,
 }
 
 /// A set created and a destination ready.
@@ -252,7 +255,7 @@ fn wait_config(
                 if interrupt::interrupted() {
                     return Err(ClientErr::Root(fail(
                         Kind::Interrupted,
-                        "interrupted (Ctrl-C) while waiting for the engine",
+                        format!("{} while waiting for the engine", interrupt::what()),
                     )));
                 }
                 if deadline.is_some_and(|d| Instant::now() >= d) {
@@ -269,6 +272,29 @@ fn wait_config(
             Err(e) => return Err(vd_err(&e, "waiting for the engine")),
         }
     }
+}
+
+/// Watches the engine's progress on `set` (see [`watchdog`]).
+fn watch_engine(
+    set: &ClientSet,
+    stall: Option<Duration>,
+    pid: Option<u32>,
+    op: &'static str,
+) -> watchdog::Guard {
+    let (s1, s2) = (set.clone(), set.clone());
+    watchdog::Watch {
+        limit: stall,
+        peer: "the engine",
+        pid,
+        lacking: "sent no command on any device",
+        op,
+        waiting: Box::new(watchdog::idle),
+        aborted: Box::new(move || s1.abort_cause().is_some()),
+        abort: Box::new(move || {
+            let _ = s2.signal_abort();
+        }),
+    }
+    .start()
 }
 
 /// What a served backup produced (not yet committed).
@@ -288,6 +314,7 @@ struct DeviceOutcome {
 }
 
 fn complete(cmd: Command<'_>, code: u32, n: u32) -> Result<(), ClientErr> {
+    watchdog::completed();
     cmd.complete(code, n, 0)
         .map_err(|e| vd_err(&e, "completing a command"))
 }
@@ -471,7 +498,10 @@ fn store_loop<'d>(
     let mut first = true;
     loop {
         let cmd = match dev.get_command(Timeout::Infinite) {
-            Ok(c) => c,
+            Ok(c) => {
+                watchdog::received();
+                c
+            }
             Err(e) if e.code() == ErrorCode::Close => break,
             Err(e) => {
                 return Err(match failed {
@@ -599,6 +629,7 @@ fn first_error<T>(results: Vec<Result<T, ClientErr>>) -> Result<Vec<T>, ClientEr
 pub fn serve_backup(
     mut prep: PreparedBackup,
     alive: &dyn Fn() -> Result<()>,
+    engine_pid: Option<u32>,
 ) -> Result<ServedBackup, ClientErr> {
     let set = prep.set.clone();
     let _guard = {
@@ -622,6 +653,7 @@ pub fn serve_backup(
             );
         }
         let plan = &prep.plan;
+        let watch = watch_engine(&set, plan.stall, engine_pid, "backup");
         let progress = Progress::start(
             &format!(
                 "backup {} through {} device(s)",
@@ -658,6 +690,10 @@ pub fn serve_backup(
                 .collect()
         });
         let elapsed = progress.finish();
+        drop(watch);
+        if let Some(e) = watchdog::take_failure() {
+            return Err(ClientErr::Root(e));
+        }
         let outcomes = first_error(results)?;
         Ok((cfg, outcomes, elapsed))
     })();
@@ -808,7 +844,8 @@ pub fn open_backup(src: &BackupSrc, devices: Option<u32>) -> Result<OpenedBackup
                 ));
             }
             let media: Box<dyn Read + Send> = Box::new(
-                stdin_file().map_err(|e| fail(Kind::Input, format!("standard input: {e}")))?,
+                PolledStdin::open()
+                    .map_err(|e| fail(Kind::Input, format!("standard input: {e}")))?,
             );
             let r = backup::detect_compression(media)
                 .and_then(|(m, c)| StreamReader::new_unhashed(m, c))
@@ -868,6 +905,7 @@ pub struct PreparedRestore {
     hint: Option<String>,
     label: String,
     inject: Arc<Injector>,
+    stall: Option<Duration>,
 }
 
 /// How to serve a restore.
@@ -887,6 +925,8 @@ pub struct RestorePlan {
     pub allow_group: Option<u32>,
     /// Faults to inject in this role (`--inject client:...`).
     pub inject: Arc<Injector>,
+    /// Give up when the engine makes no progress for this long (None: never).
+    pub stall: Option<Duration>,
 }
 
 /// Creates the set for serving `backup`.
@@ -900,6 +940,7 @@ pub fn prepare_restore(plan: RestorePlan, backup: OpenedBackup) -> Result<Prepar
         hint: plan.hint,
         label: plan.label,
         inject: plan.inject,
+        stall: plan.stall,
     })
 }
 
@@ -1025,7 +1066,10 @@ fn read_loop<'d>(
     let mut failed: Option<anyhow::Error> = None;
     loop {
         let cmd = match dev.get_command(Timeout::Infinite) {
-            Ok(c) => c,
+            Ok(c) => {
+                watchdog::received();
+                c
+            }
             Err(e) if e.code() == ErrorCode::Close => break,
             Err(e) => {
                 return Err(match failed {
@@ -1102,6 +1146,7 @@ fn read_loop<'d>(
 pub fn serve_restore(
     prep: PreparedRestore,
     alive: &dyn Fn() -> Result<()>,
+    engine_pid: Option<u32>,
 ) -> Result<ServedRestore, ClientErr> {
     let set = prep.set.clone();
     let _guard = {
@@ -1120,6 +1165,7 @@ pub fn serve_restore(
             )));
         }
         let devices = prep.backup.devices();
+        let watch = watch_engine(&set, prep.stall, engine_pid, "restore");
         let total = manifest.as_ref().map(|m| m.total_stream_bytes);
         let progress = Progress::start(&prep.label, devices, total, prep.mode);
         let readers = prep.backup.readers;
@@ -1147,6 +1193,10 @@ pub fn serve_restore(
                 .collect()
         });
         let elapsed = progress.finish();
+        drop(watch);
+        if let Some(e) = watchdog::take_failure() {
+            return Err(ClientErr::Root(e));
+        }
         Ok((first_error(results)?, elapsed))
     })();
     let closed = set.close();

@@ -59,6 +59,8 @@ pub struct EngineCfg {
     /// The `vdi backup`/`vdi restore` process that started this engine (`--parent-pid`):
     /// once it is gone, its set is gone too, and waiting for it is pointless.
     pub parent: Option<u32>,
+    /// Give up when the backup application makes no progress for this long.
+    pub stall: Option<Duration>,
 }
 
 /// What the engine did (also the report line's JSON).
@@ -144,7 +146,7 @@ fn open_set(cfg: &EngineCfg) -> Result<ServerSet> {
                 if super::interrupt::interrupted() {
                     return Err(fail(
                         Kind::Interrupted,
-                        "interrupted while waiting for the set",
+                        format!("{} while waiting for the set", super::interrupt::what()),
                     ));
                 }
                 std::thread::sleep(Duration::from_millis(50));
@@ -212,6 +214,7 @@ fn send(
 ) -> Result<(), vdi::VdError> {
     let tx = tx.clone();
     dev.send_command(cmd, move |c: Completion| {
+        super::watchdog::progress();
         let mut completion = c.completion_code;
         let mut injected = injected;
         match injected {
@@ -423,13 +426,32 @@ fn open_devices(set: &ServerSet, devices: u32) -> Result<Vec<ServerDevice>> {
 
 /// Runs `body` with the completion agent on its own thread; aborts the set if `body`
 /// fails, and closes the set in every case.
-fn with_agent<T>(set: &ServerSet, body: impl FnOnce() -> Result<T>) -> Result<T> {
+fn with_agent<T>(
+    set: &ServerSet,
+    cfg: &EngineCfg,
+    op: &'static str,
+    body: impl FnOnce() -> Result<T>,
+) -> Result<T> {
     let _guard = {
         let s = set.clone();
         super::interrupt::on_interrupt(move || {
             let _ = s.signal_abort();
         })
     };
+    let (s1, s2, s3) = (set.clone(), set.clone(), set.clone());
+    let watch = super::watchdog::Watch {
+        limit: cfg.stall,
+        peer: "the backup application",
+        pid: cfg.parent,
+        lacking: "completed none of the commands it was given",
+        op,
+        waiting: Box::new(move || s1.outstanding() > 0),
+        aborted: Box::new(move || s2.abort_cause().is_some()),
+        abort: Box::new(move || {
+            let _ = s3.signal_abort();
+        }),
+    }
+    .start();
     let r = std::thread::scope(|s| {
         let agent = s.spawn(|| set.execute_completion_agent());
         let r = body();
@@ -444,14 +466,20 @@ fn with_agent<T>(set: &ServerSet, body: impl FnOnce() -> Result<T>) -> Result<T>
             (Ok(_), Err(_)) => Err(anyhow::anyhow!("the completion agent panicked")),
         }
     });
+    drop(watch);
     let _ = set.close();
+    if r.is_err()
+        && let Some(e) = super::watchdog::take_failure()
+    {
+        return Err(e);
+    }
     if super::interrupt::interrupted()
         && let Err(e) = &r
         && kind_of(e) == Kind::PeerFailed
     {
         return Err(fail(
             Kind::Interrupted,
-            "interrupted (Ctrl-C): the operation was aborted",
+            format!("{}: the operation was aborted", super::interrupt::what()),
         ));
     }
     r
@@ -473,7 +501,7 @@ pub fn backup(cfg: &EngineCfg, spec: &Spec) -> Result<EngineReport> {
     let stream_id = super::vdiutil::random_id();
     let label = spec.label();
     let inj = Injector::new(Role::Engine, &cfg.faults);
-    let (bytes, chunks) = with_agent(&set, || {
+    let (bytes, chunks) = with_agent(&set, cfg, "backup", || {
         let devs = open_devices(&set, devices)?;
         let depth = (buffers / devices).max(1);
         let mut free = Vec::new();
@@ -1109,7 +1137,7 @@ pub fn restore(cfg: &EngineCfg, spec: &Spec, force: bool, integrity: bool) -> Re
     };
     out.set_running(devices);
     let inj = Injector::new(Role::Engine, &cfg.faults);
-    let streams = with_agent(&set, || {
+    let streams = with_agent(&set, cfg, "restore", || {
         let devs = open_devices(&set, devices)?;
         let depth = (buffers / devices).max(1);
         let results: Vec<Result<DeviceStream, DevErr>> = std::thread::scope(|s| {

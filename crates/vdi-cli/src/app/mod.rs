@@ -12,6 +12,7 @@ pub mod run;
 pub mod soak;
 pub mod source;
 pub mod vdiutil;
+pub mod watchdog;
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -175,6 +176,7 @@ fn engine_cfg(s: &EngineSession, k: &EngineKnobs) -> EngineCfg {
         block_size: k.block_size,
         wait: Duration::from_secs(s.wait),
         trust_owner: s.trust_owner,
+        stall: s.stall.limit(),
     }
 }
 
@@ -193,6 +195,7 @@ fn run(cli: Cli) -> Result<()> {
                 set: a.set.clone(),
                 force: a.force,
                 modes: a.mode,
+                stall: a.stall.limit(),
                 knobs: &a.engine,
                 mode: Mode::pick(a.output.quiet || a.output.json),
                 faults: &a.inject.faults,
@@ -208,6 +211,7 @@ fn run(cli: Cli) -> Result<()> {
                 set: a.set.clone(),
                 force: a.force,
                 integrity_check: a.integrity_check,
+                stall: a.stall.limit(),
                 knobs: &a.engine,
                 mode: Mode::pick(a.output.quiet || a.output.json),
                 faults: &a.inject.faults,
@@ -239,9 +243,11 @@ fn run(cli: Cli) -> Result<()> {
                 )),
                 allow_group: a.allow_group,
                 modes: a.mode,
+                stall: a.stall.limit(),
             };
             let prep = client::prepare_backup(plan)?;
-            let served = client::serve_backup(prep, &|| Ok(())).map_err(|e| e.into_error())?;
+            let served =
+                client::serve_backup(prep, &|| Ok(()), None).map_err(|e| e.into_error())?;
             let done = client::commit_backup(served)?;
             inject.warn_unfired();
             done.report_commit(a.output.quiet || a.output.json);
@@ -294,10 +300,12 @@ fn run(cli: Cli) -> Result<()> {
                     label,
                     allow_group: a.allow_group,
                     inject: inject.clone(),
+                    stall: a.stall.limit(),
                 },
                 opened,
             )?;
-            let served = client::serve_restore(prep, &|| Ok(())).map_err(|e| e.into_error())?;
+            let served =
+                client::serve_restore(prep, &|| Ok(()), None).map_err(|e| e.into_error())?;
             inject.warn_unfired();
             let bytes: u64 = served.stream_bytes.iter().sum();
             if a.output.json {
@@ -372,9 +380,18 @@ fn engine_done(r: &engine::EngineReport, report: bool, out: OutputArgs, data_on_
 }
 
 fn verify(target: &str, out: OutputArgs) -> Result<()> {
+    // Nothing to clean up: the first signal stops a verify at once.
+    let _stop = interrupt::on_interrupt(|| {
+        eprint_line(format_args!(
+            "error: {}: verify stopped before the end",
+            interrupt::what()
+        ));
+        std::process::exit(i32::from(Kind::Interrupted.exit_code()));
+    });
     let report = if target == "-" {
         let media: Box<dyn std::io::Read + Send> = Box::new(
-            source::stdin_file().map_err(|e| fail(Kind::Input, format!("standard input: {e}")))?,
+            source::PolledStdin::open()
+                .map_err(|e| fail(Kind::Input, format!("standard input: {e}")))?,
         );
         let mut r = backup::VerifyReport::default();
         match backup::check_stream(media, None, None) {

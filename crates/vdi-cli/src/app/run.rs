@@ -255,6 +255,14 @@ fn warn_unfired(client: &Injector, engine: &EngineReport) {
     }
 }
 
+/// The engine's `--stall-timeout`: the same as this side's.
+fn stall_args(stall: Option<Duration>) -> Vec<String> {
+    vec![
+        "--stall-timeout".into(),
+        stall.map_or(0, |d| d.as_secs().max(1)).to_string(),
+    ]
+}
+
 fn knob_args(k: &EngineKnobs) -> Vec<String> {
     let mut v = vec![
         "--max-transfer-size".into(),
@@ -274,7 +282,10 @@ fn judge<T>(client: Result<T, ClientErr>, engine: EngineEnd) -> Result<(T, Engin
     if interrupt::interrupted() {
         return Err(fail(
             Kind::Interrupted,
-            "interrupted (Ctrl-C): the operation was aborted; nothing was marked complete",
+            format!(
+                "{}: the operation was aborted; nothing was marked complete",
+                interrupt::what()
+            ),
         ));
     }
     match (client, engine) {
@@ -324,6 +335,8 @@ pub struct BackupRequest<'a> {
     pub force: bool,
     /// The modes of the files and directories the backup makes.
     pub modes: Modes,
+    /// The progress watchdog's limit (None: none).
+    pub stall: Option<Duration>,
     /// Engine knobs.
     pub knobs: &'a EngineKnobs,
     /// Progress.
@@ -367,6 +380,7 @@ pub fn backup(req: &BackupRequest<'_>) -> Result<BackupOutcome> {
         allow_group: None,
         inject: inject.clone(),
         modes: req.modes,
+        stall: req.stall,
     };
     let prep = client::prepare_backup(plan)?;
     let mut args = vec![
@@ -382,11 +396,12 @@ pub fn backup(req: &BackupRequest<'_>) -> Result<BackupOutcome> {
         std::process::id().to_string(),
     ];
     args.extend(knob_args(req.knobs));
+    args.extend(stall_args(req.stall));
     args.extend(inject_args(req.faults));
     args.push("--".into());
     args.push(req.source.into());
     let engine = EngineProc::spawn(&args, spec == Spec::Std, false)?;
-    let served = client::serve_backup(prep, &|| engine.alive());
+    let served = client::serve_backup(prep, &|| engine.alive(), Some(engine.pid));
     let grace = grace(served.is_ok(), 60);
     let end = engine.finish(grace);
     let (served, report) = judge(served, end)?;
@@ -475,6 +490,8 @@ pub struct RestoreRequest<'a> {
     pub force: bool,
     /// Run PRAGMA integrity_check on a restored database.
     pub integrity_check: bool,
+    /// The progress watchdog's limit (None: none).
+    pub stall: Option<Duration>,
     /// Engine knobs.
     pub knobs: &'a EngineKnobs,
     /// Progress.
@@ -507,6 +524,7 @@ pub fn restore(req: &RestoreRequest<'_>) -> Result<RestoreOutcome> {
             label,
             allow_group: None,
             inject: inject.clone(),
+            stall: req.stall,
         },
         opened,
     )?;
@@ -529,11 +547,12 @@ pub fn restore(req: &RestoreRequest<'_>) -> Result<RestoreOutcome> {
         args.push("--integrity-check".into());
     }
     args.extend(knob_args(req.knobs));
+    args.extend(stall_args(req.stall));
     args.extend(inject_args(req.faults));
     args.push("--".into());
     args.push(req.target.into());
     let engine = EngineProc::spawn(&args, false, target == Spec::Std)?;
-    let served = client::serve_restore(prep, &|| engine.alive());
+    let served = client::serve_restore(prep, &|| engine.alive(), Some(engine.pid));
     let grace = grace(served.is_ok(), 600);
     let pid = engine.pid;
     let end = engine.finish(grace);

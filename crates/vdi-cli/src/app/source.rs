@@ -312,6 +312,43 @@ pub fn stdin_file() -> io::Result<File> {
     Ok(File::from(io::stdin().as_fd().try_clone_to_owned()?))
 }
 
+/// Standard input, read so that a producer that never writes again cannot hold this
+/// process for ever: each read waits (poll, a fifth of a second at a time) until there
+/// is data or the end, and gives up once the operation is over
+/// ([`super::interrupt::stopping`]: a signal, an aborted set, a peer gone).
+#[derive(Debug)]
+pub struct PolledStdin(File);
+
+impl PolledStdin {
+    /// Standard input, duplicated.
+    pub fn open() -> io::Result<PolledStdin> {
+        stdin_file().map(PolledStdin)
+    }
+}
+
+impl Read for PolledStdin {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        use rustix::event::{PollFd, PollFlags, Timespec, poll};
+        let tick = Timespec {
+            tv_sec: 0,
+            tv_nsec: 200_000_000,
+        };
+        loop {
+            if super::interrupt::stopping() {
+                return Err(io::Error::other(
+                    "the operation ended while waiting for standard input",
+                ));
+            }
+            let mut fds = [PollFd::new(&self.0, PollFlags::IN)];
+            match poll(&mut fds, Some(&tick)) {
+                Ok(0) | Err(rustix::io::Errno::INTR) => continue,
+                Ok(_) => return self.0.read(buf),
+                Err(e) => return Err(io::Error::from_raw_os_error(e.raw_os_error())),
+            }
+        }
+    }
+}
+
 /// A duplicate of standard output as a file (written without line buffering).
 pub fn stdout_file() -> io::Result<File> {
     Ok(File::from(io::stdout().as_fd().try_clone_to_owned()?))
@@ -365,7 +402,7 @@ impl Drop for EngineScratch {
 pub fn open_source(spec: &Spec) -> Result<OpenSource> {
     match spec {
         Spec::Std => Ok(OpenSource {
-            reader: Box::new(stdin_file().context("standard input")?),
+            reader: Box::new(PolledStdin::open().context("standard input")?),
             size: None,
             _snapshot: None,
             snapshot_secs: 0.0,
