@@ -112,6 +112,17 @@ pub struct SourceInfo {
     pub name: String,
     /// Bytes of the source, if known.
     pub bytes: Option<u64>,
+    /// Whether the source could tell that it ended normally (a file's or a database
+    /// snapshot's known size). False for an unchecked stream (standard input): a
+    /// producer killed in the middle looks just like one that finished, so the backup
+    /// holds everything that arrived, which may not be everything that was meant.
+    /// (Absent in manifests written before this field: true.)
+    #[serde(default = "yes")]
+    pub checked: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// `manifest.json`.
@@ -981,6 +992,7 @@ mod tests {
                 kind: "file".into(),
                 name: "file:x".into(),
                 bytes: Some(0),
+                checked: true,
             },
             device_count: 1,
             block_size: 4096,

@@ -23,7 +23,7 @@ use vdi_cli::backup::{
     Written, is_disk_full,
 };
 use vdi_cli::backup_dir::{Committed, DestError, Modes, NewBackup};
-use vdi_cli::stream::{self, StreamHeader};
+use vdi_cli::stream::{self, SourceKind, StreamHeader};
 
 use super::fail::{Kind, fail};
 use super::inject::{Action, Injector};
@@ -304,13 +304,15 @@ pub struct ServedBackup {
     config: VdConfig,
     streams: Vec<Written>,
     stream_id: Option<String>,
+    header: Option<StreamHeader>,
     /// Time spent moving data.
     pub elapsed: Duration,
 }
 
 struct DeviceOutcome {
     written: Written,
-    stream_id: Option<String>,
+    /// The stream header the engine wrote first, if it is a vdi stream.
+    stream_id: Option<StreamHeader>,
 }
 
 fn complete(cmd: Command<'_>, code: u32, n: u32) -> Result<(), ClientErr> {
@@ -491,10 +493,10 @@ fn store_loop<'d>(
     tx: &mpsc::Sender<Command<'d>>,
     store_err: &dyn Fn(&std::io::Error) -> (u32, anyhow::Error),
     (set, inj): (&ClientSet, &Injector),
-) -> Result<(Option<Written>, Option<String>), ClientErr> {
+) -> Result<(Option<Written>, Option<StreamHeader>), ClientErr> {
     let mut failed: Option<anyhow::Error> = None;
     let mut finished: Option<Written> = None;
-    let mut stream_id = None;
+    let mut stream_id: Option<StreamHeader> = None;
     let mut first = true;
     loop {
         let cmd = match dev.get_command(Timeout::Infinite) {
@@ -534,7 +536,7 @@ fn store_loop<'d>(
                 let data = cmd.buffer().unwrap_or(&[]);
                 if first {
                     first = false;
-                    stream_id = StreamHeader::peek(data).map(|h| stream::hex_id(&h.stream_id));
+                    stream_id = StreamHeader::peek(data);
                 }
                 match w.write(data) {
                     Ok(()) => {
@@ -700,12 +702,14 @@ pub fn serve_backup(
     let closed = set.close();
     let (cfg, outcomes, elapsed) = result?;
     closed.map_err(|e| vd_err(&e, "closing the set"))?;
-    let stream_id = outcomes.first().and_then(|o| o.stream_id.clone());
+    let header = outcomes.first().and_then(|o| o.stream_id.clone());
+    let stream_id = header.as_ref().map(|h| stream::hex_id(&h.stream_id));
     Ok(ServedBackup {
         prep,
         config: cfg,
         streams: outcomes.into_iter().map(|o| o.written).collect(),
         stream_id,
+        header,
         elapsed,
     })
 }
@@ -728,6 +732,16 @@ impl BackupDone {
     /// Says what storing the backup did besides (replacing a backup, keeping files vdi
     /// did not write); warnings even when `quiet`.
     pub fn report_commit(&self, quiet: bool) {
+        if !self.manifest.source.checked {
+            tracing::warn!(
+                "the source was {}, an unchecked stream: vdi stored everything that arrived until its end, but cannot tell whether the program writing it finished or was killed; check that program's exit status (in a shell: set -o pipefail). The manifest records the source as unchecked.",
+                if self.manifest.source.kind == "stdin" {
+                    "standard input"
+                } else {
+                    "the engine's standard input"
+                }
+            );
+        }
         let (Some(c), Dest::Dir(d)) = (&self.committed, &self.dest) else {
             return;
         };
@@ -760,6 +774,25 @@ impl BackupDone {
     }
 }
 
+/// What the manifest records of the source: what this process was told, completed by
+/// what the engine's stream header says (an engine started by hand tells its source
+/// there); a source that cannot report that it ended normally (standard input) is
+/// recorded as unchecked.
+fn source_info(told: &SourceInfo, header: Option<&StreamHeader>) -> SourceInfo {
+    let mut s = told.clone();
+    match header {
+        Some(h) if s.kind == "unknown" => {
+            s.kind = h.source_kind.name().into();
+            s.name = h.source_name.clone();
+            s.bytes = (h.source_size != stream::UNKNOWN_SIZE).then_some(h.source_size);
+            s.checked = h.source_kind != SourceKind::Stdin;
+        }
+        Some(h) if h.source_kind == SourceKind::Stdin => s.checked = false,
+        _ => {}
+    }
+    s
+}
+
 /// Writes the manifest (the completion marker), last, after every stream is durable.
 pub fn commit_backup(mut served: ServedBackup) -> Result<BackupDone> {
     let plan = &served.prep.plan;
@@ -784,7 +817,7 @@ pub fn commit_backup(mut served: ServedBackup) -> Result<BackupDone> {
         tool: format!("vdi {}", env!("CARGO_PKG_VERSION")),
         started: served.prep.started,
         completed: now_secs(),
-        source: plan.source.clone(),
+        source: source_info(&plan.source, served.header.as_ref()),
         device_count: plan.devices,
         block_size: served.config.block_size,
         max_transfer_size: served.config.max_transfer_size,

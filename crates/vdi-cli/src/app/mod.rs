@@ -234,6 +234,7 @@ fn run(cli: Cli) -> Result<()> {
                     kind: "unknown".into(),
                     name: format!("an engine on set {}", a.set),
                     bytes: None,
+                    checked: false,
                 },
                 mode: Mode::pick(a.output.quiet || a.output.json),
                 wait: wait_opt(a.wait),
@@ -434,6 +435,7 @@ fn verify(target: &str, out: OutputArgs) -> Result<()> {
                 "source_bytes": report.source_bytes,
                 "stream_bytes": report.stream_bytes,
                 "chunks": report.chunks,
+                "source_checked": report.manifest.as_ref().map(|m| m.source.checked),
                 "problems": report.problems,
             }),
             false,
@@ -460,6 +462,15 @@ fn verify(target: &str, out: OutputArgs) -> Result<()> {
                 ""
             }
         );
+        if report.manifest.as_ref().is_some_and(|m| !m.source.checked) {
+            tracing::warn!(
+                "its source ({}) was an unchecked stream: the backup holds everything that arrived, which is all that was sent only if the program writing it finished (vdi could not tell)",
+                report
+                    .manifest
+                    .as_ref()
+                    .map_or("-", |m| m.source.name.as_str())
+            );
+        }
     }
     Ok(())
 }

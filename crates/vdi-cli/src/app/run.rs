@@ -373,6 +373,7 @@ pub fn backup(req: &BackupRequest<'_>) -> Result<BackupOutcome> {
             kind: spec.kind().name().into(),
             name: spec.label(),
             bytes: size,
+            checked: spec != Spec::Std,
         },
         mode: req.mode,
         wait: None,
