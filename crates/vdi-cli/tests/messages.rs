@@ -84,7 +84,10 @@ fn a_stream_on_standard_input_is_recorded_as_unchecked() {
         .spawn()
         .unwrap();
     let r = wait_output(r, Duration::from_secs(60));
-    assert!(!producer.wait().unwrap().success(), "the producer was killed");
+    assert!(
+        !producer.wait().unwrap().success(),
+        "the producer was killed"
+    );
     r.ok();
     assert!(r.stderr.contains("unchecked stream"), "{}", r.stderr);
     assert!(r.stderr.contains("pipefail"), "{}", r.stderr);
@@ -119,4 +122,139 @@ fn a_stream_on_standard_input_is_recorded_as_unchecked() {
         serde_json::from_str(&std::fs::read_to_string(bk3.join("manifest.json")).unwrap()).unwrap();
     assert_eq!(m["source"]["kind"], "stdin");
     assert_eq!(m["source"]["checked"], false);
+}
+
+/// `vdi ARGS` started with standard input or output closed (through `sh`, which can).
+fn run_closed(redirect: &str, args: &[&str]) -> Run {
+    let c = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("exec \"$@\" {redirect}&-"))
+        .arg("sh")
+        .arg(env!("CARGO_BIN_EXE_vdi"))
+        .args(args)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_output(c, Duration::from_secs(60))
+}
+
+/// With standard output closed (`>&-`), a backup to `-` used to go into the /dev/null
+/// Rust's runtime puts there, reported as a success; now it is refused (exit 2). A
+/// `> /dev/null` the user asked for still works.
+#[test]
+fn closed_standard_streams_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    write_pattern(&src, 3, 100_000);
+    run_closed(">", &["backup", &s(&src), "-"]).fails(2, &["standard output is closed", ">&-"]);
+    let bk = dir.path().join("bk");
+    run(&["backup", &s(&src), &s(&bk)]).ok();
+    run_closed(">", &["restore", &s(&bk), "-"]).fails(2, &["standard output is closed"]);
+    run_closed("<", &["backup", "-", &s(&dir.path().join("b2"))])
+        .fails(2, &["standard input is closed", "<&-"]);
+    assert!(!dir.path().join("b2").exists());
+    run_closed("<", &["verify", "-"]).fails(2, &["standard input is closed"]);
+    run_closed("<", &["restore", "-", &s(&dir.path().join("t"))])
+        .fails(2, &["standard input is closed"]);
+    run_in(
+        &["backup", &s(&src), "-"],
+        None,
+        Some(std::path::Path::new("/dev/null")),
+    )
+    .ok();
+}
+
+/// `--buffer-count` 0 and 100000 are wrong command lines (exit 2; 0 was taken silently,
+/// 100000 failed with exit 1), and a count larger than the source can use is lowered,
+/// saying why (2048 buffers took 2.1 GB for a 20 MiB file).
+#[test]
+fn buffer_counts_are_checked_and_capped() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    write_pattern(&src, 4, 20 << 20);
+    let bk = dir.path().join("bk");
+    for bad in ["0", "100000"] {
+        run(&["backup", &s(&src), &s(&bk), "--buffer-count", bad]).fails(2, &["--buffer-count"]);
+    }
+    let r = run(&["backup", &s(&src), &s(&bk), "--buffer-count", "2048"]);
+    r.ok();
+    assert!(
+        r.stderr.contains("--buffer-count 2048")
+            && r.stderr.contains("fills 21 chunk(s)")
+            && r.stderr.contains("allocated up front"),
+        "{}",
+        r.stderr
+    );
+    run(&["verify", &s(&bk)]).ok();
+}
+
+/// Set names follow the library's rule (letters, digits, `-_.{}`): spaces, newlines and
+/// control characters are refused with the rule (they used to be accepted).
+#[test]
+fn set_names_follow_the_rule() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    write_pattern(&src, 5, 1000);
+    for bad in [
+        "two words",
+        "new\nline",
+        "tab\there",
+        "bell\u{7}",
+        "a/b",
+        "",
+    ] {
+        let r = run(&["backup", &s(&src), &s(&dir.path().join("bk")), "--set", bad]);
+        r.fails(2, &["a set name is 1 to 100 of the letters", "- _ . { }"]);
+        run(&["client", "backup", "--set", bad, &s(&dir.path().join("bk"))])
+            .fails(2, &["a set name"]);
+        run(&["engine", "backup", "--set", bad, &s(&src)]).fails(2, &["a set name"]);
+    }
+    assert!(!dir.path().join("bk").exists());
+    run(&[
+        "backup",
+        &s(&src),
+        &s(&dir.path().join("bk")),
+        "--set",
+        "{nightly-1.0_a}",
+    ])
+    .ok();
+}
+
+/// A set name in use says who holds it and how to choose another (any local process
+/// can hold a fixed name).
+#[test]
+fn a_set_name_in_use_names_its_holder() {
+    let dir = tempfile::tempdir().unwrap();
+    let name = set_name("held");
+    let holder = KillOnDrop(spawn(&[
+        "client",
+        "backup",
+        "--set",
+        &name,
+        &s(&dir.path().join("a")),
+    ]));
+    wait_until(Duration::from_secs(30), "the first set", || {
+        std::fs::read_to_string("/proc/net/unix").is_ok_and(|t| t.contains(&name))
+    });
+    let src = dir.path().join("src");
+    write_pattern(&src, 6, 1000);
+    let pid = format!("process {}", holder.id());
+    run(&[
+        "backup",
+        &s(&src),
+        &s(&dir.path().join("b")),
+        "--set",
+        &name,
+    ])
+    .fails(
+        7,
+        &[
+            "already in use",
+            &pid,
+            "this user",
+            "--set NAME",
+            "without --set",
+        ],
+    );
+    drop(holder);
 }

@@ -12,6 +12,18 @@ use std::io::{Read, Write};
 use std::process::Stdio;
 use std::time::Duration;
 
+/// Sends SIGCONT to a process when dropped.
+struct ContOnDrop(u32);
+
+impl Drop for ContOnDrop {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("kill")
+            .args(["-CONT", &self.0.to_string()])
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
 /// Feeds `stdin` from a thread until it is closed (the reader went away).
 fn feed(mut stdin: std::process::ChildStdin, upto: usize) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
@@ -42,6 +54,7 @@ fn a_stopped_engine_is_named_and_the_backup_fails_cleanly() {
     });
     let engine = children_of(child.id())[0];
     signal(engine, "STOP");
+    let _cont = ContOnDrop(engine);
     let writer = feed(stdin, 64 << 20);
     let r = wait_output(child, Duration::from_secs(120));
     let engine_pid = format!("the engine (pid {engine})");
@@ -86,6 +99,9 @@ fn a_stopped_backup_application_is_named_by_the_engine() {
     let pid = child.id();
     let engine = children_of(pid)[0];
     signal(pid, "STOP");
+    // If this test fails before it continues the process, it is continued all the same
+    // (and then ends by itself: its engine gave up).
+    let _cont = ContOnDrop(pid);
     // The engine keeps sending what it reads, and nothing completes.
     let writer = feed(stdin, 64 << 20);
     wait_until(Duration::from_secs(60), "the engine to give up", || {
@@ -126,6 +142,7 @@ fn a_stopped_engine_of_a_restore_to_a_pipe_is_named() {
     out.read_exact(&mut buf).unwrap();
     let engine = children_of(child.id())[0];
     signal(engine, "STOP");
+    let _cont = ContOnDrop(engine);
     let reader = std::thread::spawn(move || {
         let mut rest = Vec::new();
         let _ = out.read_to_end(&mut rest);

@@ -156,9 +156,10 @@ pub struct SoakArgs {
 /// The roles' knobs for the engine (server role).
 #[derive(Debug, Args, Clone)]
 pub struct EngineKnobs {
-    /// Total shared buffers the engine requests (default: 4 per device, to keep every
-    /// device busy).
-    #[arg(long, value_name = "N")]
+    /// Total shared buffers the engine requests, 1 to 65536 (default: 4 per device, to
+    /// keep every device busy). The buffers are allocated up front, so the engine asks for
+    /// no more than the source can fill, nor more than 1 GiB in all, and says so.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=65536))]
     pub buffer_count: Option<u32>,
     /// Largest transfer (VDI maxTransferSize): a multiple of 64K up to 4M.
     #[arg(long, value_name = "BYTES", default_value = "1M", value_parser = parse_transfer)]
@@ -233,7 +234,7 @@ pub struct BackupArgs {
     #[arg(long, value_name = "ALGO", default_value = "none", value_parser = Compression::parse)]
     pub compress: Compression,
     /// The virtual device set's name (default: a new unique name).
-    #[arg(long, value_name = "NAME")]
+    #[arg(long, value_name = "NAME", value_parser = parse_set_name)]
     pub set: Option<String>,
     /// Replace an existing backup in DEST: the new backup is written beside it and
     /// takes its place only once it is complete; then the old backup's files are removed
@@ -271,7 +272,7 @@ pub struct RestoreArgs {
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=64))]
     pub devices: Option<u32>,
     /// The virtual device set's name (default: a new unique name).
-    #[arg(long, value_name = "NAME")]
+    #[arg(long, value_name = "NAME", value_parser = parse_set_name)]
     pub set: Option<String>,
     /// Replace TARGET if it exists.
     #[arg(long)]
@@ -326,7 +327,7 @@ pub enum ClientCmd {
 #[derive(Debug, Args)]
 pub struct ClientBackupArgs {
     /// The set name the engine will open.
-    #[arg(long, value_name = "NAME")]
+    #[arg(long, value_name = "NAME", value_parser = parse_set_name)]
     pub set: String,
     /// Where to store the backup: a directory, or - (standard output, one device).
     #[arg(value_name = "DEST")]
@@ -366,7 +367,7 @@ pub struct ClientBackupArgs {
 #[derive(Debug, Args)]
 pub struct ClientRestoreArgs {
     /// The set name the engine will open.
-    #[arg(long, value_name = "NAME")]
+    #[arg(long, value_name = "NAME", value_parser = parse_set_name)]
     pub set: String,
     /// The backup directory, or - (a single stream on standard input).
     #[arg(value_name = "BACKUP")]
@@ -413,7 +414,7 @@ pub enum EngineCmd {
 #[derive(Debug, Args)]
 pub struct EngineSession {
     /// The set the backup application created.
-    #[arg(long, value_name = "NAME")]
+    #[arg(long, value_name = "NAME", value_parser = parse_set_name)]
     pub set: String,
     /// Seconds to wait for the set to appear.
     #[arg(long, value_name = "SECS", default_value_t = 60)]
@@ -516,6 +517,26 @@ fn parse_user(s: &str) -> Result<u32, String> {
     lookup_id(s, "/etc/passwd", "user")
 }
 
+/// The longest set name (the library's limit).
+const MAX_SET_NAME: usize = 100;
+
+/// A set name: 1 to 100 ASCII letters, digits and `-_.{}` (the library's rule; it names
+/// an abstract socket that every process on the machine can see, and appears in logs).
+pub fn parse_set_name(s: &str) -> Result<String, String> {
+    let ok = |c: char| c.is_ascii_alphanumeric() || "-_.{}".contains(c);
+    if s.is_empty() || s.len() > MAX_SET_NAME || !s.chars().all(ok) {
+        let bad = s
+            .chars()
+            .find(|&c| !ok(c))
+            .map(|c| format!(" ({c:?} is not allowed)"))
+            .unwrap_or_else(|| format!(" ({} bytes)", s.len()));
+        return Err(format!(
+            "a set name is 1 to {MAX_SET_NAME} of the letters A-Z and a-z, the digits 0-9 and - _ . {{ }}{bad}; for example nightly-shop, or a GUID in braces"
+        ));
+    }
+    Ok(s.to_owned())
+}
+
 fn parse_transfer(s: &str) -> Result<u32, String> {
     let n = parse_size(s)?;
     if n == 0 || !n.is_multiple_of(65536) || n > 4 << 20 {
@@ -558,5 +579,21 @@ mod tests {
         assert_eq!(parse_user("1234"), Ok(1234));
         assert_eq!(parse_group("root"), Ok(0));
         assert!(parse_group("no-such-group-here").is_err());
+        assert!(parse_set_name("nightly-shop_1.{0f}").is_ok());
+        for bad in [
+            "",
+            "a b",
+            "a\nb",
+            "a\tb",
+            "a/b",
+            "é",
+            "a#1",
+            &"x".repeat(101),
+        ] {
+            assert!(parse_set_name(bad).is_err(), "{bad:?}");
+        }
+        // vdi's own names follow the rule.
+        assert!(parse_set_name(&super::super::vdiutil::new_set_name("backup")).is_ok());
+        assert!(parse_set_name(&super::super::vdiutil::new_set_name("restore")).is_ok());
     }
 }

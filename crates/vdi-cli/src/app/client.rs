@@ -182,10 +182,20 @@ fn create_set(name: &str, devices: u32, allow_group: Option<u32>) -> Result<Clie
     }
     ClientSet::create_with(name, &cfg, opts).map_err(|e| {
         if e.code() == ErrorCode::Busy {
+            // The library's reason names who holds the name (user and process).
+            let holder = match e.reason() {
+                vdi::Reason::NameInUse(why) => why
+                    .split_once(" already exists")
+                    .map(|(_, rest)| rest.split(';').next().unwrap_or("").trim())
+                    .filter(|h| !h.is_empty())
+                    .map(|h| format!(" {h}"))
+                    .unwrap_or_default(),
+                _ => String::new(),
+            };
             fail(
                 Kind::SetBusy,
                 format!(
-                    "the set name '{name}' is already in use by another backup or restore ({}); choose another --set name or wait for the other one to finish",
+                    "the set name '{name}' is already in use{holder} ({}); any process on this machine can hold a name, so choose another one with --set NAME (letters, digits and - _ . {{ }}; without --set, vdi picks a new unique name), or wait for the holder to finish",
                     e.code()
                 ),
             )
@@ -214,7 +224,7 @@ pub fn prepare_backup(plan: BackupPlan) -> Result<PreparedBackup> {
     let set = create_set(&plan.set, plan.devices, plan.allow_group)?;
     let media = match &mut new {
         None => {
-            vec![stdout_file().map_err(|e| fail(Kind::Usage, format!("standard output: {e}")))?]
+            vec![stdout_file().map_err(|e| fail(Kind::Usage, format!("destination -: {e}")))?]
         }
         Some(n) => {
             let mut v = Vec::new();
@@ -877,8 +887,7 @@ pub fn open_backup(src: &BackupSrc, devices: Option<u32>) -> Result<OpenedBackup
                 ));
             }
             let media: Box<dyn Read + Send> = Box::new(
-                PolledStdin::open()
-                    .map_err(|e| fail(Kind::Input, format!("standard input: {e}")))?,
+                PolledStdin::open().map_err(|e| fail(Kind::Usage, format!("backup -: {e}")))?,
             );
             let r = backup::detect_compression(media)
                 .and_then(|(m, c)| StreamReader::new_unhashed(m, c))

@@ -19,7 +19,7 @@ use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use serde::{Deserialize, Serialize};
 use vdi::{
     AbortCause, CommandCode, Completion, ErrorCode, Reason, ServerBuffer, ServerCommand,
@@ -93,6 +93,10 @@ pub struct EngineReport {
     /// Injected faults that never acted (the operation had fewer commands), as warnings.
     #[serde(default)]
     pub unfired: Vec<String>,
+    /// What the engine chose differently from what it was asked (fewer buffers), as
+    /// warnings.
+    #[serde(default)]
+    pub notes: Vec<String>,
 }
 
 /// The failure of an engine whose parent `vdi` (pid `parent`) is gone, if it is: the
@@ -392,7 +396,59 @@ impl Pump<'_> {
     }
 }
 
-fn configure(set: &ServerSet, cfg: &EngineCfg, media: u32) -> Result<(u32, u32, bool)> {
+/// The most shared memory the engine asks for its buffers (allocated, and touched, up
+/// front): more does not make a transfer faster.
+pub const MAX_BUFFER_BYTES: u64 = 1 << 30;
+
+/// How many buffers to request: `requested` (default 4 per device, at least one per
+/// device), but no more than the source needs (its chunks, plus the header and trailer
+/// of each device) nor than [`MAX_BUFFER_BYTES`] in all. Says why when it asked for fewer
+/// than `requested`.
+pub fn buffer_count(
+    requested: Option<u32>,
+    devices: u32,
+    max_transfer: u32,
+    source: Option<u64>,
+) -> (u32, Option<String>) {
+    let want = requested.unwrap_or(4 * devices).max(devices);
+    let per = u64::from(max_transfer);
+    let by_memory = (MAX_BUFFER_BYTES / per).max(u64::from(devices));
+    let by_source = source.map(|n| {
+        let chunks = n.div_ceil(u64::from(stream::max_payload(max_transfer)));
+        (chunks + u64::from(devices)).max(u64::from(devices))
+    });
+    let cap = by_source.unwrap_or(u64::MAX).min(by_memory);
+    if u64::from(want) <= cap {
+        return (want, None);
+    }
+    let count = cap as u32;
+    let total = u64::from(want) * per;
+    let why = match (requested, by_source) {
+        (None, _) => None,
+        (Some(_), Some(b)) if b <= by_memory => Some(format!(
+            "--buffer-count {want}: the source ({}) fills {} chunk(s) of {}, so {count} buffers are all it can use; more would only take shared memory, which is allocated up front ({want} buffers: {})",
+            vdi_cli::units::human_bytes(source.unwrap_or(0)),
+            b - u64::from(devices),
+            vdi_cli::units::human_bytes(per),
+            vdi_cli::units::human_bytes(total)
+        )),
+        (Some(_), _) => Some(format!(
+            "--buffer-count {want}: {want} buffers of {} would take {} of shared memory, allocated up front; capped at {count} ({} in all): more buffers do not make the transfer faster",
+            vdi_cli::units::human_bytes(per),
+            vdi_cli::units::human_bytes(total),
+            vdi_cli::units::human_bytes(MAX_BUFFER_BYTES)
+        )),
+    };
+    (count, why)
+}
+
+fn configure(
+    set: &ServerSet,
+    cfg: &EngineCfg,
+    media: u32,
+    source: Option<u64>,
+    notes: &mut Vec<String>,
+) -> Result<(u32, u32, bool)> {
     let what = "configuring the set";
     let asked = set
         .get_configuration()
@@ -405,7 +461,11 @@ fn configure(set: &ServerSet, cfg: &EngineCfg, media: u32) -> Result<(u32, u32, 
         } else {
             0
         };
-    let buffers = cfg.buffer_count.unwrap_or(4 * devices).max(devices);
+    let (buffers, why) = buffer_count(cfg.buffer_count, devices, cfg.max_transfer, source);
+    if let Some(w) = why {
+        tracing::warn!("{w}");
+        notes.push(w);
+    }
     set.begin_configuration(feats, cfg.block_size, 0, cfg.max_transfer, 10_000)
         .map_err(|e| vd_fail(&e, "engine", what))?;
     set.request_buffers(cfg.max_transfer, 0, buffers)
@@ -490,14 +550,16 @@ pub fn backup(cfg: &EngineCfg, spec: &Spec) -> Result<EngineReport> {
     let mut src = source::open_source(spec)?;
     let set = open_set(cfg)?;
     let started = Instant::now();
-    let (devices, buffers, complete) = match configure(&set, cfg, features::WRITE_MEDIA) {
-        Ok(v) => v,
-        Err(e) => {
-            let _ = set.signal_abort();
-            let _ = set.close();
-            return Err(e);
-        }
-    };
+    let mut notes = Vec::new();
+    let (devices, buffers, complete) =
+        match configure(&set, cfg, features::WRITE_MEDIA, src.size, &mut notes) {
+            Ok(v) => v,
+            Err(e) => {
+                let _ = set.signal_abort();
+                let _ = set.close();
+                return Err(e);
+            }
+        };
     let stream_id = super::vdiutil::random_id();
     let label = spec.label();
     let inj = Injector::new(Role::Engine, &cfg.faults);
@@ -597,6 +659,7 @@ pub fn backup(cfg: &EngineCfg, spec: &Spec) -> Result<EngineReport> {
         seconds: started.elapsed().as_secs_f64(),
         snapshot_seconds: src.snapshot_secs,
         unfired: unfired(&inj),
+        notes,
         ..EngineReport::default()
     })
 }
@@ -779,7 +842,8 @@ impl Out {
             Spec::Std => Ok(Out::Seq(Arc::new(SeqOut {
                 st: Mutex::new(SeqState::new(
                     devices_hint,
-                    source::stdout_file().context("standard output")?,
+                    source::stdout_file()
+                        .map_err(|e| fail(Kind::Usage, format!("target -: {e}")))?,
                 )),
                 cv: Condvar::new(),
                 limit: 64 << 20,
@@ -1127,14 +1191,16 @@ pub fn restore(cfg: &EngineCfg, spec: &Spec, force: bool, integrity: bool) -> Re
     let out = Out::prepare(spec, force, 1)?;
     let set = open_set(cfg)?;
     let started = Instant::now();
-    let (devices, buffers, complete) = match configure(&set, cfg, features::READ_MEDIA) {
-        Ok(v) => v,
-        Err(e) => {
-            let _ = set.signal_abort();
-            let _ = set.close();
-            return Err(e);
-        }
-    };
+    let mut notes = Vec::new();
+    let (devices, buffers, complete) =
+        match configure(&set, cfg, features::READ_MEDIA, None, &mut notes) {
+            Ok(v) => v,
+            Err(e) => {
+                let _ = set.signal_abort();
+                let _ = set.close();
+                return Err(e);
+            }
+        };
     out.set_running(devices);
     let inj = Injector::new(Role::Engine, &cfg.faults);
     let streams = with_agent(&set, cfg, "restore", || {
@@ -1213,6 +1279,7 @@ pub fn restore(cfg: &EngineCfg, spec: &Spec, force: bool, integrity: bool) -> Re
         seconds: started.elapsed().as_secs_f64(),
         integrity_check: verdict,
         unfired: unfired(&inj),
+        notes,
         ..EngineReport::default()
     })
 }
@@ -1274,6 +1341,23 @@ mod tests {
             cv: Condvar::new(),
             limit,
         }
+    }
+
+    #[test]
+    fn buffer_counts_are_capped_and_say_why() {
+        // The default: 4 per device, fewer for a small source, silently.
+        assert_eq!(buffer_count(None, 2, 1 << 20, None), (8, None));
+        assert_eq!(buffer_count(None, 4, 1 << 20, Some(1000)).0, 5);
+        // Asked for more than the source can use: said so.
+        let (n, why) = buffer_count(Some(2048), 1, 1 << 20, Some(20 << 20));
+        assert_eq!(n, 22);
+        assert!(why.unwrap().contains("fills 21 chunk(s)"));
+        // More than 1 GiB in all: capped, said so.
+        let (n, why) = buffer_count(Some(2048), 4, 4 << 20, None);
+        assert_eq!(n, 256);
+        assert!(why.unwrap().contains("8.0 GiB of shared memory"));
+        // Never fewer than one per device.
+        assert_eq!(buffer_count(Some(1), 3, 1 << 20, Some(0)), (3, None));
     }
 
     #[test]

@@ -104,6 +104,7 @@ fn output_of(cmd: &Cmd) -> OutputArgs {
 
 /// Runs a command; prints its error and returns its exit code.
 pub fn main(cli: Cli) -> ExitCode {
+    source::note_closed_standard_streams();
     let out = output_of(&cli.cmd);
     init_logging(out.quiet);
     interrupt::install();
@@ -391,8 +392,7 @@ fn verify(target: &str, out: OutputArgs) -> Result<()> {
     });
     let report = if target == "-" {
         let media: Box<dyn std::io::Read + Send> = Box::new(
-            source::PolledStdin::open()
-                .map_err(|e| fail(Kind::Input, format!("standard input: {e}")))?,
+            source::PolledStdin::open().map_err(|e| fail(Kind::Usage, format!("backup -: {e}")))?,
         );
         let mut r = backup::VerifyReport::default();
         match backup::check_stream(media, None, None) {

@@ -253,6 +253,9 @@ fn warn_unfired(client: &Injector, engine: &EngineReport) {
     for f in &engine.unfired {
         tracing::warn!("injected fault {f}");
     }
+    for n in &engine.notes {
+        tracing::warn!("the engine: {n}");
+    }
 }
 
 /// The engine's `--stall-timeout`: the same as this side's.

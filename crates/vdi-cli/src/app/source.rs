@@ -141,7 +141,10 @@ fn check_regular(what: &str, path: &Path) -> Result<File> {
 /// Checks that the source can be read; returns its size if known.
 pub fn check_source(spec: &Spec) -> Result<Option<u64>> {
     match spec {
-        Spec::Std => Ok(None),
+        Spec::Std => {
+            stdin_file().map_err(|e| fail(Kind::Usage, format!("source -: {e}")))?;
+            Ok(None)
+        }
         Spec::File(p) => {
             let (mut f, len) = open_input("source file", p, true)?;
             let mut probe = [0u8; 1];
@@ -307,8 +310,52 @@ pub fn header_check(path: &Path) -> Result<(), String> {
     Ok(())
 }
 
+/// Which of standard input, output and error were closed when the process started.
+static CLOSED: [std::sync::atomic::AtomicBool; 3] = [
+    std::sync::atomic::AtomicBool::new(false),
+    std::sync::atomic::AtomicBool::new(false),
+    std::sync::atomic::AtomicBool::new(false),
+];
+
+/// Notes which of standard input, output and error the process was started without
+/// (`>&-`). Rust's runtime puts `/dev/null`, opened read-write, in place of a closed one
+/// before `main`, so a backup "to standard output" went into `/dev/null` and was
+/// reported as a success. A shell's `> /dev/null` opens it write-only (`< /dev/null`
+/// read-only): only a read-write `/dev/null` is taken for a closed stream. Call first
+/// thing in `main`.
+pub fn note_closed_standard_streams() {
+    use rustix::fs::{FileType, OFlags};
+    let filler = |fd: std::os::fd::BorrowedFd<'_>| {
+        let Ok(st) = rustix::fs::fstat(fd) else {
+            return true;
+        };
+        let null = FileType::from_raw_mode(st.st_mode) == FileType::CharacterDevice
+            && rustix::fs::major(st.st_rdev) == 1
+            && rustix::fs::minor(st.st_rdev) == 3;
+        null && rustix::fs::fcntl_getfl(fd).is_ok_and(|f| f & OFlags::RWMODE == OFlags::RDWR)
+    };
+    let fds = [
+        filler(io::stdin().as_fd()),
+        filler(io::stdout().as_fd()),
+        filler(io::stderr().as_fd()),
+    ];
+    for (i, closed) in fds.into_iter().enumerate() {
+        CLOSED[i].store(closed, std::sync::atomic::Ordering::Release);
+    }
+}
+
+fn closed(i: usize, what: &str, redirect: &str) -> io::Result<()> {
+    if CLOSED[i].load(std::sync::atomic::Ordering::Acquire) {
+        return Err(io::Error::other(format!(
+            "{what} is closed (the command was started with {redirect}&-): redirect it to a file or a pipe"
+        )));
+    }
+    Ok(())
+}
+
 /// A duplicate of standard input as a file (read without Rust's buffering).
 pub fn stdin_file() -> io::Result<File> {
+    closed(0, "standard input", "<")?;
     Ok(File::from(io::stdin().as_fd().try_clone_to_owned()?))
 }
 
@@ -351,6 +398,7 @@ impl Read for PolledStdin {
 
 /// A duplicate of standard output as a file (written without line buffering).
 pub fn stdout_file() -> io::Result<File> {
+    closed(1, "standard output", ">")?;
     Ok(File::from(io::stdout().as_fd().try_clone_to_owned()?))
 }
 
@@ -402,7 +450,9 @@ impl Drop for EngineScratch {
 pub fn open_source(spec: &Spec) -> Result<OpenSource> {
     match spec {
         Spec::Std => Ok(OpenSource {
-            reader: Box::new(PolledStdin::open().context("standard input")?),
+            reader: Box::new(
+                PolledStdin::open().map_err(|e| fail(Kind::Usage, format!("source -: {e}")))?,
+            ),
             size: None,
             _snapshot: None,
             snapshot_secs: 0.0,

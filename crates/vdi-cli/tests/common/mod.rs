@@ -336,3 +336,21 @@ pub fn backup_id(dir: &Path) -> String {
         serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json")).unwrap()).unwrap();
     m["backup_id"].as_str().unwrap().to_owned()
 }
+
+/// A child process killed (and reaped) when this goes out of scope, even when the test
+/// fails first: no process outlives its test.
+pub struct KillOnDrop(pub Child);
+
+impl KillOnDrop {
+    /// The child's pid.
+    pub fn id(&self) -> u32 {
+        self.0.id()
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
