@@ -144,9 +144,11 @@ impl BackupDir {
     /// Opens the directory `path` for reading a backup. A symbolic link there is refused
     /// (vdi follows no link in a backup), and so is anything that is not a directory.
     pub fn open(path: &Path) -> io::Result<BackupDir> {
+        // Without a trailing slash, which would make the kernel follow a link there.
+        let plain: PathBuf = path.components().collect();
         match rfs::openat(
             CWD,
-            path,
+            &plain,
             OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
             Mode::empty(),
         ) {
@@ -331,6 +333,8 @@ fn check_name(name: &str) -> io::Result<()> {
 }
 
 fn not_a_directory(path: &Path, hint: &str) -> io::Error {
+    let path: PathBuf = path.components().collect();
+    let path = path.as_path();
     let what = match rfs::statat(CWD, path, AtFlags::SYMLINK_NOFOLLOW) {
         Ok(st) if FileKind::of(&st) == FileKind::Symlink => {
             let to = rfs::readlinkat(CWD, path, Vec::new())

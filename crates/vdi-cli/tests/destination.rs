@@ -309,6 +309,8 @@ fn a_link_as_destination_is_refused_and_said_so() {
     let link = dir.path().join("link");
     std::os::unix::fs::symlink(&real, &link).unwrap();
     run(&["backup", &s(&src), &s(&link)]).fails(4, &["is a symbolic link", "real"]);
+    let slash = format!("{}/", s(&link));
+    run(&["backup", &s(&src), &slash]).fails(4, &["is a symbolic link", "real"]);
     assert!(names_in(&real).is_empty());
     // A file or a FIFO is not a directory.
     let fifo = dir.path().join("fifo");

@@ -74,6 +74,9 @@ fn links_in_a_backup_are_never_followed() {
     let link = dir.path().join("link");
     std::os::unix::fs::symlink(&bk2, &link).unwrap();
     both_refuse(dir.path(), &link, 3, &["is a symbolic link", "bk2"]);
+    // Also when named with a trailing slash (which makes the kernel follow a link).
+    let slash = std::path::PathBuf::from(format!("{}/", s(&link)));
+    both_refuse(dir.path(), &slash, 3, &["is a symbolic link", "bk2"]);
 }
 
 #[test]
