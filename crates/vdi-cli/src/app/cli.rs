@@ -30,8 +30,9 @@ use super::inject::Fault;
         "Exit codes:\n",
         "  0 success, 1 other error, 2 wrong command line, 3 source or backup missing or\n",
         "  unreadable, 4 target exists (use --force), 5 backup damaged or incomplete,\n",
-        "  6 disk full, 7 set name in use, 8 the engine or backup application died or\n",
-        "  aborted, 130 interrupted (SIGINT, SIGTERM or SIGHUP)"
+        "  6 disk full, 7 set name in use or DEST locked by another backup, 8 the engine or\n",
+        "  backup application died, aborted or stalled (--stall-timeout), 130 interrupted\n",
+        "  (SIGINT, SIGTERM or SIGHUP)"
     )
 )]
 pub struct Cli {
