@@ -21,13 +21,14 @@
 //! assert_eq!(stream_file_name(0, Compression::Zstd { level: 3 }), "device-0.stream.zst");
 //! ```
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{self, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::stream::{self, Decoder, DeviceStream, NullSink};
+use crate::backup_dir::{BackupDir, FileError, MANIFEST_TMP, MAX_MANIFEST_BYTES};
+use crate::stream::{self, Decoder, DeviceStream, NullSink, StreamHeader};
 
 /// The manifest's file name.
 pub const MANIFEST: &str = "manifest.json";
@@ -111,6 +112,17 @@ pub struct SourceInfo {
     pub name: String,
     /// Bytes of the source, if known.
     pub bytes: Option<u64>,
+    /// Whether the source could tell that it ended normally (a file's or a database
+    /// snapshot's known size). False for an unchecked stream (standard input): a
+    /// producer killed in the middle looks just like one that finished, so the backup
+    /// holds everything that arrived, which may not be everything that was meant.
+    /// (Absent in manifests written before this field: true.)
+    #[serde(default = "yes")]
+    pub checked: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// `manifest.json`.
@@ -182,36 +194,52 @@ pub enum BackupError {
     },
 }
 
+/// Parses a manifest's bytes as a manifest of this format, complete or not (what a
+/// destination must hold for vdi to consider it a backup it wrote).
+pub fn parse_manifest_any(bytes: &[u8]) -> Result<Manifest, String> {
+    let m: Manifest =
+        serde_json::from_slice(bytes).map_err(|e| format!("not a valid manifest: {e}"))?;
+    if m.format != FORMAT {
+        return Err(format!("format is '{}', not '{FORMAT}'", m.format));
+    }
+    Ok(m)
+}
+
 /// Reads and checks the manifest of backup directory `dir`.
 pub fn read_manifest(dir: &Path) -> Result<Manifest, BackupError> {
-    let meta = std::fs::metadata(dir).map_err(|e| BackupError::Unreadable {
+    read_manifest_in(&open_dir(dir)?)
+}
+
+/// Opens the backup directory `dir` (not following a link there).
+pub fn open_dir(dir: &Path) -> Result<BackupDir, BackupError> {
+    BackupDir::open(dir).map_err(|e| BackupError::Unreadable {
         path: dir.to_owned(),
         source: e,
-    })?;
-    if !meta.is_dir() {
-        return Err(BackupError::Unreadable {
-            path: dir.to_owned(),
-            source: io::Error::other("not a directory (a backup is a directory, or - for stdin)"),
-        });
-    }
-    let path = dir.join(MANIFEST);
-    let text = match std::fs::read_to_string(&path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            return Err(BackupError::NoManifest {
-                path: dir.to_owned(),
-            });
-        }
-        Err(e) => {
-            return Err(BackupError::Unreadable { path, source: e });
-        }
-    };
+    })
+}
+
+/// Reads and checks the manifest of the open backup directory `dir`: a regular file of
+/// at most [`MAX_MANIFEST_BYTES`], never followed through a link, never waited for.
+pub fn read_manifest_in(dir: &BackupDir) -> Result<Manifest, BackupError> {
+    let path = dir.path().join(MANIFEST);
     let bad = |what: String| BackupError::BadManifest {
         path: path.clone(),
         what,
     };
+    let bytes = match dir.read_regular(MANIFEST, MAX_MANIFEST_BYTES) {
+        Ok(b) => b,
+        Err(FileError::Missing) => {
+            return Err(BackupError::NoManifest {
+                path: dir.path().to_owned(),
+            });
+        }
+        Err(FileError::Io(e)) => {
+            return Err(BackupError::Unreadable { path, source: e });
+        }
+        Err(e) => return Err(bad(format!("it {e}"))),
+    };
     let m: Manifest =
-        serde_json::from_str(&text).map_err(|e| bad(format!("not a valid manifest: {e}")))?;
+        serde_json::from_slice(&bytes).map_err(|e| bad(format!("not a valid manifest: {e}")))?;
     if m.format != FORMAT {
         return Err(bad(format!("format is '{}', not '{FORMAT}'", m.format)));
     }
@@ -248,18 +276,22 @@ pub fn read_manifest(dir: &Path) -> Result<Manifest, BackupError> {
 }
 
 /// Writes `manifest` into `dir` atomically: a temporary file, synced, renamed to
-/// [`MANIFEST`], then the directory synced.
+/// [`MANIFEST`], then the directory synced (the temporary is removed on any failure).
+/// The file is made with mode 0600.
 pub fn write_manifest(dir: &Path, manifest: &Manifest) -> io::Result<()> {
-    let tmp = dir.join(format!(".{MANIFEST}.tmp"));
+    BackupDir::open(dir)?.write_atomically(
+        MANIFEST,
+        MANIFEST_TMP,
+        &manifest_bytes(manifest)?,
+        Some(0o600),
+    )
+}
+
+/// The manifest as it is stored (pretty JSON, `"complete"` last, a final newline).
+pub fn manifest_bytes(manifest: &Manifest) -> io::Result<Vec<u8>> {
     let mut text = serde_json::to_string_pretty(manifest).map_err(io::Error::other)?;
     text.push('\n');
-    {
-        let mut f = File::create(&tmp)?;
-        f.write_all(text.as_bytes())?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, dir.join(MANIFEST))?;
-    sync_dir(dir)
+    Ok(text.into_bytes())
 }
 
 /// Syncs a directory (so a rename or a new file in it is durable).
@@ -563,37 +595,147 @@ pub fn read_full<R: Read + ?Sized>(r: &mut R, buf: &mut [u8]) -> io::Result<usiz
     Ok(n)
 }
 
-/// Opens the stream file of `entry` in backup `dir` after checking it is there and has
-/// the size the manifest records.
-pub fn open_stream(dir: &Path, entry: &StreamEntry) -> Result<File, String> {
-    let path = dir.join(&entry.file);
-    let f = match File::open(&path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+/// The first `n` bytes of `f` (fewer if it is shorter), read without moving its cursor.
+fn head(f: &File, n: usize) -> Vec<u8> {
+    use std::os::unix::fs::FileExt;
+    let mut v = vec![0u8; n];
+    let mut got = 0;
+    while got < n {
+        match f.read_at(&mut v[got..], got as u64) {
+            Ok(0) => break,
+            Ok(k) => got += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => break,
+        }
+    }
+    v.truncate(got);
+    v
+}
+
+/// Enough of a stored stream to decode its header: a zstd block is at most 128 KiB.
+const HEAD: usize = 256 << 10;
+
+/// The stream header at the start of the stored stream `f`, if it holds one.
+fn peek_header(f: &File, compression: Compression) -> Option<StreamHeader> {
+    let n = match compression {
+        Compression::None => stream::HEADER_FIXED_LEN + stream::MAX_NAME + 4,
+        Compression::Zstd { .. } => HEAD,
+    };
+    let media: Box<dyn Read + Send> = Box::new(io::Cursor::new(head(f, n)));
+    let mut r = StreamReader::new_unhashed(media, compression).ok()?;
+    let mut buf = vec![0u8; stream::HEADER_FIXED_LEN + stream::MAX_NAME + 4];
+    let n = r.read_full(&mut buf).ok()?;
+    StreamHeader::peek(&buf[..n])
+}
+
+/// Whether the file `f` holds a vdi stream (zstd-compressed if `zst`): it starts with
+/// the stream header's magic.
+pub fn holds_vdi_stream(f: &File, zst: bool) -> bool {
+    let compression = if zst {
+        Compression::Zstd { level: 0 }
+    } else {
+        Compression::None
+    };
+    let n = if zst { HEAD } else { 8 };
+    let media: Box<dyn Read + Send> = Box::new(io::Cursor::new(head(f, n)));
+    let mut magic = [0u8; 8];
+    StreamReader::new_unhashed(media, compression)
+        .and_then(|mut r| r.read_full(&mut magic))
+        .is_ok_and(|n| n == 8 && magic == stream::HEADER_MAGIC)
+}
+
+/// Opens the stream file of `entry` in backup `dir` (of `manifest`): a regular file,
+/// never followed through a link, holding this device's stream of this backup (its
+/// header says so, when the manifest records the backup's stream id), of the size the
+/// manifest records.
+pub fn open_stream_in(
+    dir: &BackupDir,
+    manifest: &Manifest,
+    entry: &StreamEntry,
+) -> Result<File, String> {
+    let what = format!("stream file {} (device {})", entry.file, entry.device);
+    let f = dir
+        .open_regular(&entry.file, None)
+        .map_err(|e| format!("{what} {e}"))?;
+    if let Some(id) = &manifest.stream_id
+        && let Some(h) = peek_header(&f, manifest.compression)
+    {
+        if stream::hex_id(&h.stream_id) != *id {
             return Err(format!(
-                "stream file {} (device {}) is missing",
-                entry.file, entry.device
+                "{what} belongs to another backup (stream id {}), not to this one ({id}): it was replaced after the backup",
+                stream::hex_id(&h.stream_id)
             ));
         }
-        Err(e) => return Err(format!("cannot open stream file {}: {e}", entry.file)),
-    };
+        if h.device != entry.device {
+            let theirs = manifest
+                .streams
+                .get(h.device as usize)
+                .map(|e| format!(", which the manifest calls {}", e.file))
+                .unwrap_or_default();
+            return Err(format!(
+                "{what} holds the stream of device {}{theirs}: the stream files were swapped or renamed",
+                h.device
+            ));
+        }
+    }
     let len = f
         .metadata()
-        .map_err(|e| format!("cannot read stream file {}: {e}", entry.file))?
+        .map_err(|e| format!("cannot read {what}: {e}"))?
         .len();
     if len < entry.stored_bytes {
         return Err(format!(
-            "stream file {} (device {}) is truncated: it has {len} bytes, the manifest records {}",
-            entry.file, entry.device, entry.stored_bytes
+            "{what} is truncated: it has {len} bytes, the manifest records {}",
+            entry.stored_bytes
         ));
     }
     if len > entry.stored_bytes {
         return Err(format!(
-            "stream file {} (device {}) has {len} bytes, the manifest records {}: it was changed after the backup",
-            entry.file, entry.device, entry.stored_bytes
+            "{what} has {len} bytes, the manifest records {}: it was changed after the backup",
+            entry.stored_bytes
         ));
     }
     Ok(f)
+}
+
+/// A stored backup, opened: the directory, its manifest, and each stream file (or why it
+/// cannot be used), all opened together.
+#[derive(Debug)]
+pub struct OpenedBackup {
+    /// The directory.
+    pub dir: BackupDir,
+    /// The manifest, checked.
+    pub manifest: Manifest,
+    /// Each device's stream file, or what is wrong with it.
+    pub streams: Vec<Result<File, String>>,
+}
+
+/// Opens the backup in directory `path`: its manifest and every stream file it lists.
+/// If the backup was replaced while it was being opened (`vdi backup --force` swapped a
+/// new one in), it is opened again, so what is returned is one backup, whole.
+pub fn open_backup(path: &Path) -> Result<OpenedBackup, BackupError> {
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        let dir = open_dir(path)?;
+        let manifest = read_manifest_in(&dir);
+        if manifest.is_err() && tries < 3 && !dir.still_at_path() {
+            continue;
+        }
+        let manifest = manifest?;
+        let streams: Vec<Result<File, String>> = manifest
+            .streams
+            .iter()
+            .map(|e| open_stream_in(&dir, &manifest, e))
+            .collect();
+        if tries < 3 && !dir.still_at_path() {
+            continue;
+        }
+        return Ok(OpenedBackup {
+            dir,
+            manifest,
+            streams,
+        });
+    }
 }
 
 /// The outcome of [`verify_dir`].
@@ -687,15 +829,21 @@ pub fn check_stream(
 /// marker, every stream file present with its recorded size and digest, every chunk's
 /// checksum, every trailer, and that the streams together hold the whole source.
 pub fn verify_dir(dir: &Path) -> Result<VerifyReport, BackupError> {
-    let m = read_manifest(dir)?;
+    let OpenedBackup {
+        dir,
+        manifest: m,
+        streams: files,
+    } = open_backup(dir)?;
     let mut report = VerifyReport::default();
     let results: Vec<Result<StreamCheck, String>> = std::thread::scope(|s| {
         let handles: Vec<_> = m
             .streams
             .iter()
-            .map(|e| {
+            .zip(files)
+            .map(|(e, f)| {
+                let m = &m;
                 s.spawn(move || {
-                    let f = open_stream(dir, e)?;
+                    let f = f?;
                     let media: Box<dyn Read + Send> = Box::new(f);
                     check_stream(media, Some(m.compression), Some(e.device))
                         .map_err(|p| format!("stream file {} (device {}): {p}", e.file, e.device))
@@ -761,10 +909,9 @@ pub fn verify_dir(dir: &Path) -> Result<VerifyReport, BackupError> {
         }
     }
     let listed: Vec<&str> = m.streams.iter().map(|s| s.file.as_str()).collect();
-    if let Ok(rd) = std::fs::read_dir(dir) {
-        for ent in rd.flatten() {
-            let name = ent.file_name().to_string_lossy().into_owned();
-            if name.starts_with("device-") && !listed.contains(&name.as_str()) {
+    if let Ok(names) = dir.entries() {
+        for name in names {
+            if crate::backup_dir::is_stream_file_name(&name) && !listed.contains(&name.as_str()) {
                 report.problems.push(format!(
                     "{name} is not part of this backup (the manifest lists {} streams)",
                     m.device_count
@@ -774,15 +921,6 @@ pub fn verify_dir(dir: &Path) -> Result<VerifyReport, BackupError> {
     }
     report.manifest = Some(m);
     Ok(report)
-}
-
-/// Opens (creating if needed) `path` for a new stream, truncating an old one.
-pub fn create_stream_file(path: &Path) -> io::Result<File> {
-    OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(path)
 }
 
 #[cfg(test)]
@@ -807,7 +945,7 @@ mod tests {
         for c in [Compression::None, Compression::Zstd { level: 3 }] {
             let dir = tempfile::tempdir().unwrap();
             let p = dir.path().join("s");
-            let f = create_stream_file(&p).unwrap();
+            let f = File::create(&p).unwrap();
             let mut w = StreamWriter::new(f, c).unwrap();
             let data: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
             for piece in data.chunks(65536) {
@@ -854,6 +992,7 @@ mod tests {
                 kind: "file".into(),
                 name: "file:x".into(),
                 bytes: Some(0),
+                checked: true,
             },
             device_count: 1,
             block_size: 4096,

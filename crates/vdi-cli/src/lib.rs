@@ -10,10 +10,14 @@
 //!   any number of devices carry and any transfer size can read back;
 //! - [`backup`]: the backup application's storage format (one stream file per device, a
 //!   manifest written last) and `vdi verify`'s checks;
+//! - [`backup_dir`]: a backup directory on disk: no link followed, only regular files
+//!   read, one backup at a time (a lock), a backup replaced only by a complete one,
+//!   private modes;
 //! - [`units`]: byte counts as people type and read them.
 
 #![forbid(unsafe_code)]
 
 pub mod backup;
+pub mod backup_dir;
 pub mod stream;
 pub mod units;

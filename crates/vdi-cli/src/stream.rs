@@ -872,10 +872,16 @@ impl Decoder {
             State::Header => Some("the stream header".to_owned()),
             State::Skip { then_end: true, .. } => Some("the trailer's padding".to_owned()),
             State::Skip { .. } => Some("padding".to_owned()),
-            State::Record => Some(format!(
-                "the record after chunk {} (the trailer or another chunk is missing)",
-                self.chunks.len()
-            )),
+            // Named by the last chunk's sequence number, as every other message names
+            // chunks (this said the count of chunks: one more than the last one).
+            State::Record => Some(match self.chunks.last() {
+                Some(c) => format!(
+                    "the record after chunk {} (the trailer or another chunk is missing)",
+                    c.seq
+                ),
+                None => "the first record after the header (a chunk or the trailer is missing)"
+                    .to_owned(),
+            }),
             State::Payload { hdr, done, .. } => Some(format!(
                 "the payload of chunk {} ({done} of {} bytes read)",
                 hdr.seq, hdr.len
@@ -1084,6 +1090,29 @@ mod tests {
 
     fn sample(n: usize) -> Vec<u8> {
         (0..n).map(|i| (i * 31 + i / 7) as u8).collect()
+    }
+
+    /// A stream cut after a chunk names that chunk (by its sequence number, as every
+    /// other message does), not the one after it.
+    #[test]
+    fn a_cut_after_a_chunk_names_that_chunk() {
+        let src = sample(4 * 65504);
+        let s = encode(&src, 2, 4096, 65536);
+        // Device 0 holds chunks 0 and 2, device 1 chunks 1 and 3 (64 KiB each, after a
+        // 4 KiB header): cut each after its last chunk but the trailer.
+        let chunk = 65536;
+        let mut d = Decoder::new(Some(0));
+        d.feed(&s[0][..4096 + chunk], &mut NullSink).unwrap();
+        let e = d.finish().unwrap_err().to_string();
+        assert!(e.contains("the record after chunk 0 "), "{e}");
+        let mut d = Decoder::new(Some(1));
+        d.feed(&s[1][..4096 + 2 * chunk], &mut NullSink).unwrap();
+        let e = d.finish().unwrap_err().to_string();
+        assert!(e.contains("the record after chunk 3 "), "{e}");
+        let mut d = Decoder::new(Some(0));
+        d.feed(&s[0][..4096], &mut NullSink).unwrap();
+        let e = d.finish().unwrap_err().to_string();
+        assert!(e.contains("the first record after the header"), "{e}");
     }
 
     #[test]

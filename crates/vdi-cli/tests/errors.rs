@@ -495,6 +495,10 @@ fn an_orphaned_engine_gives_up_at_once_and_leaves_nothing() {
 /// (exit 101), in both the plain and the report form of its last words.
 #[test]
 fn an_engine_with_a_broken_standard_error_exits_with_its_code() {
+    // An empty source (a device such as /dev/null is refused as a source).
+    let dir = tempfile::tempdir().unwrap();
+    let empty = dir.path().join("empty");
+    std::fs::write(&empty, b"").unwrap();
     for extra in [&[][..], &["--report"][..]] {
         let (r, w) = std::io::pipe().unwrap();
         drop(r);
@@ -502,7 +506,7 @@ fn an_engine_with_a_broken_standard_error_exits_with_its_code() {
         let st = vdi()
             .args(["engine", "backup", "--set", &set, "--wait", "0"])
             .args(extra)
-            .arg("file:/dev/null")
+            .arg(format!("file:{}", s(&empty)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(w)

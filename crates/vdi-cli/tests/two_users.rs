@@ -109,3 +109,45 @@ fn an_engine_of_another_user() {
     wait_output(client, Duration::from_secs(60)).ok();
     assert_eq!(digest(&src), digest(&out));
 }
+
+/// A set name held by another user says who (the user and the process), and how to
+/// choose another name: any local user can hold a fixed name.
+#[test]
+fn a_set_name_held_by_another_user() {
+    if !can_run_as_nobody() {
+        println!("SKIPPED: starting a backup application as user nobody needs root");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let name = set_name("squat");
+    let squatter = KillOnDrop(as_nobody(&[
+        "client",
+        "backup",
+        "--set",
+        &name,
+        &s(&dir.path().join("a")),
+    ]));
+    wait_until(Duration::from_secs(30), "the other user's set", || {
+        std::fs::read_to_string("/proc/net/unix").is_ok_and(|t| t.contains(&name))
+    });
+    let src = dir.path().join("src");
+    write_pattern(&src, 22, 1000);
+    let r = run(&[
+        "backup",
+        &s(&src),
+        &s(&dir.path().join("b")),
+        "--set",
+        &name,
+    ]);
+    r.fails(
+        7,
+        &[
+            "already in use",
+            "user 65534, not this user",
+            &format!("process {}", squatter.id()),
+            "choose another one with --set NAME",
+        ],
+    );
+    drop(squatter);
+}

@@ -2,6 +2,7 @@
 
 use clap::{Args, Parser, Subcommand};
 use vdi_cli::backup::Compression;
+use vdi_cli::backup_dir::Modes;
 use vdi_cli::units::parse_size;
 
 use super::inject::Fault;
@@ -29,8 +30,9 @@ use super::inject::Fault;
         "Exit codes:\n",
         "  0 success, 1 other error, 2 wrong command line, 3 source or backup missing or\n",
         "  unreadable, 4 target exists (use --force), 5 backup damaged or incomplete,\n",
-        "  6 disk full, 7 set name in use, 8 the engine or backup application died or\n",
-        "  aborted, 130 interrupted (Ctrl-C)"
+        "  6 disk full, 7 set name in use or DEST locked by another backup, 8 the engine or\n",
+        "  backup application died, aborted or stalled (--stall-timeout), 130 interrupted\n",
+        "  (SIGINT, SIGTERM or SIGHUP)"
     )
 )]
 pub struct Cli {
@@ -47,7 +49,14 @@ pub enum Cmd {
         "DEST is a directory (one stream file per device, and manifest.json written last,\n",
         "once every stream is durable) or - for a single-device stream on standard output.\n",
         "A sqlite: SOURCE may be in use: the engine first takes a consistent snapshot of it\n",
-        "(SQLite's online backup API, one read transaction) into $TMPDIR, then streams it.\n\n",
+        "(SQLite's online backup API, one read transaction) into $TMPDIR, then streams it.\n",
+        "A - SOURCE (standard input) is an unchecked stream: vdi stores everything that arrives\n",
+        "until its end, but cannot tell a producer that finished from one that was killed in\n",
+        "the middle; the manifest records the source as unchecked (\"checked\": false), and\n",
+        "backup and verify say so. Check the producer's exit status (set -o pipefail).\n",
+        "DEST is made 0700 with files 0600 (see --mode), and locked while the backup runs:\n",
+        "a second backup into it is refused (exit 7). With --force, a backup in DEST is\n",
+        "replaced only once the new one is complete. vdi follows no symbolic link in DEST.\n\n",
         "Examples:\n",
         "  vdi backup sqlite:shop.db backups/shop\n",
         "  vdi backup file:disk.img backups/disk --devices 4 --compress zstd:6\n",
@@ -148,9 +157,10 @@ pub struct SoakArgs {
 /// The roles' knobs for the engine (server role).
 #[derive(Debug, Args, Clone)]
 pub struct EngineKnobs {
-    /// Total shared buffers the engine requests (default: 4 per device, to keep every
-    /// device busy).
-    #[arg(long, value_name = "N")]
+    /// Total shared buffers the engine requests, 1 to 65536 (default: 4 per device, to
+    /// keep every device busy). The buffers are allocated up front, so the engine asks for
+    /// no more than the source can fill, nor more than 1 GiB in all, and says so.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=65536))]
     pub buffer_count: Option<u32>,
     /// Largest transfer (VDI maxTransferSize): a multiple of 64K up to 4M.
     #[arg(long, value_name = "BYTES", default_value = "1M", value_parser = parse_transfer)]
@@ -158,6 +168,24 @@ pub struct EngineKnobs {
     /// VDI block size: every transfer is a multiple of it; a power of two from 512 to 64K.
     #[arg(long, value_name = "BYTES", default_value = "4096", value_parser = parse_block)]
     pub block_size: u32,
+}
+
+/// The progress watchdog.
+#[derive(Debug, Args, Clone, Copy)]
+pub struct StallArgs {
+    /// Give up when the other role makes no progress for this long (a stopped engine or
+    /// backup application, a producer that stopped writing): a warning comes first, then
+    /// the operation is aborted, naming the side that stalled (exit 8). 90s, 5m, 1h, or
+    /// seconds; 0: wait for ever.
+    #[arg(long, value_name = "TIME", default_value = super::watchdog::DEFAULT_STALL, value_parser = super::soak::parse_duration)]
+    pub stall_timeout: std::time::Duration,
+}
+
+impl StallArgs {
+    /// The limit (None: wait for ever).
+    pub fn limit(&self) -> Option<std::time::Duration> {
+        (!self.stall_timeout.is_zero()).then_some(self.stall_timeout)
+    }
 }
 
 /// Fault injection (for testing).
@@ -207,13 +235,24 @@ pub struct BackupArgs {
     #[arg(long, value_name = "ALGO", default_value = "none", value_parser = Compression::parse)]
     pub compress: Compression,
     /// The virtual device set's name (default: a new unique name).
-    #[arg(long, value_name = "NAME")]
+    #[arg(long, value_name = "NAME", value_parser = parse_set_name)]
     pub set: Option<String>,
-    /// Replace an existing backup in DEST.
+    /// Replace an existing backup in DEST: the new backup is written beside it and
+    /// takes its place only once it is complete; then the old backup's files are removed
+    /// (only those vdi wrote).
     #[arg(long)]
     pub force: bool,
+    /// The modes of what the backup makes: files 0600 and directories 0700 by default
+    /// (readable by their owner only); MODE is an octal file mode such as 640 (then
+    /// directories get 0750: x wherever the mode gives r), or umask (files 0666 and
+    /// directories 0777 less the umask, as other tools make them). A replaced backup's
+    /// directory keeps the old one's permissions and owner.
+    #[arg(long, value_name = "MODE", default_value = "600", value_parser = Modes::parse)]
+    pub mode: Modes,
     #[command(flatten)]
     pub engine: EngineKnobs,
+    #[command(flatten)]
+    pub stall: StallArgs,
     #[command(flatten)]
     pub inject: InjectArgs,
     #[command(flatten)]
@@ -234,7 +273,7 @@ pub struct RestoreArgs {
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=64))]
     pub devices: Option<u32>,
     /// The virtual device set's name (default: a new unique name).
-    #[arg(long, value_name = "NAME")]
+    #[arg(long, value_name = "NAME", value_parser = parse_set_name)]
     pub set: Option<String>,
     /// Replace TARGET if it exists.
     #[arg(long)]
@@ -245,6 +284,8 @@ pub struct RestoreArgs {
     pub integrity_check: bool,
     #[command(flatten)]
     pub engine: EngineKnobs,
+    #[command(flatten)]
+    pub stall: StallArgs,
     #[command(flatten)]
     pub inject: InjectArgs,
     #[command(flatten)]
@@ -287,7 +328,7 @@ pub enum ClientCmd {
 #[derive(Debug, Args)]
 pub struct ClientBackupArgs {
     /// The set name the engine will open.
-    #[arg(long, value_name = "NAME")]
+    #[arg(long, value_name = "NAME", value_parser = parse_set_name)]
     pub set: String,
     /// Where to store the backup: a directory, or - (standard output, one device).
     #[arg(value_name = "DEST")]
@@ -298,9 +339,16 @@ pub struct ClientBackupArgs {
     /// Compress each stored stream: none, zstd or zstd:LEVEL.
     #[arg(long, value_name = "ALGO", default_value = "none", value_parser = Compression::parse)]
     pub compress: Compression,
-    /// Replace an existing backup in DEST.
+    /// Replace an existing backup in DEST (written beside it, swapped in once complete).
     #[arg(long)]
     pub force: bool,
+    /// The modes of what the backup makes: files 0600 and directories 0700 by default
+    /// (readable by their owner only); MODE is an octal file mode such as 640 (then
+    /// directories get 0750: x wherever the mode gives r), or umask (files 0666 and
+    /// directories 0777 less the umask, as other tools make them). A replaced backup's
+    /// directory keeps the old one's permissions and owner.
+    #[arg(long, value_name = "MODE", default_value = "600", value_parser = Modes::parse)]
+    pub mode: Modes,
     /// Seconds to wait for an engine to configure the set (0: forever).
     #[arg(long, value_name = "SECS", default_value_t = 0)]
     pub wait: u64,
@@ -308,6 +356,8 @@ pub struct ClientBackupArgs {
     /// only this user's processes may open the set.
     #[arg(long, value_name = "GROUP", value_parser = parse_group)]
     pub allow_group: Option<u32>,
+    #[command(flatten)]
+    pub stall: StallArgs,
     #[command(flatten)]
     pub inject: InjectArgs,
     #[command(flatten)]
@@ -318,7 +368,7 @@ pub struct ClientBackupArgs {
 #[derive(Debug, Args)]
 pub struct ClientRestoreArgs {
     /// The set name the engine will open.
-    #[arg(long, value_name = "NAME")]
+    #[arg(long, value_name = "NAME", value_parser = parse_set_name)]
     pub set: String,
     /// The backup directory, or - (a single stream on standard input).
     #[arg(value_name = "BACKUP")]
@@ -333,6 +383,8 @@ pub struct ClientRestoreArgs {
     /// only this user's processes may open the set.
     #[arg(long, value_name = "GROUP", value_parser = parse_group)]
     pub allow_group: Option<u32>,
+    #[command(flatten)]
+    pub stall: StallArgs,
     #[command(flatten)]
     pub inject: InjectArgs,
     #[command(flatten)]
@@ -363,7 +415,7 @@ pub enum EngineCmd {
 #[derive(Debug, Args)]
 pub struct EngineSession {
     /// The set the backup application created.
-    #[arg(long, value_name = "NAME")]
+    #[arg(long, value_name = "NAME", value_parser = parse_set_name)]
     pub set: String,
     /// Seconds to wait for the set to appear.
     #[arg(long, value_name = "SECS", default_value_t = 60)]
@@ -372,6 +424,8 @@ pub struct EngineSession {
     /// user or root are opened, so nobody can pose as the backup application.
     #[arg(long, value_name = "USER", value_parser = parse_user)]
     pub trust_owner: Option<u32>,
+    #[command(flatten)]
+    pub stall: StallArgs,
     #[command(flatten)]
     pub inject: InjectArgs,
     /// Print the outcome as a report line on standard error (for `vdi backup`/`vdi
@@ -464,6 +518,26 @@ fn parse_user(s: &str) -> Result<u32, String> {
     lookup_id(s, "/etc/passwd", "user")
 }
 
+/// The longest set name (the library's limit).
+const MAX_SET_NAME: usize = 100;
+
+/// A set name: 1 to 100 ASCII letters, digits and `-_.{}` (the library's rule; it names
+/// an abstract socket that every process on the machine can see, and appears in logs).
+pub fn parse_set_name(s: &str) -> Result<String, String> {
+    let ok = |c: char| c.is_ascii_alphanumeric() || "-_.{}".contains(c);
+    if s.is_empty() || s.len() > MAX_SET_NAME || !s.chars().all(ok) {
+        let bad = s
+            .chars()
+            .find(|&c| !ok(c))
+            .map(|c| format!(" ({c:?} is not allowed)"))
+            .unwrap_or_else(|| format!(" ({} bytes)", s.len()));
+        return Err(format!(
+            "a set name is 1 to {MAX_SET_NAME} of the letters A-Z and a-z, the digits 0-9 and - _ . {{ }}{bad}; for example nightly-shop, or a GUID in braces"
+        ));
+    }
+    Ok(s.to_owned())
+}
+
 fn parse_transfer(s: &str) -> Result<u32, String> {
     let n = parse_size(s)?;
     if n == 0 || !n.is_multiple_of(65536) || n > 4 << 20 {
@@ -506,5 +580,21 @@ mod tests {
         assert_eq!(parse_user("1234"), Ok(1234));
         assert_eq!(parse_group("root"), Ok(0));
         assert!(parse_group("no-such-group-here").is_err());
+        assert!(parse_set_name("nightly-shop_1.{0f}").is_ok());
+        for bad in [
+            "",
+            "a b",
+            "a\nb",
+            "a\tb",
+            "a/b",
+            "é",
+            "a#1",
+            &"x".repeat(101),
+        ] {
+            assert!(parse_set_name(bad).is_err(), "{bad:?}");
+        }
+        // vdi's own names follow the rule.
+        assert!(parse_set_name(&super::super::vdiutil::new_set_name("backup")).is_ok());
+        assert!(parse_set_name(&super::super::vdiutil::new_set_name("restore")).is_ok());
     }
 }

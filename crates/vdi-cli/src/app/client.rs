@@ -22,17 +22,19 @@ use vdi_cli::backup::{
     self, BackupError, Compression, Manifest, SourceInfo, StreamEntry, StreamReader, StreamWriter,
     Written, is_disk_full,
 };
-use vdi_cli::stream::{self, StreamHeader};
+use vdi_cli::backup_dir::{Committed, DestError, Modes, NewBackup};
+use vdi_cli::stream::{self, SourceKind, StreamHeader};
 
 use super::fail::{Kind, fail};
 use super::inject::{Action, Injector};
 use super::interrupt;
 use super::progress::{Mode, Progress};
-use super::source::{stdin_file, stdout_file};
+use super::source::{PolledStdin, stdout_file};
 use super::vdiutil::{
     ERROR_CRC, ERROR_READ_FAULT, ERROR_WRITE_FAULT, abort_cause, abort_sentence, device_name,
     now_secs, random_id, vd_fail,
 };
+use super::watchdog;
 
 /// Where a backup goes.
 #[derive(Clone, Debug)]
@@ -93,7 +95,7 @@ impl ClientErr {
                 if interrupt::interrupted() {
                     fail(
                         Kind::Interrupted,
-                        "interrupted (Ctrl-C): the operation was aborted",
+                        format!("{}: the operation was aborted", interrupt::what()),
                     )
                 } else {
                     fail(Kind::PeerFailed, abort_sentence(c, "backup application"))
@@ -141,28 +143,10 @@ pub struct BackupPlan {
     pub allow_group: Option<u32>,
     /// Faults to inject in this role (`--inject client:...`).
     pub inject: Arc<Injector>,
-}
-
-/// Files of a backup being written; removed unless the backup completes.
-#[derive(Debug, Default)]
-struct Partial {
-    files: Vec<PathBuf>,
-    dir: Option<PathBuf>,
-    keep: bool,
-}
-
-impl Drop for Partial {
-    fn drop(&mut self) {
-        if self.keep {
-            return;
-        }
-        for f in &self.files {
-            let _ = std::fs::remove_file(f);
-        }
-        if let Some(d) = &self.dir {
-            let _ = std::fs::remove_dir(d);
-        }
-    }
+    /// The modes of the files and directories the backup makes.
+    pub modes: Modes,
+    /// Give up when the engine makes no progress for this long (None: never).
+    pub stall: Option<Duration>,
 }
 
 /// A set created and a destination ready.
@@ -171,25 +155,22 @@ pub struct PreparedBackup {
     set: ClientSet,
     plan: BackupPlan,
     media: Vec<File>,
-    partial: Partial,
+    /// The destination directory (None for standard output): locked, and removing what
+    /// this backup made unless it is committed.
+    new: Option<NewBackup>,
     backup_id: [u8; 16],
     started: u64,
 }
 
-fn our_files(dir: &std::path::Path) -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map(|rd| {
-            rd.flatten()
-                .filter(|e| {
-                    let n = e.file_name().to_string_lossy().into_owned();
-                    n.starts_with("device-") && n.contains(".stream")
-                })
-                .map(|e| e.path())
-                .collect()
-        })
-        .unwrap_or_default();
-    v.sort();
-    v
+/// A failure to make the destination ready, as the tool reports it.
+fn dest_failure(e: DestError) -> anyhow::Error {
+    let kind = match &e {
+        DestError::Locked { .. } => Kind::SetBusy,
+        DestError::Refused(_) => Kind::TargetExists,
+        _ if e.io_error().is_some_and(is_disk_full) => Kind::DiskFull,
+        _ => Kind::Other,
+    };
+    fail(kind, e.to_string())
 }
 
 fn create_set(name: &str, devices: u32, allow_group: Option<u32>) -> Result<ClientSet> {
@@ -201,10 +182,20 @@ fn create_set(name: &str, devices: u32, allow_group: Option<u32>) -> Result<Clie
     }
     ClientSet::create_with(name, &cfg, opts).map_err(|e| {
         if e.code() == ErrorCode::Busy {
+            // The library's reason names who holds the name (user and process).
+            let holder = match e.reason() {
+                vdi::Reason::NameInUse(why) => why
+                    .split_once(" already exists")
+                    .map(|(_, rest)| rest.split(';').next().unwrap_or("").trim())
+                    .filter(|h| !h.is_empty())
+                    .map(|h| format!(" {h}"))
+                    .unwrap_or_default(),
+                _ => String::new(),
+            };
             fail(
                 Kind::SetBusy,
                 format!(
-                    "the set name '{name}' is already in use by another backup or restore ({}); choose another --set name or wait for the other one to finish",
+                    "the set name '{name}' is already in use{holder} ({}); any process on this machine can hold a name, so choose another one with --set NAME (letters, digits and - _ . {{ }}; without --set, vdi picks a new unique name), or wait for the holder to finish",
                     e.code()
                 ),
             )
@@ -214,83 +205,34 @@ fn create_set(name: &str, devices: u32, allow_group: Option<u32>) -> Result<Clie
     })
 }
 
-/// Checks the destination, creates the set, then makes the destination ready (removing
-/// an old backup's manifest first when `--force` replaces it).
+/// Makes the destination ready (locked for the whole backup; a backup in it is replaced
+/// only with `--force`, and only once the new one is complete), then creates the set.
 pub fn prepare_backup(plan: BackupPlan) -> Result<PreparedBackup> {
-    let mut partial = Partial::default();
-    if let Dest::Dir(d) = &plan.dest {
-        match std::fs::metadata(d) {
-            Ok(m) if !m.is_dir() => {
-                return Err(fail(
-                    Kind::TargetExists,
-                    format!("destination {} exists and is not a directory", d.display()),
-                ));
-            }
-            Ok(_) => {
-                let old = d.join(backup::MANIFEST);
-                let files = our_files(d);
-                if (old.exists() || !files.is_empty()) && !plan.force {
-                    return Err(fail(
-                        Kind::TargetExists,
-                        format!(
-                            "destination {} already holds a backup ({}); use --force to replace it",
-                            d.display(),
-                            if old.exists() {
-                                backup::MANIFEST
-                            } else {
-                                "stream files"
-                            }
-                        ),
-                    ));
-                }
-            }
-            Err(_) => {}
+    let mut new = match &plan.dest {
+        Dest::Dir(d) => Some(NewBackup::prepare(d, plan.force, plan.modes).map_err(dest_failure)?),
+        Dest::Stdout if plan.devices != 1 => {
+            return Err(fail(
+                Kind::Usage,
+                format!(
+                    "destination - (standard output) holds a single stream: use --devices 1, not {}",
+                    plan.devices
+                ),
+            ));
         }
-    } else if plan.devices != 1 {
-        return Err(fail(
-            Kind::Usage,
-            format!(
-                "destination - (standard output) holds a single stream: use --devices 1, not {}",
-                plan.devices
-            ),
-        ));
-    }
+        Dest::Stdout => None,
+    };
     let set = create_set(&plan.set, plan.devices, plan.allow_group)?;
-    let media = match &plan.dest {
-        Dest::Stdout => {
-            vec![stdout_file().map_err(|e| fail(Kind::Other, format!("standard output: {e}")))?]
+    let media = match &mut new {
+        None => {
+            vec![stdout_file().map_err(|e| fail(Kind::Usage, format!("destination -: {e}")))?]
         }
-        Dest::Dir(d) => {
-            let cant = |e: std::io::Error| {
-                let kind = if is_disk_full(&e) {
-                    Kind::DiskFull
-                } else {
-                    Kind::Other
-                };
-                fail(
-                    kind,
-                    format!("cannot write the destination {}: {e}", d.display()),
-                )
-            };
-            if !d.exists() {
-                std::fs::create_dir_all(d).map_err(cant)?;
-                partial.dir = Some(d.clone());
-            }
-            let old = d.join(backup::MANIFEST);
-            if old.exists() {
-                // The old backup stops claiming completion before any of it is overwritten.
-                std::fs::remove_file(&old).map_err(cant)?;
-                backup::sync_dir(d).map_err(cant)?;
-            }
-            for f in our_files(d) {
-                std::fs::remove_file(&f).map_err(cant)?;
-            }
+        Some(n) => {
             let mut v = Vec::new();
             for i in 0..plan.devices {
-                let p = d.join(backup::stream_file_name(i, plan.compression));
-                let f = backup::create_stream_file(&p).map_err(cant)?;
-                partial.files.push(p);
-                v.push(f);
+                v.push(
+                    n.create(&backup::stream_file_name(i, plan.compression))
+                        .map_err(dest_failure)?,
+                );
             }
             v
         }
@@ -299,7 +241,7 @@ pub fn prepare_backup(plan: BackupPlan) -> Result<PreparedBackup> {
         set,
         plan,
         media,
-        partial,
+        new,
         backup_id: random_id(),
         started: now_secs(),
     })
@@ -323,7 +265,7 @@ fn wait_config(
                 if interrupt::interrupted() {
                     return Err(ClientErr::Root(fail(
                         Kind::Interrupted,
-                        "interrupted (Ctrl-C) while waiting for the engine",
+                        format!("{} while waiting for the engine", interrupt::what()),
                     )));
                 }
                 if deadline.is_some_and(|d| Instant::now() >= d) {
@@ -342,6 +284,29 @@ fn wait_config(
     }
 }
 
+/// Watches the engine's progress on `set` (see [`watchdog`]).
+fn watch_engine(
+    set: &ClientSet,
+    stall: Option<Duration>,
+    pid: Option<u32>,
+    op: &'static str,
+) -> watchdog::Guard {
+    let (s1, s2) = (set.clone(), set.clone());
+    watchdog::Watch {
+        limit: stall,
+        peer: "the engine",
+        pid,
+        lacking: "sent no command on any device",
+        op,
+        waiting: Box::new(watchdog::idle),
+        aborted: Box::new(move || s1.abort_cause().is_some()),
+        abort: Box::new(move || {
+            let _ = s2.signal_abort();
+        }),
+    }
+    .start()
+}
+
 /// What a served backup produced (not yet committed).
 #[derive(Debug)]
 pub struct ServedBackup {
@@ -349,16 +314,19 @@ pub struct ServedBackup {
     config: VdConfig,
     streams: Vec<Written>,
     stream_id: Option<String>,
+    header: Option<StreamHeader>,
     /// Time spent moving data.
     pub elapsed: Duration,
 }
 
 struct DeviceOutcome {
     written: Written,
-    stream_id: Option<String>,
+    /// The stream header the engine wrote first, if it is a vdi stream.
+    stream_id: Option<StreamHeader>,
 }
 
 fn complete(cmd: Command<'_>, code: u32, n: u32) -> Result<(), ClientErr> {
+    watchdog::completed();
     cmd.complete(code, n, 0)
         .map_err(|e| vd_err(&e, "completing a command"))
 }
@@ -535,14 +503,17 @@ fn store_loop<'d>(
     tx: &mpsc::Sender<Command<'d>>,
     store_err: &dyn Fn(&std::io::Error) -> (u32, anyhow::Error),
     (set, inj): (&ClientSet, &Injector),
-) -> Result<(Option<Written>, Option<String>), ClientErr> {
+) -> Result<(Option<Written>, Option<StreamHeader>), ClientErr> {
     let mut failed: Option<anyhow::Error> = None;
     let mut finished: Option<Written> = None;
-    let mut stream_id = None;
+    let mut stream_id: Option<StreamHeader> = None;
     let mut first = true;
     loop {
         let cmd = match dev.get_command(Timeout::Infinite) {
-            Ok(c) => c,
+            Ok(c) => {
+                watchdog::received();
+                c
+            }
             Err(e) if e.code() == ErrorCode::Close => break,
             Err(e) => {
                 return Err(match failed {
@@ -575,7 +546,7 @@ fn store_loop<'d>(
                 let data = cmd.buffer().unwrap_or(&[]);
                 if first {
                     first = false;
-                    stream_id = StreamHeader::peek(data).map(|h| stream::hex_id(&h.stream_id));
+                    stream_id = StreamHeader::peek(data);
                 }
                 match w.write(data) {
                     Ok(()) => {
@@ -670,6 +641,7 @@ fn first_error<T>(results: Vec<Result<T, ClientErr>>) -> Result<Vec<T>, ClientEr
 pub fn serve_backup(
     mut prep: PreparedBackup,
     alive: &dyn Fn() -> Result<()>,
+    engine_pid: Option<u32>,
 ) -> Result<ServedBackup, ClientErr> {
     let set = prep.set.clone();
     let _guard = {
@@ -693,6 +665,7 @@ pub fn serve_backup(
             );
         }
         let plan = &prep.plan;
+        let watch = watch_engine(&set, plan.stall, engine_pid, "backup");
         let progress = Progress::start(
             &format!(
                 "backup {} through {} device(s)",
@@ -729,18 +702,24 @@ pub fn serve_backup(
                 .collect()
         });
         let elapsed = progress.finish();
+        drop(watch);
+        if let Some(e) = watchdog::take_failure() {
+            return Err(ClientErr::Root(e));
+        }
         let outcomes = first_error(results)?;
         Ok((cfg, outcomes, elapsed))
     })();
     let closed = set.close();
     let (cfg, outcomes, elapsed) = result?;
     closed.map_err(|e| vd_err(&e, "closing the set"))?;
-    let stream_id = outcomes.first().and_then(|o| o.stream_id.clone());
+    let header = outcomes.first().and_then(|o| o.stream_id.clone());
+    let stream_id = header.as_ref().map(|h| stream::hex_id(&h.stream_id));
     Ok(ServedBackup {
         prep,
         config: cfg,
         streams: outcomes.into_iter().map(|o| o.written).collect(),
         stream_id,
+        header,
         elapsed,
     })
 }
@@ -754,6 +733,74 @@ pub struct BackupDone {
     pub elapsed: Duration,
     /// Where the backup is.
     pub dest: Dest,
+    /// What storing it in the destination directory did (replaced a backup, moved
+    /// files), if it went to a directory.
+    pub committed: Option<Committed>,
+}
+
+impl BackupDone {
+    /// Says what storing the backup did besides (replacing a backup, keeping files vdi
+    /// did not write); warnings even when `quiet`.
+    pub fn report_commit(&self, quiet: bool) {
+        if !self.manifest.source.checked {
+            tracing::warn!(
+                "the source was {}, an unchecked stream: vdi stored everything that arrived until its end, but cannot tell whether the program writing it finished or was killed; check that program's exit status (in a shell: set -o pipefail). The manifest records the source as unchecked.",
+                if self.manifest.source.kind == "stdin" {
+                    "standard input"
+                } else {
+                    "the engine's standard input"
+                }
+            );
+        }
+        let (Some(c), Dest::Dir(d)) = (&self.committed, &self.dest) else {
+            return;
+        };
+        let d = d.display();
+        if !quiet {
+            if let Some(id) = &c.replaced {
+                tracing::info!(
+                    "replaced backup {id} in {d}: its files were removed once the new backup was complete"
+                );
+            }
+            if !c.removed_leftovers.is_empty() {
+                tracing::info!(
+                    "removed what an interrupted backup had left in {d}: {}",
+                    c.removed_leftovers.join(", ")
+                );
+            }
+            if !c.moved.is_empty() {
+                tracing::info!(
+                    "kept in {d} the file(s) vdi did not write: {}",
+                    c.moved.join(", ")
+                );
+            }
+        }
+        if let Some(k) = &c.kept_in {
+            tracing::warn!(
+                "files vdi did not write were in {d} under names the new backup uses; they were kept in {}",
+                k.display()
+            );
+        }
+    }
+}
+
+/// What the manifest records of the source: what this process was told, completed by
+/// what the engine's stream header says (an engine started by hand tells its source
+/// there); a source that cannot report that it ended normally (standard input) is
+/// recorded as unchecked.
+fn source_info(told: &SourceInfo, header: Option<&StreamHeader>) -> SourceInfo {
+    let mut s = told.clone();
+    match header {
+        Some(h) if s.kind == "unknown" => {
+            s.kind = h.source_kind.name().into();
+            s.name = h.source_name.clone();
+            s.bytes = (h.source_size != stream::UNKNOWN_SIZE).then_some(h.source_size);
+            s.checked = h.source_kind != SourceKind::Stdin;
+        }
+        Some(h) if h.source_kind == SourceKind::Stdin => s.checked = false,
+        _ => {}
+    }
+    s
 }
 
 /// Writes the manifest (the completion marker), last, after every stream is durable.
@@ -780,7 +827,7 @@ pub fn commit_backup(mut served: ServedBackup) -> Result<BackupDone> {
         tool: format!("vdi {}", env!("CARGO_PKG_VERSION")),
         started: served.prep.started,
         completed: now_secs(),
-        source: plan.source.clone(),
+        source: source_info(&plan.source, served.header.as_ref()),
         device_count: plan.devices,
         block_size: served.config.block_size,
         max_transfer_size: served.config.max_transfer_size,
@@ -790,26 +837,17 @@ pub fn commit_backup(mut served: ServedBackup) -> Result<BackupDone> {
         streams,
         complete: true,
     };
-    if let Dest::Dir(d) = &plan.dest {
-        backup::sync_dir(d)
-            .and_then(|()| backup::write_manifest(d, &manifest))
-            .map_err(|e| {
-                let kind = if is_disk_full(&e) {
-                    Kind::DiskFull
-                } else {
-                    Kind::Other
-                };
-                fail(
-                    kind,
-                    format!("writing the manifest in {}: {e}", d.display()),
-                )
-            })?;
+    let mut committed = None;
+    if let Some(new) = served.prep.new.take() {
+        let bytes = backup::manifest_bytes(&manifest)
+            .map_err(|e| fail(Kind::Other, format!("encoding the manifest: {e}")))?;
+        committed = Some(new.commit(&bytes).map_err(dest_failure)?);
     }
-    served.prep.partial.keep = true;
     Ok(BackupDone {
         manifest,
         elapsed: served.elapsed,
         dest: served.prep.plan.dest.clone(),
+        committed,
     })
 }
 
@@ -849,7 +887,7 @@ pub fn open_backup(src: &BackupSrc, devices: Option<u32>) -> Result<OpenedBackup
                 ));
             }
             let media: Box<dyn Read + Send> = Box::new(
-                stdin_file().map_err(|e| fail(Kind::Input, format!("standard input: {e}")))?,
+                PolledStdin::open().map_err(|e| fail(Kind::Usage, format!("backup -: {e}")))?,
             );
             let r = backup::detect_compression(media)
                 .and_then(|(m, c)| StreamReader::new_unhashed(m, c))
@@ -860,10 +898,11 @@ pub fn open_backup(src: &BackupSrc, devices: Option<u32>) -> Result<OpenedBackup
             })
         }
         BackupSrc::Dir(d) => {
-            let m = backup::read_manifest(d).map_err(|e| match &e {
+            let opened = backup::open_backup(d).map_err(|e| match &e {
                 BackupError::Unreadable { .. } => fail(Kind::Input, e.to_string()),
                 _ => fail(Kind::Damaged, format!("cannot restore: {e}")),
             })?;
+            let m = opened.manifest;
             if let Some(n) = devices
                 && n != m.device_count
             {
@@ -878,8 +917,8 @@ pub fn open_backup(src: &BackupSrc, devices: Option<u32>) -> Result<OpenedBackup
                 ));
             }
             let mut readers = Vec::new();
-            for e in &m.streams {
-                let f = backup::open_stream(d, e).map_err(|p| {
+            for (e, f) in m.streams.iter().zip(opened.streams) {
+                let f = f.map_err(|p| {
                     fail(
                         Kind::Damaged,
                         format!("backup {} is damaged: {p}", d.display()),
@@ -908,6 +947,7 @@ pub struct PreparedRestore {
     hint: Option<String>,
     label: String,
     inject: Arc<Injector>,
+    stall: Option<Duration>,
 }
 
 /// How to serve a restore.
@@ -927,6 +967,8 @@ pub struct RestorePlan {
     pub allow_group: Option<u32>,
     /// Faults to inject in this role (`--inject client:...`).
     pub inject: Arc<Injector>,
+    /// Give up when the engine makes no progress for this long (None: never).
+    pub stall: Option<Duration>,
 }
 
 /// Creates the set for serving `backup`.
@@ -940,6 +982,7 @@ pub fn prepare_restore(plan: RestorePlan, backup: OpenedBackup) -> Result<Prepar
         hint: plan.hint,
         label: plan.label,
         inject: plan.inject,
+        stall: plan.stall,
     })
 }
 
@@ -1065,7 +1108,10 @@ fn read_loop<'d>(
     let mut failed: Option<anyhow::Error> = None;
     loop {
         let cmd = match dev.get_command(Timeout::Infinite) {
-            Ok(c) => c,
+            Ok(c) => {
+                watchdog::received();
+                c
+            }
             Err(e) if e.code() == ErrorCode::Close => break,
             Err(e) => {
                 return Err(match failed {
@@ -1142,6 +1188,7 @@ fn read_loop<'d>(
 pub fn serve_restore(
     prep: PreparedRestore,
     alive: &dyn Fn() -> Result<()>,
+    engine_pid: Option<u32>,
 ) -> Result<ServedRestore, ClientErr> {
     let set = prep.set.clone();
     let _guard = {
@@ -1160,6 +1207,7 @@ pub fn serve_restore(
             )));
         }
         let devices = prep.backup.devices();
+        let watch = watch_engine(&set, prep.stall, engine_pid, "restore");
         let total = manifest.as_ref().map(|m| m.total_stream_bytes);
         let progress = Progress::start(&prep.label, devices, total, prep.mode);
         let readers = prep.backup.readers;
@@ -1187,6 +1235,10 @@ pub fn serve_restore(
                 .collect()
         });
         let elapsed = progress.finish();
+        drop(watch);
+        if let Some(e) = watchdog::take_failure() {
+            return Err(ClientErr::Root(e));
+        }
         Ok((first_error(results)?, elapsed))
     })();
     let closed = set.close();

@@ -19,7 +19,7 @@ use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use serde::{Deserialize, Serialize};
 use vdi::{
     AbortCause, CommandCode, Completion, ErrorCode, Reason, ServerBuffer, ServerCommand,
@@ -59,6 +59,8 @@ pub struct EngineCfg {
     /// The `vdi backup`/`vdi restore` process that started this engine (`--parent-pid`):
     /// once it is gone, its set is gone too, and waiting for it is pointless.
     pub parent: Option<u32>,
+    /// Give up when the backup application makes no progress for this long.
+    pub stall: Option<Duration>,
 }
 
 /// What the engine did (also the report line's JSON).
@@ -91,6 +93,10 @@ pub struct EngineReport {
     /// Injected faults that never acted (the operation had fewer commands), as warnings.
     #[serde(default)]
     pub unfired: Vec<String>,
+    /// What the engine chose differently from what it was asked (fewer buffers), as
+    /// warnings.
+    #[serde(default)]
+    pub notes: Vec<String>,
 }
 
 /// The failure of an engine whose parent `vdi` (pid `parent`) is gone, if it is: the
@@ -144,7 +150,7 @@ fn open_set(cfg: &EngineCfg) -> Result<ServerSet> {
                 if super::interrupt::interrupted() {
                     return Err(fail(
                         Kind::Interrupted,
-                        "interrupted while waiting for the set",
+                        format!("{} while waiting for the set", super::interrupt::what()),
                     ));
                 }
                 std::thread::sleep(Duration::from_millis(50));
@@ -212,6 +218,7 @@ fn send(
 ) -> Result<(), vdi::VdError> {
     let tx = tx.clone();
     dev.send_command(cmd, move |c: Completion| {
+        super::watchdog::progress();
         let mut completion = c.completion_code;
         let mut injected = injected;
         match injected {
@@ -389,7 +396,59 @@ impl Pump<'_> {
     }
 }
 
-fn configure(set: &ServerSet, cfg: &EngineCfg, media: u32) -> Result<(u32, u32, bool)> {
+/// The most shared memory the engine asks for its buffers (allocated, and touched, up
+/// front): more does not make a transfer faster.
+pub const MAX_BUFFER_BYTES: u64 = 1 << 30;
+
+/// How many buffers to request: `requested` (default 4 per device, at least one per
+/// device), but no more than the source needs (its chunks, plus the header and trailer
+/// of each device) nor than [`MAX_BUFFER_BYTES`] in all. Says why when it asked for fewer
+/// than `requested`.
+pub fn buffer_count(
+    requested: Option<u32>,
+    devices: u32,
+    max_transfer: u32,
+    source: Option<u64>,
+) -> (u32, Option<String>) {
+    let want = requested.unwrap_or(4 * devices).max(devices);
+    let per = u64::from(max_transfer);
+    let by_memory = (MAX_BUFFER_BYTES / per).max(u64::from(devices));
+    let by_source = source.map(|n| {
+        let chunks = n.div_ceil(u64::from(stream::max_payload(max_transfer)));
+        (chunks + u64::from(devices)).max(u64::from(devices))
+    });
+    let cap = by_source.unwrap_or(u64::MAX).min(by_memory);
+    if u64::from(want) <= cap {
+        return (want, None);
+    }
+    let count = cap as u32;
+    let total = u64::from(want) * per;
+    let why = match (requested, by_source) {
+        (None, _) => None,
+        (Some(_), Some(b)) if b <= by_memory => Some(format!(
+            "--buffer-count {want}: the source ({}) fills {} chunk(s) of {}, so {count} buffers are all it can use; more would only take shared memory, which is allocated up front ({want} buffers: {})",
+            vdi_cli::units::human_bytes(source.unwrap_or(0)),
+            b - u64::from(devices),
+            vdi_cli::units::human_bytes(per),
+            vdi_cli::units::human_bytes(total)
+        )),
+        (Some(_), _) => Some(format!(
+            "--buffer-count {want}: {want} buffers of {} would take {} of shared memory, allocated up front; capped at {count} ({} in all): more buffers do not make the transfer faster",
+            vdi_cli::units::human_bytes(per),
+            vdi_cli::units::human_bytes(total),
+            vdi_cli::units::human_bytes(MAX_BUFFER_BYTES)
+        )),
+    };
+    (count, why)
+}
+
+fn configure(
+    set: &ServerSet,
+    cfg: &EngineCfg,
+    media: u32,
+    source: Option<u64>,
+    notes: &mut Vec<String>,
+) -> Result<(u32, u32, bool)> {
     let what = "configuring the set";
     let asked = set
         .get_configuration()
@@ -402,7 +461,11 @@ fn configure(set: &ServerSet, cfg: &EngineCfg, media: u32) -> Result<(u32, u32, 
         } else {
             0
         };
-    let buffers = cfg.buffer_count.unwrap_or(4 * devices).max(devices);
+    let (buffers, why) = buffer_count(cfg.buffer_count, devices, cfg.max_transfer, source);
+    if let Some(w) = why {
+        tracing::warn!("{w}");
+        notes.push(w);
+    }
     set.begin_configuration(feats, cfg.block_size, 0, cfg.max_transfer, 10_000)
         .map_err(|e| vd_fail(&e, "engine", what))?;
     set.request_buffers(cfg.max_transfer, 0, buffers)
@@ -423,13 +486,32 @@ fn open_devices(set: &ServerSet, devices: u32) -> Result<Vec<ServerDevice>> {
 
 /// Runs `body` with the completion agent on its own thread; aborts the set if `body`
 /// fails, and closes the set in every case.
-fn with_agent<T>(set: &ServerSet, body: impl FnOnce() -> Result<T>) -> Result<T> {
+fn with_agent<T>(
+    set: &ServerSet,
+    cfg: &EngineCfg,
+    op: &'static str,
+    body: impl FnOnce() -> Result<T>,
+) -> Result<T> {
     let _guard = {
         let s = set.clone();
         super::interrupt::on_interrupt(move || {
             let _ = s.signal_abort();
         })
     };
+    let (s1, s2, s3) = (set.clone(), set.clone(), set.clone());
+    let watch = super::watchdog::Watch {
+        limit: cfg.stall,
+        peer: "the backup application",
+        pid: cfg.parent,
+        lacking: "completed none of the commands it was given",
+        op,
+        waiting: Box::new(move || s1.outstanding() > 0),
+        aborted: Box::new(move || s2.abort_cause().is_some()),
+        abort: Box::new(move || {
+            let _ = s3.signal_abort();
+        }),
+    }
+    .start();
     let r = std::thread::scope(|s| {
         let agent = s.spawn(|| set.execute_completion_agent());
         let r = body();
@@ -444,14 +526,20 @@ fn with_agent<T>(set: &ServerSet, body: impl FnOnce() -> Result<T>) -> Result<T>
             (Ok(_), Err(_)) => Err(anyhow::anyhow!("the completion agent panicked")),
         }
     });
+    drop(watch);
     let _ = set.close();
+    if r.is_err()
+        && let Some(e) = super::watchdog::take_failure()
+    {
+        return Err(e);
+    }
     if super::interrupt::interrupted()
         && let Err(e) = &r
         && kind_of(e) == Kind::PeerFailed
     {
         return Err(fail(
             Kind::Interrupted,
-            "interrupted (Ctrl-C): the operation was aborted",
+            format!("{}: the operation was aborted", super::interrupt::what()),
         ));
     }
     r
@@ -462,18 +550,20 @@ pub fn backup(cfg: &EngineCfg, spec: &Spec) -> Result<EngineReport> {
     let mut src = source::open_source(spec)?;
     let set = open_set(cfg)?;
     let started = Instant::now();
-    let (devices, buffers, complete) = match configure(&set, cfg, features::WRITE_MEDIA) {
-        Ok(v) => v,
-        Err(e) => {
-            let _ = set.signal_abort();
-            let _ = set.close();
-            return Err(e);
-        }
-    };
+    let mut notes = Vec::new();
+    let (devices, buffers, complete) =
+        match configure(&set, cfg, features::WRITE_MEDIA, src.size, &mut notes) {
+            Ok(v) => v,
+            Err(e) => {
+                let _ = set.signal_abort();
+                let _ = set.close();
+                return Err(e);
+            }
+        };
     let stream_id = super::vdiutil::random_id();
     let label = spec.label();
     let inj = Injector::new(Role::Engine, &cfg.faults);
-    let (bytes, chunks) = with_agent(&set, || {
+    let (bytes, chunks) = with_agent(&set, cfg, "backup", || {
         let devs = open_devices(&set, devices)?;
         let depth = (buffers / devices).max(1);
         let mut free = Vec::new();
@@ -569,6 +659,7 @@ pub fn backup(cfg: &EngineCfg, spec: &Spec) -> Result<EngineReport> {
         seconds: started.elapsed().as_secs_f64(),
         snapshot_seconds: src.snapshot_secs,
         unfired: unfired(&inj),
+        notes,
         ..EngineReport::default()
     })
 }
@@ -602,13 +693,51 @@ struct SeqState {
     pending: BTreeMap<u64, Vec<u8>>,
     pending_bytes: usize,
     running: u32,
+    /// Device threads asleep in [`SeqOut::put`] since the last change: each holds a
+    /// chunk past the gap at `next`, so none of them can fill it. Reset to 0 whenever
+    /// `next` moves or a device ends (every sleeper is woken then and looks again).
     waiting: u32,
+    /// Bumped whenever `next` moves or a device ends: a sleeper that wakes to the same
+    /// epoch was woken for nothing and is still counted in `waiting`.
+    epoch: u64,
     failed: bool,
     out: File,
 }
 
+impl SeqState {
+    fn new(running: u32, out: File) -> SeqState {
+        SeqState {
+            next: 0,
+            pending: BTreeMap::new(),
+            pending_bytes: 0,
+            running,
+            waiting: 0,
+            epoch: 0,
+            failed: false,
+            out,
+        }
+    }
+
+    /// Something changed that the sleepers must look at again: none of them is known
+    /// to be stuck any more.
+    fn changed(&mut self) {
+        self.epoch += 1;
+        self.waiting = 0;
+    }
+}
+
 /// Standard output written in source order: chunks that arrive early wait in memory; a
 /// device that gets too far ahead waits for the others.
+///
+/// Each device's chunks arrive in source order. So only a device whose own chunk is
+/// still waiting (it is ahead of `next`) may sleep when too much is held: the chunk at
+/// `next` is then the next one of a device that is not asleep. When every running device
+/// is asleep, no chunk can fill the gap, and the streams do not hold it.
+///
+/// Two mistakes made sound striped backups fail to restore to a pipe with "the streams
+/// hold no chunk for source byte N": a device whose chunk had just been written (the
+/// one device that may hold the next chunk) slept too whenever much was held, and a
+/// device woken because `next` moved was still counted as stuck until it ran again.
 struct SeqOut {
     st: Mutex<SeqState>,
     cv: Condvar,
@@ -627,6 +756,7 @@ impl SeqOut {
         }
         st.pending_bytes += data.len();
         st.pending.insert(offset, data);
+        let before = st.next;
         loop {
             let next = st.next;
             let Some(d) = st.pending.remove(&next) else {
@@ -640,8 +770,12 @@ impl SeqOut {
                 return Err(e);
             }
         }
-        self.cv.notify_all();
-        while st.pending_bytes > self.limit && !st.failed {
+        if st.next != before {
+            st.changed();
+            self.cv.notify_all();
+        }
+        // `offset >= next`: this device's chunk is still held, it is ahead of the others.
+        while st.pending_bytes > self.limit && !st.failed && offset >= st.next {
             if st.waiting + 1 >= st.running {
                 return Err(io::Error::other(format!(
                     "the streams hold no chunk for source byte {}",
@@ -649,8 +783,12 @@ impl SeqOut {
                 )));
             }
             st.waiting += 1;
+            let epoch = st.epoch;
             st = self.cv.wait(st).unwrap_or_else(|e| e.into_inner());
-            st.waiting -= 1;
+            if st.epoch == epoch {
+                // Woken for nothing: still stuck, and still counted until it sleeps again.
+                st.waiting -= 1;
+            }
         }
         Ok(())
     }
@@ -659,6 +797,7 @@ impl SeqOut {
         let mut st = self.lock();
         st.running = st.running.saturating_sub(1);
         st.failed |= failed;
+        st.changed();
         self.cv.notify_all();
     }
 }
@@ -701,15 +840,11 @@ impl Out {
         source::check_target(spec, force)?;
         match spec {
             Spec::Std => Ok(Out::Seq(Arc::new(SeqOut {
-                st: Mutex::new(SeqState {
-                    next: 0,
-                    pending: BTreeMap::new(),
-                    pending_bytes: 0,
-                    running: devices_hint,
-                    waiting: 0,
-                    failed: false,
-                    out: source::stdout_file().context("standard output")?,
-                }),
+                st: Mutex::new(SeqState::new(
+                    devices_hint,
+                    source::stdout_file()
+                        .map_err(|e| fail(Kind::Usage, format!("target -: {e}")))?,
+                )),
                 cv: Condvar::new(),
                 limit: 64 << 20,
             }))),
@@ -817,27 +952,35 @@ impl Out {
                     }
                     // An old database's journal or WAL must not be applied to the new one.
                     for side in ["-wal", "-shm", "-journal"] {
-                        let p = PathBuf::from(format!("{}{side}", path.display()));
-                        if p.exists() {
-                            if !force {
+                        let mut p = path.clone().into_os_string();
+                        p.push(side);
+                        let p = PathBuf::from(p);
+                        match vdi_cli::backup_dir::FileKind::at(&p) {
+                            Err(_) => {}
+                            Ok(vdi_cli::backup_dir::FileKind::Regular) if force => {
+                                std::fs::remove_file(&p).map_err(|e| target_failure(&p, &e))?;
+                            }
+                            Ok(vdi_cli::backup_dir::FileKind::Regular) => {
                                 return Err(fail(
                                     Kind::TargetExists,
                                     format!("{} exists; use --force to replace it", p.display()),
                                 ));
                             }
-                            std::fs::remove_file(&p).map_err(|e| target_failure(&p, &e))?;
+                            Ok(k) => {
+                                return Err(fail(
+                                    Kind::TargetExists,
+                                    format!(
+                                        "{} is {}, not the database's journal: remove it or restore elsewhere",
+                                        p.display(),
+                                        k.describe()
+                                    ),
+                                ));
+                            }
                         }
                     }
                 }
-                if !force && path.exists() {
-                    return Err(fail(
-                        Kind::TargetExists,
-                        format!(
-                            "target {} appeared during the restore; use --force to replace it",
-                            path.display()
-                        ),
-                    ));
-                }
+                // Looked at again just before the rename: what is there now is replaced.
+                source::check_target_path(&path, force, " during the restore")?;
                 tmp.persist(&path)
                     .map_err(|e| target_failure(&path, &e.error))?;
                 sync_dir(&source::parent_dir(&path)).map_err(|e| target_failure(&path, &e))?;
@@ -1048,17 +1191,19 @@ pub fn restore(cfg: &EngineCfg, spec: &Spec, force: bool, integrity: bool) -> Re
     let out = Out::prepare(spec, force, 1)?;
     let set = open_set(cfg)?;
     let started = Instant::now();
-    let (devices, buffers, complete) = match configure(&set, cfg, features::READ_MEDIA) {
-        Ok(v) => v,
-        Err(e) => {
-            let _ = set.signal_abort();
-            let _ = set.close();
-            return Err(e);
-        }
-    };
+    let mut notes = Vec::new();
+    let (devices, buffers, complete) =
+        match configure(&set, cfg, features::READ_MEDIA, None, &mut notes) {
+            Ok(v) => v,
+            Err(e) => {
+                let _ = set.signal_abort();
+                let _ = set.close();
+                return Err(e);
+            }
+        };
     out.set_running(devices);
     let inj = Injector::new(Role::Engine, &cfg.faults);
-    let streams = with_agent(&set, || {
+    let streams = with_agent(&set, cfg, "restore", || {
         let devs = open_devices(&set, devices)?;
         let depth = (buffers / devices).max(1);
         let results: Vec<Result<DeviceStream, DevErr>> = std::thread::scope(|s| {
@@ -1134,6 +1279,7 @@ pub fn restore(cfg: &EngineCfg, spec: &Spec, force: bool, integrity: bool) -> Re
         seconds: started.elapsed().as_secs_f64(),
         integrity_check: verdict,
         unfired: unfired(&inj),
+        notes,
         ..EngineReport::default()
     })
 }
@@ -1189,41 +1335,142 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
+    fn seq_out(running: u32, limit: usize, p: &std::path::Path) -> SeqOut {
+        SeqOut {
+            st: Mutex::new(SeqState::new(running, File::create(p).unwrap())),
+            cv: Condvar::new(),
+            limit,
+        }
+    }
+
+    #[test]
+    fn buffer_counts_are_capped_and_say_why() {
+        // The default: 4 per device, fewer for a small source, silently.
+        assert_eq!(buffer_count(None, 2, 1 << 20, None), (8, None));
+        assert_eq!(buffer_count(None, 4, 1 << 20, Some(1000)).0, 5);
+        // Asked for more than the source can use: said so.
+        let (n, why) = buffer_count(Some(2048), 1, 1 << 20, Some(20 << 20));
+        assert_eq!(n, 22);
+        assert!(why.unwrap().contains("fills 21 chunk(s)"));
+        // More than 1 GiB in all: capped, said so.
+        let (n, why) = buffer_count(Some(2048), 4, 4 << 20, None);
+        assert_eq!(n, 256);
+        assert!(why.unwrap().contains("8.0 GiB of shared memory"));
+        // Never fewer than one per device.
+        assert_eq!(buffer_count(Some(1), 3, 1 << 20, Some(0)), (3, None));
+    }
+
     #[test]
     fn seq_out_orders_and_finds_gaps() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("o");
-        let out = SeqOut {
-            st: Mutex::new(SeqState {
-                next: 0,
-                pending: BTreeMap::new(),
-                pending_bytes: 0,
-                running: 1,
-                waiting: 0,
-                failed: false,
-                out: File::create(&p).unwrap(),
-            }),
-            cv: Condvar::new(),
-            limit: 2,
-        };
+        let out = seq_out(1, 2, &p);
         out.put(3, b"def".to_vec()).unwrap_err(); // over the limit with nobody to fill the gap
-        let out = SeqOut {
-            st: Mutex::new(SeqState {
-                next: 0,
-                pending: BTreeMap::new(),
-                pending_bytes: 0,
-                running: 2,
-                waiting: 0,
-                failed: false,
-                out: File::create(&p).unwrap(),
-            }),
-            cv: Condvar::new(),
-            limit: 100,
-        };
+        let out = seq_out(2, 100, &p);
         out.put(3, b"def".to_vec()).unwrap();
         out.put(0, b"abc".to_vec()).unwrap();
         out.put(6, b"g".to_vec()).unwrap();
         drop(out);
         assert_eq!(std::fs::read(&p).unwrap(), b"abcdefg");
+    }
+
+    /// A device that fills a gap and meets the next one waits for the others, even when
+    /// a device it woke has not run again yet (the state such a device leaves: still
+    /// counted as asleep). It used to give up at once: "the streams hold no chunk".
+    #[test]
+    fn seq_out_does_not_count_a_woken_device_as_stuck() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("o");
+        let out = seq_out(2, 2, &p);
+        // Device B was asleep with a chunk past the gap, and has been woken (it no longer
+        // waits on the condition variable) but has not run yet.
+        out.lock().waiting = 1;
+        let a_done = AtomicBool::new(false);
+        std::thread::scope(|s| {
+            // B runs again once A sleeps, and fills the gap A waits for.
+            let b = s.spawn(|| {
+                while !a_done.load(Ordering::Acquire) {
+                    if out.lock().waiting == 1 && out.lock().next == 3 {
+                        return out.put(3, b"def".to_vec());
+                    }
+                    std::thread::yield_now();
+                }
+                Ok(())
+            });
+            // Device A fills the gap at 0, then holds the chunk at 6: over the limit, the
+            // gap at 3 is B's to fill, so A waits for it.
+            let a = out
+                .put(0, b"abc".to_vec())
+                .and_then(|()| out.put(6, b"ghi".to_vec()));
+            a_done.store(true, Ordering::Release);
+            a.unwrap();
+            b.join().unwrap().unwrap();
+        });
+        drop(out);
+        assert_eq!(std::fs::read(&p).unwrap(), b"abcdefghi");
+    }
+
+    /// A device whose chunk fills the gap goes on even when much is still held: it may
+    /// hold the next chunk too. It used to sleep, and the device ahead then gave up.
+    #[test]
+    fn seq_out_lets_the_device_behind_go_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("o");
+        let out = seq_out(2, 2, &p);
+        std::thread::scope(|s| {
+            // Device B is ahead: its chunk at 6 waits for 0..6.
+            let b = s.spawn(|| {
+                let r = out.put(6, b"ghi".to_vec());
+                out.device_done(r.is_err());
+                r
+            });
+            while out.lock().waiting == 0 {
+                std::thread::yield_now();
+            }
+            // Device A holds 0..6, in two chunks.
+            let a = out
+                .put(0, b"abc".to_vec())
+                .and_then(|()| out.put(3, b"def".to_vec()));
+            out.device_done(a.is_err());
+            a.unwrap();
+            b.join().unwrap().unwrap();
+        });
+        drop(out);
+        assert_eq!(std::fs::read(&p).unwrap(), b"abcdefghi");
+    }
+
+    /// When every running device is stuck, the last one to fall asleep says so (and a
+    /// device that ends wakes the others to look again).
+    #[test]
+    fn seq_out_finds_a_gap_nobody_fills() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("o");
+        let out = seq_out(3, 2, &p);
+        let device = |offset: u64| {
+            let r = out.put(offset, b"xyz".to_vec());
+            out.device_done(r.is_err());
+            r
+        };
+        std::thread::scope(|s| {
+            let a = s.spawn(|| device(3));
+            let b = s.spawn(|| device(9));
+            // The third device ends without the chunk at 0.
+            out.device_done(false);
+            let failed: Vec<_> = [a.join().unwrap(), b.join().unwrap()]
+                .into_iter()
+                .filter_map(Result::err)
+                .collect();
+            assert_eq!(
+                failed.len(),
+                1,
+                "one stuck device gives up, and stops the other"
+            );
+            assert!(
+                failed[0].to_string().contains("no chunk for source byte 0"),
+                "{}",
+                failed[0]
+            );
+        });
     }
 }

@@ -23,7 +23,7 @@ pub enum Kind {
     SetBusy,
     /// The other role (the engine or the backup application) died or aborted (exit 8).
     PeerFailed,
-    /// Interrupted by Ctrl-C (exit 130).
+    /// Interrupted by SIGINT (Ctrl-C), SIGTERM or SIGHUP (exit 130).
     Interrupted,
 }
 

@@ -12,6 +12,7 @@ pub mod run;
 pub mod soak;
 pub mod source;
 pub mod vdiutil;
+pub mod watchdog;
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -103,6 +104,7 @@ fn output_of(cmd: &Cmd) -> OutputArgs {
 
 /// Runs a command; prints its error and returns its exit code.
 pub fn main(cli: Cli) -> ExitCode {
+    source::note_closed_standard_streams();
     let out = output_of(&cli.cmd);
     init_logging(out.quiet);
     interrupt::install();
@@ -175,6 +177,7 @@ fn engine_cfg(s: &EngineSession, k: &EngineKnobs) -> EngineCfg {
         block_size: k.block_size,
         wait: Duration::from_secs(s.wait),
         trust_owner: s.trust_owner,
+        stall: s.stall.limit(),
     }
 }
 
@@ -192,6 +195,8 @@ fn run(cli: Cli) -> Result<()> {
                 compression: a.compress,
                 set: a.set.clone(),
                 force: a.force,
+                modes: a.mode,
+                stall: a.stall.limit(),
                 knobs: &a.engine,
                 mode: Mode::pick(a.output.quiet || a.output.json),
                 faults: &a.inject.faults,
@@ -207,6 +212,7 @@ fn run(cli: Cli) -> Result<()> {
                 set: a.set.clone(),
                 force: a.force,
                 integrity_check: a.integrity_check,
+                stall: a.stall.limit(),
                 knobs: &a.engine,
                 mode: Mode::pick(a.output.quiet || a.output.json),
                 faults: &a.inject.faults,
@@ -229,6 +235,7 @@ fn run(cli: Cli) -> Result<()> {
                     kind: "unknown".into(),
                     name: format!("an engine on set {}", a.set),
                     bytes: None,
+                    checked: false,
                 },
                 mode: Mode::pick(a.output.quiet || a.output.json),
                 wait: wait_opt(a.wait),
@@ -237,11 +244,15 @@ fn run(cli: Cli) -> Result<()> {
                     a.set
                 )),
                 allow_group: a.allow_group,
+                modes: a.mode,
+                stall: a.stall.limit(),
             };
             let prep = client::prepare_backup(plan)?;
-            let served = client::serve_backup(prep, &|| Ok(())).map_err(|e| e.into_error())?;
+            let served =
+                client::serve_backup(prep, &|| Ok(()), None).map_err(|e| e.into_error())?;
             let done = client::commit_backup(served)?;
             inject.warn_unfired();
+            done.report_commit(a.output.quiet || a.output.json);
             let m = &done.manifest;
             if a.output.json {
                 run::print_json(
@@ -291,10 +302,12 @@ fn run(cli: Cli) -> Result<()> {
                     label,
                     allow_group: a.allow_group,
                     inject: inject.clone(),
+                    stall: a.stall.limit(),
                 },
                 opened,
             )?;
-            let served = client::serve_restore(prep, &|| Ok(())).map_err(|e| e.into_error())?;
+            let served =
+                client::serve_restore(prep, &|| Ok(()), None).map_err(|e| e.into_error())?;
             inject.warn_unfired();
             let bytes: u64 = served.stream_bytes.iter().sum();
             if a.output.json {
@@ -369,9 +382,17 @@ fn engine_done(r: &engine::EngineReport, report: bool, out: OutputArgs, data_on_
 }
 
 fn verify(target: &str, out: OutputArgs) -> Result<()> {
+    // Nothing to clean up: the first signal stops a verify at once.
+    let _stop = interrupt::on_interrupt(|| {
+        eprint_line(format_args!(
+            "error: {}: verify stopped before the end",
+            interrupt::what()
+        ));
+        std::process::exit(i32::from(Kind::Interrupted.exit_code()));
+    });
     let report = if target == "-" {
         let media: Box<dyn std::io::Read + Send> = Box::new(
-            source::stdin_file().map_err(|e| fail(Kind::Input, format!("standard input: {e}")))?,
+            source::PolledStdin::open().map_err(|e| fail(Kind::Usage, format!("backup -: {e}")))?,
         );
         let mut r = backup::VerifyReport::default();
         match backup::check_stream(media, None, None) {
@@ -414,6 +435,7 @@ fn verify(target: &str, out: OutputArgs) -> Result<()> {
                 "source_bytes": report.source_bytes,
                 "stream_bytes": report.stream_bytes,
                 "chunks": report.chunks,
+                "source_checked": report.manifest.as_ref().map(|m| m.source.checked),
                 "problems": report.problems,
             }),
             false,
@@ -440,6 +462,15 @@ fn verify(target: &str, out: OutputArgs) -> Result<()> {
                 ""
             }
         );
+        if report.manifest.as_ref().is_some_and(|m| !m.source.checked) {
+            tracing::warn!(
+                "its source ({}) was an unchecked stream: the backup holds everything that arrived, which is all that was sent only if the program writing it finished (vdi could not tell)",
+                report
+                    .manifest
+                    .as_ref()
+                    .map_or("-", |m| m.source.name.as_str())
+            );
+        }
     }
     Ok(())
 }

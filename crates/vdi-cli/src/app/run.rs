@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use serde_json::json;
 use vdi_cli::backup::{Compression, SourceInfo};
+use vdi_cli::backup_dir::Modes;
 use vdi_cli::units::{bytes_per_sec, human_bytes, human_rate};
 
 use super::cli::EngineKnobs;
@@ -252,6 +253,17 @@ fn warn_unfired(client: &Injector, engine: &EngineReport) {
     for f in &engine.unfired {
         tracing::warn!("injected fault {f}");
     }
+    for n in &engine.notes {
+        tracing::warn!("the engine: {n}");
+    }
+}
+
+/// The engine's `--stall-timeout`: the same as this side's.
+fn stall_args(stall: Option<Duration>) -> Vec<String> {
+    vec![
+        "--stall-timeout".into(),
+        stall.map_or(0, |d| d.as_secs().max(1)).to_string(),
+    ]
 }
 
 fn knob_args(k: &EngineKnobs) -> Vec<String> {
@@ -273,7 +285,10 @@ fn judge<T>(client: Result<T, ClientErr>, engine: EngineEnd) -> Result<(T, Engin
     if interrupt::interrupted() {
         return Err(fail(
             Kind::Interrupted,
-            "interrupted (Ctrl-C): the operation was aborted; nothing was marked complete",
+            format!(
+                "{}: the operation was aborted; nothing was marked complete",
+                interrupt::what()
+            ),
         ));
     }
     match (client, engine) {
@@ -321,6 +336,10 @@ pub struct BackupRequest<'a> {
     pub set: Option<String>,
     /// Replace an existing backup.
     pub force: bool,
+    /// The modes of the files and directories the backup makes.
+    pub modes: Modes,
+    /// The progress watchdog's limit (None: none).
+    pub stall: Option<Duration>,
     /// Engine knobs.
     pub knobs: &'a EngineKnobs,
     /// Progress.
@@ -357,12 +376,15 @@ pub fn backup(req: &BackupRequest<'_>) -> Result<BackupOutcome> {
             kind: spec.kind().name().into(),
             name: spec.label(),
             bytes: size,
+            checked: spec != Spec::Std,
         },
         mode: req.mode,
         wait: None,
         hint: None,
         allow_group: None,
         inject: inject.clone(),
+        modes: req.modes,
+        stall: req.stall,
     };
     let prep = client::prepare_backup(plan)?;
     let mut args = vec![
@@ -378,11 +400,12 @@ pub fn backup(req: &BackupRequest<'_>) -> Result<BackupOutcome> {
         std::process::id().to_string(),
     ];
     args.extend(knob_args(req.knobs));
+    args.extend(stall_args(req.stall));
     args.extend(inject_args(req.faults));
     args.push("--".into());
     args.push(req.source.into());
     let engine = EngineProc::spawn(&args, spec == Spec::Std, false)?;
-    let served = client::serve_backup(prep, &|| engine.alive());
+    let served = client::serve_backup(prep, &|| engine.alive(), Some(engine.pid));
     let grace = grace(served.is_ok(), 60);
     let end = engine.finish(grace);
     let (served, report) = judge(served, end)?;
@@ -397,6 +420,7 @@ pub fn backup(req: &BackupRequest<'_>) -> Result<BackupOutcome> {
 
 /// Reports a finished backup.
 pub fn report_backup(o: &BackupOutcome, json: bool, quiet: bool) {
+    o.done.report_commit(quiet || json);
     let m = &o.done.manifest;
     let secs = o.total.as_secs_f64();
     let to_stdout = matches!(o.done.dest, Dest::Stdout);
@@ -425,6 +449,7 @@ pub fn report_backup(o: &BackupOutcome, json: bool, quiet: bool) {
                 "snapshot_seconds": o.engine.snapshot_seconds,
                 "bytes_per_second": bytes_per_sec(o.engine.source_bytes, o.total),
                 "engine_pid": o.engine.pid,
+                "replaced": o.done.committed.as_ref().and_then(|c| c.replaced.clone()),
                 "streams": m.streams,
             }),
             to_stdout,
@@ -469,6 +494,8 @@ pub struct RestoreRequest<'a> {
     pub force: bool,
     /// Run PRAGMA integrity_check on a restored database.
     pub integrity_check: bool,
+    /// The progress watchdog's limit (None: none).
+    pub stall: Option<Duration>,
     /// Engine knobs.
     pub knobs: &'a EngineKnobs,
     /// Progress.
@@ -501,6 +528,7 @@ pub fn restore(req: &RestoreRequest<'_>) -> Result<RestoreOutcome> {
             label,
             allow_group: None,
             inject: inject.clone(),
+            stall: req.stall,
         },
         opened,
     )?;
@@ -523,11 +551,12 @@ pub fn restore(req: &RestoreRequest<'_>) -> Result<RestoreOutcome> {
         args.push("--integrity-check".into());
     }
     args.extend(knob_args(req.knobs));
+    args.extend(stall_args(req.stall));
     args.extend(inject_args(req.faults));
     args.push("--".into());
     args.push(req.target.into());
     let engine = EngineProc::spawn(&args, false, target == Spec::Std)?;
-    let served = client::serve_restore(prep, &|| engine.alive());
+    let served = client::serve_restore(prep, &|| engine.alive(), Some(engine.pid));
     let grace = grace(served.is_ok(), 600);
     let pid = engine.pid;
     let end = engine.finish(grace);

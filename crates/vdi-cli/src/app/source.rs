@@ -2,7 +2,7 @@
 //! SQLite: a consistent snapshot of a live database and an integrity check.
 
 use std::fs::File;
-use std::io::{self, Read};
+use std::io::{self, Read, Seek};
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -11,6 +11,7 @@ use anyhow::{Context, Result};
 use rusqlite::{Connection, OpenFlags};
 
 use super::fail::{Kind, fail};
+use vdi_cli::backup_dir::FileKind;
 use vdi_cli::stream::SourceKind;
 
 /// A source or target as named on the command line.
@@ -79,32 +80,79 @@ fn unreadable(what: &str, path: &Path, e: &io::Error) -> anyhow::Error {
     )
 }
 
-fn check_regular(what: &str, path: &Path) -> Result<File> {
-    let f = File::open(path).map_err(|e| unreadable(what, path, &e))?;
-    let meta = f.metadata().map_err(|e| unreadable(what, path, &e))?;
-    if meta.is_dir() {
+/// Opens the source `path` for reading without ever blocking in the open (a FIFO there
+/// would wait for a writer for ever): a regular file, or (for `file:` sources) a block
+/// device; anything else is refused, saying what it is. Returns the file and its size.
+fn open_input(what: &str, path: &Path, devices_too: bool) -> Result<(File, u64)> {
+    use rustix::fs::{Mode, OFlags};
+    let fd = rustix::fs::open(
+        path,
+        OFlags::RDONLY | OFlags::NONBLOCK | OFlags::NOCTTY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| unreadable(what, path, &io::Error::from_raw_os_error(e.raw_os_error())))?;
+    let st = rustix::fs::fstat(&fd)
+        .map_err(|e| unreadable(what, path, &io::Error::from_raw_os_error(e.raw_os_error())))?;
+    let kind = FileKind::of(&st);
+    let hint = match kind {
+        FileKind::Regular => None,
+        FileKind::BlockDevice if devices_too => None,
+        FileKind::Directory => Some(String::new()),
+        FileKind::Fifo => Some(format!(
+            ": to back up what a program writes into it, read it as standard input: vdi backup - DEST < {}",
+            path.display()
+        )),
+        FileKind::BlockDevice => Some(": a database is a regular file".into()),
+        _ => Some(": vdi backs up regular files and block devices (disks)".into()),
+    };
+    if let Some(hint) = hint {
         return Err(fail(
             Kind::Input,
-            format!("{what} {} is a directory, not a file", path.display()),
+            format!(
+                "{what} {} is {}, not a file{hint}",
+                path.display(),
+                kind.describe()
+            ),
         ));
     }
-    Ok(f)
+    let flags = rustix::fs::fcntl_getfl(&fd)
+        .map_err(|e| unreadable(what, path, &io::Error::from_raw_os_error(e.raw_os_error())))?;
+    rustix::fs::fcntl_setfl(&fd, flags - OFlags::NONBLOCK)
+        .map_err(|e| unreadable(what, path, &io::Error::from_raw_os_error(e.raw_os_error())))?;
+    let mut f = File::from(fd);
+    let size = if kind == FileKind::BlockDevice {
+        // A device's length is where its end is.
+        let end = f
+            .seek(io::SeekFrom::End(0))
+            .map_err(|e| unreadable(what, path, &e))?;
+        f.seek(io::SeekFrom::Start(0))
+            .map_err(|e| unreadable(what, path, &e))?;
+        end
+    } else {
+        st.st_size.max(0) as u64
+    };
+    Ok((f, size))
+}
+
+fn check_regular(what: &str, path: &Path) -> Result<File> {
+    open_input(what, path, false).map(|(f, _)| f)
 }
 
 /// Checks that the source can be read; returns its size if known.
 pub fn check_source(spec: &Spec) -> Result<Option<u64>> {
     match spec {
-        Spec::Std => Ok(None),
+        Spec::Std => {
+            stdin_file().map_err(|e| fail(Kind::Usage, format!("source -: {e}")))?;
+            Ok(None)
+        }
         Spec::File(p) => {
-            let f = check_regular("source file", p)?;
-            let meta = f.metadata().map_err(|e| unreadable("source file", p, &e))?;
+            let (mut f, len) = open_input("source file", p, true)?;
             let mut probe = [0u8; 1];
-            let mut f = f;
-            if meta.len() > 0 {
+            if len > 0 {
                 f.read(&mut probe)
                     .map_err(|e| unreadable("source file", p, &e))?;
             }
-            Ok(Some(meta.len()))
+            Ok(Some(len))
         }
         Spec::Sqlite(p) => {
             check_regular("source database", p)?;
@@ -262,13 +310,95 @@ pub fn header_check(path: &Path) -> Result<(), String> {
     Ok(())
 }
 
+/// Which of standard input, output and error were closed when the process started.
+static CLOSED: [std::sync::atomic::AtomicBool; 3] = [
+    std::sync::atomic::AtomicBool::new(false),
+    std::sync::atomic::AtomicBool::new(false),
+    std::sync::atomic::AtomicBool::new(false),
+];
+
+/// Notes which of standard input, output and error the process was started without
+/// (`>&-`). Rust's runtime puts `/dev/null`, opened read-write, in place of a closed one
+/// before `main`, so a backup "to standard output" went into `/dev/null` and was
+/// reported as a success. A shell's `> /dev/null` opens it write-only (`< /dev/null`
+/// read-only): only a read-write `/dev/null` is taken for a closed stream. Call first
+/// thing in `main`.
+pub fn note_closed_standard_streams() {
+    use rustix::fs::{FileType, OFlags};
+    let filler = |fd: std::os::fd::BorrowedFd<'_>| {
+        let Ok(st) = rustix::fs::fstat(fd) else {
+            return true;
+        };
+        let null = FileType::from_raw_mode(st.st_mode) == FileType::CharacterDevice
+            && rustix::fs::major(st.st_rdev) == 1
+            && rustix::fs::minor(st.st_rdev) == 3;
+        null && rustix::fs::fcntl_getfl(fd).is_ok_and(|f| f & OFlags::RWMODE == OFlags::RDWR)
+    };
+    let fds = [
+        filler(io::stdin().as_fd()),
+        filler(io::stdout().as_fd()),
+        filler(io::stderr().as_fd()),
+    ];
+    for (i, closed) in fds.into_iter().enumerate() {
+        CLOSED[i].store(closed, std::sync::atomic::Ordering::Release);
+    }
+}
+
+fn closed(i: usize, what: &str, redirect: &str) -> io::Result<()> {
+    if CLOSED[i].load(std::sync::atomic::Ordering::Acquire) {
+        return Err(io::Error::other(format!(
+            "{what} is closed (the command was started with {redirect}&-): redirect it to a file or a pipe"
+        )));
+    }
+    Ok(())
+}
+
 /// A duplicate of standard input as a file (read without Rust's buffering).
 pub fn stdin_file() -> io::Result<File> {
+    closed(0, "standard input", "<")?;
     Ok(File::from(io::stdin().as_fd().try_clone_to_owned()?))
+}
+
+/// Standard input, read so that a producer that never writes again cannot hold this
+/// process for ever: each read waits (poll, a fifth of a second at a time) until there
+/// is data or the end, and gives up once the operation is over
+/// ([`super::interrupt::stopping`]: a signal, an aborted set, a peer gone).
+#[derive(Debug)]
+pub struct PolledStdin(File);
+
+impl PolledStdin {
+    /// Standard input, duplicated.
+    pub fn open() -> io::Result<PolledStdin> {
+        stdin_file().map(PolledStdin)
+    }
+}
+
+impl Read for PolledStdin {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        use rustix::event::{PollFd, PollFlags, Timespec, poll};
+        let tick = Timespec {
+            tv_sec: 0,
+            tv_nsec: 200_000_000,
+        };
+        loop {
+            if super::interrupt::stopping() {
+                return Err(io::Error::other(
+                    "the operation ended while waiting for standard input",
+                ));
+            }
+            let mut fds = [PollFd::new(&self.0, PollFlags::IN)];
+            match poll(&mut fds, Some(&tick)) {
+                Ok(0) | Err(rustix::io::Errno::INTR) => continue,
+                Ok(_) => return self.0.read(buf),
+                Err(e) => return Err(io::Error::from_raw_os_error(e.raw_os_error())),
+            }
+        }
+    }
 }
 
 /// A duplicate of standard output as a file (written without line buffering).
 pub fn stdout_file() -> io::Result<File> {
+    closed(1, "standard output", ">")?;
     Ok(File::from(io::stdout().as_fd().try_clone_to_owned()?))
 }
 
@@ -320,17 +450,15 @@ impl Drop for EngineScratch {
 pub fn open_source(spec: &Spec) -> Result<OpenSource> {
     match spec {
         Spec::Std => Ok(OpenSource {
-            reader: Box::new(stdin_file().context("standard input")?),
+            reader: Box::new(
+                PolledStdin::open().map_err(|e| fail(Kind::Usage, format!("source -: {e}")))?,
+            ),
             size: None,
             _snapshot: None,
             snapshot_secs: 0.0,
         }),
         Spec::File(p) => {
-            let f = check_regular("source file", p)?;
-            let size = f
-                .metadata()
-                .map_err(|e| unreadable("source file", p, &e))?
-                .len();
+            let (f, size) = open_input("source file", p, true)?;
             Ok(OpenSource {
                 reader: Box::new(f),
                 size: Some(size),
@@ -366,31 +494,16 @@ pub fn open_source(spec: &Spec) -> Result<OpenSource> {
     }
 }
 
-/// Checks that `spec` may be written: refuses an existing target without `force`, and a
-/// target whose directory does not exist.
+/// Checks that `spec` may be written: refuses an existing target without `force`,
+/// anything but a regular file there even with it (a device such as `/dev/null`, a FIFO,
+/// a link, a directory: restoring renames a new file into the target's place, which
+/// would replace it), and a target whose directory does not exist.
 pub fn check_target(spec: &Spec, force: bool) -> Result<()> {
     let p = match spec {
         Spec::Std => return Ok(()),
         Spec::File(p) | Spec::Sqlite(p) => p,
     };
-    match std::fs::symlink_metadata(p) {
-        Ok(m) if m.is_dir() => {
-            return Err(fail(
-                Kind::TargetExists,
-                format!("target {} is a directory", p.display()),
-            ));
-        }
-        Ok(_) if !force => {
-            return Err(fail(
-                Kind::TargetExists,
-                format!(
-                    "target {} already exists; use --force to replace it",
-                    p.display()
-                ),
-            ));
-        }
-        _ => {}
-    }
+    check_target_path(p, force, "")?;
     let parent = parent_dir(p);
     if !parent.is_dir() {
         return Err(fail(
@@ -403,6 +516,54 @@ pub fn check_target(spec: &Spec, force: bool) -> Result<()> {
         ));
     }
     Ok(())
+}
+
+/// Refuses to put a restored file in place of `p` if something other than a regular file
+/// is there, or if anything is there without `force`. `when` says when it was found
+/// (`""`, or ` during the restore`).
+pub fn check_target_path(p: &Path, force: bool, when: &str) -> Result<()> {
+    match FileKind::at(p) {
+        Ok(FileKind::Regular) if !force => Err(fail(
+            Kind::TargetExists,
+            if when.is_empty() {
+                format!(
+                    "target {} already exists; use --force to replace it",
+                    p.display()
+                )
+            } else {
+                format!(
+                    "target {} appeared{when}; use --force to replace it",
+                    p.display()
+                )
+            },
+        )),
+        Ok(FileKind::Regular) => Ok(()),
+        Ok(k) => {
+            let what = if k == FileKind::Symlink {
+                let to = std::fs::read_link(p)
+                    .map(|t| format!(" (to {})", t.display()))
+                    .unwrap_or_default();
+                format!("a symbolic link{to}; name the file itself")
+            } else {
+                format!(
+                    "{}; a restore makes a regular file and puts it in the target's place, which would replace it",
+                    k.describe()
+                )
+            };
+            Err(fail(
+                Kind::TargetExists,
+                format!(
+                    "target {} is {what}: refused, even with --force",
+                    p.display()
+                ),
+            ))
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(fail(
+            Kind::Input,
+            format!("cannot look at target {}: {e}", p.display()),
+        )),
+    }
 }
 
 /// The directory a path lives in (`.` for a bare name).

@@ -278,3 +278,79 @@ pub fn set_name(tag: &str) -> String {
 pub fn s(p: &Path) -> String {
     p.display().to_string()
 }
+
+/// Runs `vdi args` under the umask `mask` (octal; through `sh`, which sets it).
+pub fn run_with_umask(mask: &str, args: &[&str]) -> Run {
+    let mut c = Command::new("sh");
+    c.arg("-c")
+        .arg("umask \"$0\" && exec \"$@\"")
+        .arg(mask)
+        .arg(env!("CARGO_BIN_EXE_vdi"))
+        .args(args)
+        .env_remove("VDI_DEMO_SIZE")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    wait_output(c.spawn().unwrap(), Duration::from_secs(120))
+}
+
+/// The permission bits of `path` (not following a link).
+pub fn mode_of(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::symlink_metadata(path)
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o7777
+}
+
+/// Whether this process runs as root.
+pub fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .map(|s| {
+            s.lines()
+                .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
+        })
+        .unwrap_or(false)
+}
+
+/// Makes a FIFO at `path` (with `mkfifo`).
+pub fn mkfifo(path: &Path) {
+    let st = Command::new("mkfifo").arg(path).status().unwrap();
+    assert!(st.success(), "mkfifo {}", path.display());
+}
+
+/// The names in `dir`, sorted.
+pub fn names_in(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+/// The backup id a backup directory's manifest records.
+pub fn backup_id(dir: &Path) -> String {
+    let m: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json")).unwrap()).unwrap();
+    m["backup_id"].as_str().unwrap().to_owned()
+}
+
+/// A child process killed (and reaped) when this goes out of scope, even when the test
+/// fails first: no process outlives its test.
+pub struct KillOnDrop(pub Child);
+
+impl KillOnDrop {
+    /// The child's pid.
+    pub fn id(&self) -> u32 {
+        self.0.id()
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
