@@ -212,6 +212,15 @@ impl fmt::Display for AbortCause {
     }
 }
 
+/// Who holds a set name (the credentials the kernel recorded for its socket).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NameHolder {
+    /// The user of the process that created the set.
+    pub uid: u32,
+    /// That process.
+    pub pid: u32,
+}
+
 /// What went wrong, beyond the code.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -238,8 +247,14 @@ pub enum Reason {
     AccessDenied(String),
     /// No set of that name exists (or none that this process may see).
     NoSuchSet(String),
-    /// The set name is already in use.
-    NameInUse(String),
+    /// The set name is already in use; `holder` says who holds it, when that process
+    /// could be asked (it may have gone away meanwhile).
+    NameInUse {
+        /// What happened and what to do.
+        message: String,
+        /// The creator of the existing set.
+        holder: Option<NameHolder>,
+    },
     /// The peer wrote something into shared memory or the socket that breaks the protocol.
     ProtocolViolation(String),
     /// All devices are already open.
@@ -275,7 +290,7 @@ impl fmt::Display for Reason {
             Reason::InvalidArgument(s)
             | Reason::AccessDenied(s)
             | Reason::NoSuchSet(s)
-            | Reason::NameInUse(s)
+            | Reason::NameInUse { message: s, .. }
             | Reason::OutOfMemory(s) => f.write_str(s),
             Reason::ProtocolViolation(s) => write!(f, "protocol violation by the peer: {s}"),
             Reason::AllDevicesOpen => f.write_str("all devices are already open"),

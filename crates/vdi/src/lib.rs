@@ -49,11 +49,11 @@ pub mod sys;
 pub use client::{ClientDevice, ClientOptions, ClientSet, Command, MappedBuffer};
 pub use config::{INFINITE, Timeout, VdConfig};
 pub use consts::{CommandCode, CompletionCode, Features, completion, features, whence};
-pub use error::{AbortCause, ErrorCode, NOERROR, Reason, Result, VdError};
+pub use error::{AbortCause, ErrorCode, NOERROR, NameHolder, Reason, Result, VdError};
 pub use server::{
     Completion, ServerBuffer, ServerCommand, ServerConfig, ServerDevice, ServerSet, ServerState,
 };
-pub use shared::AttachOptions;
+pub use shared::{AttachOptions, MAX_SET_NAME, validate_set_name};
 
 /// The README's examples, compiled as doc tests so they cannot rot.
 #[cfg(doctest)]

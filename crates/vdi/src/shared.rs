@@ -25,19 +25,15 @@ pub const MAX_SET_NAME: usize = 100;
 /// else (a `/`, `\`, NUL, space, newline or control character, non-ASCII) is refused, so
 /// a name is always safe to print in a log line or pass as one argument.
 pub fn validate_set_name(name: &str) -> Result<()> {
-    if name.is_empty() || name.len() > MAX_SET_NAME {
-        return Err(VdError::invalid(format!(
-            "set name must be 1 to {MAX_SET_NAME} bytes long (got {})",
-            name.len()
-        )));
-    }
     let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '{' | '}');
-    if let Some(c) = name.chars().find(|&c| !allowed(c)) {
-        return Err(VdError::invalid(format!(
-            "set name {name:?} contains {c:?}; use letters, digits, '-', '_', '.', '{{', '}}' (a GUID is recommended)"
-        )));
-    }
-    Ok(())
+    let bad = match name.chars().find(|&c| !allowed(c)) {
+        Some(c) => format!("{c:?} is not allowed"),
+        None if name.is_empty() || name.len() > MAX_SET_NAME => format!("{} bytes", name.len()),
+        None => return Ok(()),
+    };
+    Err(VdError::invalid(format!(
+        "a set name is 1 to {MAX_SET_NAME} of the letters A-Z and a-z, the digits 0-9 and - _ . {{ }} ({bad}); a GUID is recommended"
+    )))
 }
 
 /// The abstract socket name of a set.
@@ -353,6 +349,8 @@ pub struct Attached {
     pub segments: u32,
     /// The number the creator gave this process.
     pub process_no: u32,
+    /// The creator's process id, as the kernel recorded it for its socket.
+    pub creator_pid: u32,
 }
 
 /// Connects to set `name` as `role`: checks who created it, says Hello, and maps the
@@ -373,7 +371,7 @@ pub fn attach(name: &str, role: Role, trusted: Option<u32>) -> Result<Attached> 
             "no virtual device set named '{name}' is waiting; the backup application must create it first"
         ))
     })?;
-    check_creator(&conn, name, trusted)?;
+    let creator_pid = check_creator(&conn, name, trusted)?;
     let hello = Msg::Hello {
         role,
         pid: crate::sys::current_pid(),
@@ -399,6 +397,7 @@ pub fn attach(name: &str, role: Role, trusted: Option<u32>) -> Result<Attached> 
             conn,
             segments: segments.min(MAX_AREAS as u32 + 1),
             process_no,
+            creator_pid,
         }),
         Ok(Msg::Refused { code, reason }) => Err(refused(code, reason)),
         _ => Err(VdError::violation(
@@ -428,13 +427,14 @@ fn attach_control(fd: std::os::fd::OwnedFd) -> Result<ControlSegment> {
 /// Checks who created the set at the other end of `conn` before anything is sent to it:
 /// this user, root, or `trusted`. Another user could otherwise bind the name first and
 /// pose as the backup application.
-pub fn check_creator(conn: &Conn, name: &str, trusted: Option<u32>) -> Result<()> {
+/// Returns the creator's process id.
+pub fn check_creator(conn: &Conn, name: &str, trusted: Option<u32>) -> Result<u32> {
     let cred = conn
         .peer_cred()
         .map_err(sys_err("reading the creator's credentials"))?;
     let (me, _) = crate::sys::current_credentials();
     if cred.uid == me || cred.uid == 0 || trusted == Some(cred.uid) {
-        return Ok(());
+        return Ok(cred.pid);
     }
     Err(VdError::new(
         ErrorCode::Security,

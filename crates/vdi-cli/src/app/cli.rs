@@ -518,23 +518,16 @@ fn parse_user(s: &str) -> Result<u32, String> {
     lookup_id(s, "/etc/passwd", "user")
 }
 
-/// The longest set name (the library's limit).
-const MAX_SET_NAME: usize = 100;
-
-/// A set name: 1 to 100 ASCII letters, digits and `-_.{}` (the library's rule; it names
-/// an abstract socket that every process on the machine can see, and appears in logs).
+/// A set name, as the library accepts it (`vdi::validate_set_name`: 1 to 100 ASCII
+/// letters, digits and `-_.{}`; it names an abstract socket that every process on the
+/// machine can see, and appears in logs).
 pub fn parse_set_name(s: &str) -> Result<String, String> {
-    let ok = |c: char| c.is_ascii_alphanumeric() || "-_.{}".contains(c);
-    if s.is_empty() || s.len() > MAX_SET_NAME || !s.chars().all(ok) {
-        let bad = s
-            .chars()
-            .find(|&c| !ok(c))
-            .map(|c| format!(" ({c:?} is not allowed)"))
-            .unwrap_or_else(|| format!(" ({} bytes)", s.len()));
-        return Err(format!(
-            "a set name is 1 to {MAX_SET_NAME} of the letters A-Z and a-z, the digits 0-9 and - _ . {{ }}{bad}; for example nightly-shop, or a GUID in braces"
-        ));
-    }
+    vdi::validate_set_name(s).map_err(|e| {
+        format!(
+            "{}; for example nightly-shop, or a GUID in braces",
+            e.reason()
+        )
+    })?;
     Ok(s.to_owned())
 }
 

@@ -184,12 +184,17 @@ fn create_set(name: &str, devices: u32, allow_group: Option<u32>) -> Result<Clie
         if e.code() == ErrorCode::Busy {
             // The library's reason names who holds the name (user and process).
             let holder = match e.reason() {
-                vdi::Reason::NameInUse(why) => why
-                    .split_once(" already exists")
-                    .map(|(_, rest)| rest.split(';').next().unwrap_or("").trim())
-                    .filter(|h| !h.is_empty())
-                    .map(|h| format!(" {h}"))
-                    .unwrap_or_default(),
+                vdi::Reason::NameInUse {
+                    holder: Some(h), ..
+                } => {
+                    let me = rustix::process::getuid().as_raw();
+                    let whose = if h.uid == me {
+                        "this user".to_owned()
+                    } else {
+                        format!("user {}, not this user ({me})", h.uid)
+                    };
+                    format!(" (created by {whose}, process {})", h.pid)
+                }
                 _ => String::new(),
             };
             fail(
@@ -295,7 +300,8 @@ fn watch_engine(
     watchdog::Watch {
         limit: stall,
         peer: "the engine",
-        pid,
+        // The engine this process started, or the one that opened the set (its own word).
+        pid: pid.or_else(|| set.server_pid()),
         lacking: "sent no command on any device",
         op,
         waiting: Box::new(watchdog::idle),

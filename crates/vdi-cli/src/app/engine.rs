@@ -502,7 +502,8 @@ fn with_agent<T>(
     let watch = super::watchdog::Watch {
         limit: cfg.stall,
         peer: "the backup application",
-        pid: cfg.parent,
+        // The creator of the set (the kernel's record), whoever started this engine.
+        pid: Some(set.client_pid()),
         lacking: "completed none of the commands it was given",
         op,
         waiting: Box::new(move || s1.outstanding() > 0),

@@ -59,7 +59,7 @@ use std::thread::JoinHandle;
 
 use crate::config::{Timeout, VdConfig};
 use crate::consts::features;
-use crate::error::{AbortCause, ErrorCode, Reason, Result, VdError};
+use crate::error::{AbortCause, ErrorCode, NameHolder, Reason, Result, VdError};
 use crate::protocol::event;
 use crate::protocol::layout::{self, ControlSegment, MAGIC, VERSION, dev, phase};
 use crate::protocol::msg::{Msg, Role};
@@ -187,12 +187,25 @@ impl ClientSet {
         }
         let listener = Listener::bind(&socket_name(name)).map_err(|e| {
             if e == rustix::io::Errno::ADDRINUSE {
+                let holder = name_holder(name);
+                let who = holder.map(|h| {
+                    let (me, _) = crate::sys::current_credentials();
+                    let whose = if h.uid == me {
+                        "this user".to_owned()
+                    } else {
+                        format!("user {}, not this user ({me})", h.uid)
+                    };
+                    format!(" (created by {whose}, process {})", h.pid)
+                });
                 VdError::new(
                     ErrorCode::Busy,
-                    Reason::NameInUse(format!(
-                        "a virtual device set named '{name}' already exists{}; choose another name (a GUID is recommended) or close the other set",
-                        name_holder(name)
-                    )),
+                    Reason::NameInUse {
+                        message: format!(
+                            "a virtual device set named '{name}' already exists{}; choose another name (a GUID is recommended) or close the other set",
+                            who.unwrap_or_default()
+                        ),
+                        holder,
+                    },
                 )
             } else {
                 VdError::system("binding the set's socket", e)
@@ -256,6 +269,7 @@ impl ClientSet {
             control,
             segments,
             process_no,
+            ..
         } = attach(name, Role::Secondary, options.trust_owner)?;
         let shared = Arc::new(Shared::new(name.to_owned(), control));
         let cfg = layout::load_config(&shared.header().client_config);
@@ -420,6 +434,22 @@ impl ClientSet {
     pub fn abort_cause(&self) -> Option<AbortCause> {
         self.inner.shared.abort_cause()
     }
+
+    /// The process id the server wrote into the set when it opened it (`None` before,
+    /// or after `Close`). The server writes it, so it is what the server says, not a
+    /// proof: use it to name the peer in messages, never to signal a process.
+    pub fn server_pid(&self) -> Option<u32> {
+        if self.inner.shared.is_closed() {
+            return None;
+        }
+        let pid = self
+            .inner
+            .shared
+            .header()
+            .server_pid
+            .load(Ordering::Relaxed);
+        (pid != 0).then_some(pid)
+    }
 }
 
 fn validate_final(asked: &VdConfig, c: &VdConfig) -> Option<String> {
@@ -495,24 +525,15 @@ impl Drop for ClientInner {
     }
 }
 
-/// Who holds set name `name`, as " (created by user U, process P)", for the error that
-/// says the name is taken: a name squatted by another user is then plain to see. Empty
-/// if the holder cannot be asked (it went away meanwhile). The probe connects and hangs
-/// up without a Hello, which the holder's service thread drops without effect.
-fn name_holder(name: &str) -> String {
-    let Ok(conn) = Conn::connect(&socket_name(name)) else {
-        return String::new();
-    };
-    match conn.peer_cred() {
-        Ok(c) => {
-            let (me, _) = crate::sys::current_credentials();
-            let whose = if c.uid == me {
-                "this user".to_owned()
-            } else {
-                format!("user {}, not this user ({me})", c.uid)
-            };
-            format!(" (created by {whose}, process {})", c.pid)
-        }
-        Err(_) => String::new(),
-    }
+/// Who holds set name `name`, for the error that says the name is taken: a name squatted
+/// by another user is then plain to see. `None` if the holder cannot be asked (it went
+/// away meanwhile). The probe connects and hangs up without a Hello, which the holder's
+/// service thread drops without effect.
+fn name_holder(name: &str) -> Option<NameHolder> {
+    let conn = Conn::connect(&socket_name(name)).ok()?;
+    let c = conn.peer_cred().ok()?;
+    Some(NameHolder {
+        uid: c.uid,
+        pid: c.pid,
+    })
 }

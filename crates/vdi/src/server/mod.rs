@@ -131,6 +131,8 @@ struct ServerInner {
     shared: Arc<Shared>,
     pool: Arc<Pool>,
     client_config: VdConfig,
+    /// The creator's pid (SO_PEERCRED at attach).
+    client_pid: u32,
     conn: Mutex<Option<Conn>>,
     watchdog: Mutex<Option<Watchdog>>,
     local: Mutex<Local>,
@@ -174,7 +176,12 @@ impl ServerSet {
     /// root (so that another user cannot pose as the backup application and receive the
     /// data); [`AttachOptions::trust_owner`] admits one more user.
     pub fn open_with(name: &str, options: AttachOptions) -> Result<ServerSet> {
-        let Attached { conn, control, .. } = attach(name, Role::Server, options.trust_owner)?;
+        let Attached {
+            conn,
+            control,
+            creator_pid: client_pid,
+            ..
+        } = attach(name, Role::Server, options.trust_owner)?;
         let shared = Arc::new(Shared::new(name.to_owned(), control));
         let h = shared.header();
         let client_config = layout::load_config(&h.client_config);
@@ -224,6 +231,7 @@ impl ServerSet {
                 shared,
                 pool,
                 client_config,
+                client_pid,
                 conn: Mutex::new(Some(conn)),
                 watchdog: Mutex::new(Some(watchdog)),
                 local: Mutex::new(Local {
@@ -264,6 +272,12 @@ impl ServerSet {
     /// Whether the set has been aborted, and why.
     pub fn abort_cause(&self) -> Option<AbortCause> {
         self.inner.shared.abort_cause()
+    }
+
+    /// The process id of the client that created the set, as the kernel recorded it when
+    /// this process connected (so it cannot be forged through shared memory).
+    pub fn client_pid(&self) -> u32 {
+        self.inner.client_pid
     }
 
     /// `GetConfiguration`: the client's requested configuration (after
