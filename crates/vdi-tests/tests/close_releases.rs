@@ -222,6 +222,17 @@ fn send_until_the_client_pauses(
     peer.expect_line("PAUSED midstream", WAIT);
 }
 
+/// A completion agent running when `Close` came returns `VD_E_ABORT` after calling every
+/// outstanding command back; one whose thread only got to start after `Close` (a loaded
+/// machine) is refused with `VD_E_PROTOCOL`, and `Close` did the calling back itself.
+fn agent_ended_by_the_close(r: vdi::Result<()>) {
+    let code = r.unwrap_err().code();
+    assert!(
+        matches!(code, ErrorCode::Abort | ErrorCode::Protocol),
+        "the agent returned {code:?}"
+    );
+}
+
 fn paused_client(name: &str) -> (Plan, Peer) {
     let mut plan = Plan::new(name, 1, 8 * 65536);
     plan.transfer = 64 << 10;
@@ -248,8 +259,7 @@ fn server_close_with_devices_open_aborts_calls_back_and_releases_all_at_once() {
         send_until_the_client_pauses(&set, &dev, &plan, &mut peer, &calls);
         assert_eq!(set.outstanding(), 8);
         let close = set.close();
-        let agent = agent.join().unwrap();
-        assert_eq!(agent.unwrap_err().code(), ErrorCode::Abort);
+        agent_ended_by_the_close(agent.join().unwrap());
         (dev, kept, close)
     });
     assert_eq!(close.unwrap_err().code(), ErrorCode::Protocol);
@@ -305,7 +315,7 @@ fn object_server_close_with_commands_outstanding_releases_all_while_the_object_l
     let area = mapping_of(first).unwrap();
     assert!(area.2);
     assert_eq!(set.close().unwrap_err().code(), ErrorCode::Protocol);
-    assert_eq!(agent.join().unwrap().unwrap_err().code(), ErrorCode::Abort);
+    agent_ended_by_the_close(agent.join().unwrap());
     assert_eq!(aborted.load(Ordering::Relaxed), 8);
     assert_eq!(
         held(),

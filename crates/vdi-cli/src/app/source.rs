@@ -185,7 +185,10 @@ fn open_db_read_only(p: &Path) -> Result<Connection> {
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )
     .map_err(|e| not_a_db(p, &e))?;
-    conn.busy_timeout(Duration::from_secs(10))
+    // A rollback-journal database whose writer commits back to back can keep a reader
+    // out for a long while (each commit briefly excludes readers); wait as long as the
+    // snapshot itself may take rather than failing a backup of a busy database.
+    conn.busy_timeout(Duration::from_secs(120))
         .map_err(|e| not_a_db(p, &e))?;
     Ok(conn)
 }
