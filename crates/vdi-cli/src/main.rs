@@ -4,16 +4,26 @@
 //! client role) here and start the reference engine (the server role) as a separate
 //! process (`vdi engine ...`); `vdi client ...` and `vdi engine ...` run one role each,
 //! for two processes started by hand. Run `vdi --help` for the commands.
+//!
+//! This binary is the front end: arguments ([`cli`]), what is printed ([`output`],
+//! [`progress`]), signals ([`interrupt`]), starting the engine ([`spawn`]) and one file
+//! per command ([`commands`]). What it runs is the `vdi-backup` library.
 
 #![forbid(unsafe_code)]
 
-mod app;
+mod cli;
+mod commands;
+mod interrupt;
+mod output;
+mod progress;
+mod spawn;
 
 use std::process::ExitCode;
 
 use clap::Parser;
 
+pub use output::{eprint_line, print_line};
+
 fn main() -> ExitCode {
-    let cli = app::cli::Cli::parse();
-    app::main(cli)
+    commands::main(cli::Cli::parse())
 }

@@ -398,7 +398,7 @@ fn backups_are_private_by_default_and_mode_says_otherwise() {
 /// behind (it used to leave an empty `.manifest.json.tmp`).
 #[test]
 fn a_full_disk_while_writing_the_manifest_leaves_no_temporary() {
-    use vdi_cli::backup_dir::{BackupDir, MANIFEST_TMP};
+    use vdi_backup::store::dir::{BackupDir, MANIFEST_TMP};
     let dir = tempfile::tempdir().unwrap();
     let mnt = dir.path().join("small");
     std::fs::create_dir(&mnt).unwrap();
@@ -424,6 +424,6 @@ fn a_full_disk_while_writing_the_manifest_leaves_no_temporary() {
     let _ = std::process::Command::new("umount").arg(&mnt).status();
     let (r, names) = result;
     let e = r.unwrap_err();
-    assert!(vdi_cli::backup::is_disk_full(&e), "{e}");
+    assert!(vdi_backup::util::is_disk_full(&e), "{e}");
     assert_eq!(names, vec!["filler".to_owned()]);
 }

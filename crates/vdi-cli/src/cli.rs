@@ -1,11 +1,11 @@
 //! The command line.
 
 use clap::{Args, Parser, Subcommand};
-use vdi_cli::backup::Compression;
-use vdi_cli::backup_dir::Modes;
-use vdi_cli::units::parse_size;
+use vdi_backup::format::manifest::Compression;
+use vdi_backup::store::dir::Modes;
+use vdi_backup::units::parse_size;
 
-use super::inject::Fault;
+use vdi_backup::fault::Fault;
 
 /// Back up and restore real data through the SQL Server Virtual Device Interface (VDI).
 ///
@@ -133,7 +133,7 @@ pub enum Cmd {
 #[derive(Debug, Args)]
 pub struct SoakArgs {
     /// Run for this long (90s, 10m, 2h; default 10m unless --runs is given).
-    #[arg(long, value_name = "TIME", value_parser = super::soak::parse_duration)]
+    #[arg(long, value_name = "TIME", value_parser = crate::commands::soak::parse_duration)]
     pub duration: Option<std::time::Duration>,
     /// Stop after this many runs (with --duration: whichever comes first).
     #[arg(long, value_name = "N")]
@@ -177,7 +177,7 @@ pub struct StallArgs {
     /// backup application, a producer that stopped writing): a warning comes first, then
     /// the operation is aborted, naming the side that stalled (exit 8). 90s, 5m, 1h, or
     /// seconds; 0: wait for ever.
-    #[arg(long, value_name = "TIME", default_value = super::watchdog::DEFAULT_STALL, value_parser = super::soak::parse_duration)]
+    #[arg(long, value_name = "TIME", default_value = vdi_backup::watchdog::DEFAULT_STALL, value_parser = crate::commands::soak::parse_duration)]
     pub stall_timeout: std::time::Duration,
 }
 
@@ -587,7 +587,7 @@ mod tests {
             assert!(parse_set_name(bad).is_err(), "{bad:?}");
         }
         // vdi's own names follow the rule.
-        assert!(parse_set_name(&super::super::vdiutil::new_set_name("backup")).is_ok());
-        assert!(parse_set_name(&super::super::vdiutil::new_set_name("restore")).is_ok());
+        assert!(parse_set_name(&vdi_backup::util::new_set_name("backup")).is_ok());
+        assert!(parse_set_name(&vdi_backup::util::new_set_name("restore")).is_ok());
     }
 }

@@ -9,18 +9,19 @@ use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
 use rusqlite::Connection;
 use serde::Serialize;
 use serde_json::json;
-use vdi_cli::backup::{self, Compression};
-use vdi_cli::units::human_bytes;
+use vdi_backup::format::manifest::Compression;
+use vdi_backup::units::human_bytes;
+use vdi_backup::{Context, Result};
 
-use super::cli::{EngineKnobs, SoakArgs};
-use super::fail::{Kind, fail, kind_of};
-use super::interrupt;
-use super::progress::Mode;
-use super::run::{self as runner, print_json};
+use crate::cli::{EngineKnobs, SoakArgs};
+use crate::output::print_json;
+use crate::progress::Mode;
+use crate::spawn as runner;
+use vdi_backup::cancel;
+use vdi_backup::error::{Kind, fail, kind_of};
 
 /// One run's parameters.
 #[derive(Clone, Debug, Serialize)]
@@ -73,7 +74,7 @@ impl Params {
             r.u64(0..=3000)
         } else {
             let b = u64::from(block_size);
-            let payload = u64::from(vdi_cli::stream::max_payload(max_transfer));
+            let payload = u64::from(vdi_backup::format::stream::max_payload(max_transfer));
             match r.u32(0..10) {
                 0 => 0,
                 1 => r.u64(1..b),
@@ -203,8 +204,8 @@ fn compare_files(a: &Path, b: &Path) -> Result<()> {
     let (mut ba, mut bb) = (vec![0u8; 1 << 20], vec![0u8; 1 << 20]);
     let mut at = 0u64;
     loop {
-        let n = backup::read_full(&mut fa, &mut ba)?;
-        let m = backup::read_full(&mut fb, &mut bb)?;
+        let n = vdi_backup::codec::read_full(&mut fa, &mut ba)?;
+        let m = vdi_backup::codec::read_full(&mut fb, &mut bb)?;
         if n != m || ba[..n] != bb[..m] {
             let i = ba[..n]
                 .iter()
@@ -260,14 +261,14 @@ fn one_run(p: &Params, dir: &Path) -> Result<RunOutcome> {
         compression,
         set: None,
         force: false,
-        modes: vdi_cli::backup_dir::Modes::DEFAULT,
+        modes: vdi_backup::store::dir::Modes::DEFAULT,
         stall: Some(std::time::Duration::from_secs(300)),
         knobs: &knobs,
-        mode: Mode::pick(true),
+        display: std::sync::Arc::new(Mode::pick(true)),
         faults: &[],
     })
     .context("backup")?;
-    let report = backup::verify_dir(&bk).map_err(|e| {
+    let report = vdi_backup::verify::verify_dir(&bk).map_err(|e| {
         fail(
             Kind::Damaged,
             format!("vdi verify: the backup is not complete: {e}"),
@@ -293,7 +294,7 @@ fn one_run(p: &Params, dir: &Path) -> Result<RunOutcome> {
         integrity_check: p.source == "sqlite",
         stall: Some(std::time::Duration::from_secs(300)),
         knobs: &rknobs,
-        mode: Mode::pick(true),
+        display: std::sync::Arc::new(Mode::pick(true)),
         faults: &[],
     })
     .context("restore")?;
@@ -390,12 +391,12 @@ pub fn run(a: &SoakArgs) -> Result<()> {
     }
     let t0 = Instant::now();
     let (mut runs, mut bytes, mut stored) = (0u64, 0u64, 0u64);
-    let mut failure: Option<(Params, anyhow::Error, PathBuf)> = None;
+    let mut failure: Option<(Params, vdi_backup::Error, PathBuf)> = None;
     loop {
         if a.runs.is_some_and(|n| runs >= n) || limit.is_some_and(|d| t0.elapsed() >= d) {
             break;
         }
-        if interrupt::interrupted() {
+        if cancel::interrupted() {
             break;
         }
         let p = Params::draw(seed.wrapping_add(runs), a.max_size);
@@ -425,7 +426,7 @@ pub fn run(a: &SoakArgs) -> Result<()> {
         }
     }
     let secs = t0.elapsed().as_secs_f64();
-    let interrupted = interrupt::interrupted();
+    let interrupted = cancel::interrupted();
     let kept = failure.as_ref().and_then(|(_, _, dir)| {
         if a.keep_failed {
             let keep = scratch.path().with_extension("failed");

@@ -1,7 +1,7 @@
 //! Byte counts as people type and read them: `1M`, `64KiB`, `1.5 GiB`, `850 MiB/s`.
 //!
 //! ```
-//! use vdi_cli::units::{parse_size, human_bytes};
+//! use vdi_backup::units::{parse_size, human_bytes};
 //! assert_eq!(parse_size("1M"), Ok(1 << 20));
 //! assert_eq!(parse_size("64KiB"), Ok(64 << 10));
 //! assert_eq!(parse_size("4096"), Ok(4096));

@@ -1,5 +1,5 @@
 //! The reference engine (the VDI server role): backs a source up through every device of
-//! a set, and restores a target from them, in the stream format of `vdi_cli::stream`.
+//! a set, and restores a target from them, in the stream format of `crate::format::stream`.
 //!
 //! Backup: one thread reads the source straight into shared buffers (zero copy), seals
 //! each buffer as a chunk and sends it as a Write on whichever device has a buffer free
@@ -19,21 +19,22 @@ use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::Result;
+use crate::Result;
+use crate::codec::read_full;
+use crate::format::stream::{
+    self, ChunkHeader, Decoder, DeviceStream, Sink, StreamError, StreamHeader, Trailer,
+};
+use crate::util::{is_disk_full, sync_dir};
 use serde::{Deserialize, Serialize};
 use vdi::{
     AbortCause, CommandCode, Completion, ErrorCode, Reason, ServerBuffer, ServerCommand,
     ServerDevice, ServerSet, completion, features,
 };
-use vdi_cli::backup::{is_disk_full, read_full, sync_dir};
-use vdi_cli::stream::{
-    self, ChunkHeader, Decoder, DeviceStream, Sink, StreamError, StreamHeader, Trailer,
-};
 
-use super::fail::{Failure, Kind, fail, kind_of};
-use super::inject::{Action, Fault, Injector, Role};
-use super::source::{self, Spec};
-use super::vdiutil::{abort_cause, abort_sentence, code_name, device_name, is_full_code, vd_fail};
+use crate::error::{Kind, fail, kind_of};
+use crate::fault::{Action, Fault, Injector, Role};
+use crate::source::{self, Spec};
+use crate::util::{abort_cause, abort_sentence, code_name, device_name, is_full_code, vd_fail};
 
 /// The prefix of the report line an engine started by `vdi backup`/`vdi restore` prints
 /// on standard error.
@@ -147,10 +148,10 @@ fn open_set(cfg: &EngineCfg) -> Result<ServerSet> {
                     );
                     said = true;
                 }
-                if super::interrupt::interrupted() {
+                if crate::cancel::interrupted() {
                     return Err(fail(
                         Kind::Interrupted,
-                        format!("{} while waiting for the set", super::interrupt::what()),
+                        format!("{} while waiting for the set", crate::cancel::what()),
                     ));
                 }
                 std::thread::sleep(Duration::from_millis(50));
@@ -218,7 +219,7 @@ fn send(
 ) -> Result<(), vdi::VdError> {
     let tx = tx.clone();
     dev.send_command(cmd, move |c: Completion| {
-        super::watchdog::progress();
+        crate::watchdog::progress();
         let mut completion = c.completion_code;
         let mut injected = injected;
         match injected {
@@ -247,7 +248,7 @@ fn send(
 }
 
 /// The failure for a command the client did not complete with success.
-fn command_failure(set: &ServerSet, ev: &Ev, op: &str) -> anyhow::Error {
+fn command_failure(set: &ServerSet, ev: &Ev, op: &str) -> crate::Error {
     if let Some((f, what)) = &ev.injected {
         return f.error(what, op);
     }
@@ -317,7 +318,7 @@ impl Pump<'_> {
 
     /// Waits for the commands in flight until one failed (not the one tagged `skip`,
     /// which was rejected); returns its failure.
-    fn first_failure(&mut self, skip: u64) -> Option<anyhow::Error> {
+    fn first_failure(&mut self, skip: u64) -> Option<crate::Error> {
         while self.in_flight > 0 {
             let ev = self.rx.recv().ok()?;
             if ev.tag == skip {
@@ -335,7 +336,7 @@ impl Pump<'_> {
         let ev = self
             .rx
             .recv()
-            .map_err(|_| anyhow::anyhow!("the completion channel closed"))?;
+            .map_err(|_| crate::Error::other("the completion channel closed"))?;
         self.judge(ev)
     }
 
@@ -427,16 +428,16 @@ pub fn buffer_count(
         (None, _) => None,
         (Some(_), Some(b)) if b <= by_memory => Some(format!(
             "--buffer-count {want}: the source ({}) fills {} chunk(s) of {}, so {count} buffers are all it can use; more would only take shared memory, which is allocated up front ({want} buffers: {})",
-            vdi_cli::units::human_bytes(source.unwrap_or(0)),
+            crate::units::human_bytes(source.unwrap_or(0)),
             b - u64::from(devices),
-            vdi_cli::units::human_bytes(per),
-            vdi_cli::units::human_bytes(total)
+            crate::units::human_bytes(per),
+            crate::units::human_bytes(total)
         )),
         (Some(_), _) => Some(format!(
             "--buffer-count {want}: {want} buffers of {} would take {} of shared memory, allocated up front; capped at {count} ({} in all): more buffers do not make the transfer faster",
-            vdi_cli::units::human_bytes(per),
-            vdi_cli::units::human_bytes(total),
-            vdi_cli::units::human_bytes(MAX_BUFFER_BYTES)
+            crate::units::human_bytes(per),
+            crate::units::human_bytes(total),
+            crate::units::human_bytes(MAX_BUFFER_BYTES)
         )),
     };
     (count, why)
@@ -494,12 +495,12 @@ fn with_agent<T>(
 ) -> Result<T> {
     let _guard = {
         let s = set.clone();
-        super::interrupt::on_interrupt(move || {
+        crate::cancel::on_interrupt(move || {
             let _ = s.signal_abort();
         })
     };
     let (s1, s2, s3) = (set.clone(), set.clone(), set.clone());
-    let watch = super::watchdog::Watch {
+    let watch = crate::watchdog::Watch {
         limit: cfg.stall,
         peer: "the backup application",
         // The creator of the set (the kernel's record), whoever started this engine.
@@ -524,23 +525,23 @@ fn with_agent<T>(
             (Err(e), _) => Err(e),
             (Ok(v), Ok(Ok(()))) => Ok(v),
             (Ok(_), Ok(Err(e))) => Err(vd_fail(&e, "engine", "completion agent")),
-            (Ok(_), Err(_)) => Err(anyhow::anyhow!("the completion agent panicked")),
+            (Ok(_), Err(_)) => Err(crate::Error::other("the completion agent panicked")),
         }
     });
     drop(watch);
     let _ = set.close();
     if r.is_err()
-        && let Some(e) = super::watchdog::take_failure()
+        && let Some(e) = crate::watchdog::take_failure()
     {
         return Err(e);
     }
-    if super::interrupt::interrupted()
+    if crate::cancel::interrupted()
         && let Err(e) = &r
         && kind_of(e) == Kind::PeerFailed
     {
         return Err(fail(
             Kind::Interrupted,
-            format!("{}: the operation was aborted", super::interrupt::what()),
+            format!("{}: the operation was aborted", crate::cancel::what()),
         ));
     }
     r
@@ -561,7 +562,7 @@ pub fn backup(cfg: &EngineCfg, spec: &Spec) -> Result<EngineReport> {
                 return Err(e);
             }
         };
-    let stream_id = super::vdiutil::random_id();
+    let stream_id = crate::util::random_id();
     let label = spec.label();
     let inj = Injector::new(Role::Engine, &cfg.faults);
     let (bytes, chunks) = with_agent(&set, cfg, "backup", || {
@@ -588,7 +589,10 @@ pub fn backup(cfg: &EngineCfg, spec: &Spec) -> Result<EngineReport> {
         };
         let block = cfg.block_size as usize;
         for d in 0..devices {
-            let mut buf = p.free.pop().ok_or_else(|| anyhow::anyhow!("no buffer"))?;
+            let mut buf = p
+                .free
+                .pop()
+                .ok_or_else(|| crate::Error::other("no buffer"))?;
             let h = StreamHeader::new(
                 stream_id,
                 d,
@@ -625,7 +629,10 @@ pub fn backup(cfg: &EngineCfg, spec: &Spec) -> Result<EngineReport> {
         }
         p.drain()?;
         for d in 0..devices {
-            let mut buf = p.free.pop().ok_or_else(|| anyhow::anyhow!("no buffer"))?;
+            let mut buf = p
+                .free
+                .pop()
+                .ok_or_else(|| crate::Error::other("no buffer"))?;
             Trailer {
                 device: d,
                 devices,
@@ -819,7 +826,7 @@ impl Sink for SeqSink {
     }
 }
 
-fn target_failure(path: &std::path::Path, e: &io::Error) -> anyhow::Error {
+fn target_failure(path: &std::path::Path, e: &io::Error) -> crate::Error {
     if is_disk_full(e) {
         fail(
             Kind::DiskFull,
@@ -956,12 +963,12 @@ impl Out {
                         let mut p = path.clone().into_os_string();
                         p.push(side);
                         let p = PathBuf::from(p);
-                        match vdi_cli::backup_dir::FileKind::at(&p) {
+                        match crate::store::dir::FileKind::at(&p) {
                             Err(_) => {}
-                            Ok(vdi_cli::backup_dir::FileKind::Regular) if force => {
+                            Ok(crate::store::dir::FileKind::Regular) if force => {
                                 std::fs::remove_file(&p).map_err(|e| target_failure(&p, &e))?;
                             }
-                            Ok(vdi_cli::backup_dir::FileKind::Regular) => {
+                            Ok(crate::store::dir::FileKind::Regular) => {
                                 return Err(fail(
                                     Kind::TargetExists,
                                     format!("{} exists; use --force to replace it", p.display()),
@@ -993,7 +1000,7 @@ impl Out {
 
 /// A device thread's failure: its own root cause, or only the echo of an abort.
 enum DevErr {
-    Root(anyhow::Error),
+    Root(crate::Error),
     Aborted(AbortCause),
 }
 
@@ -1137,7 +1144,7 @@ impl ReadLoop<'_> {
                         ));
                     }
                     code => {
-                        let kind = if code == super::vdiutil::ERROR_CRC {
+                        let kind = if code == crate::util::ERROR_CRC {
                             Kind::Damaged
                         } else {
                             Kind::PeerFailed
@@ -1235,7 +1242,9 @@ pub fn restore(cfg: &EngineCfg, spec: &Spec, force: bool, integrity: bool) -> Re
                 .into_iter()
                 .map(|h| {
                     h.join().unwrap_or_else(|_| {
-                        Err(DevErr::Root(anyhow::anyhow!("a device thread panicked")))
+                        Err(DevErr::Root(crate::Error::other(
+                            "a device thread panicked",
+                        )))
                     })
                 })
                 .collect()
@@ -1314,13 +1323,9 @@ pub fn remove_partial(target: &std::path::Path, pid: u32) {
 }
 
 /// The report of a failed engine.
-pub fn failed_report(op: &str, e: &anyhow::Error) -> EngineReport {
+pub fn failed_report(op: &str, e: &crate::Error) -> EngineReport {
     let kind = kind_of(e);
-    let message = e
-        .chain()
-        .find_map(|c| c.downcast_ref::<Failure>())
-        .map(|f| f.message.clone())
-        .unwrap_or_else(|| format!("{e:#}"));
+    let message = e.own_message();
     EngineReport {
         ok: false,
         op: op.into(),

@@ -2,7 +2,7 @@
 //! application, a producer that stopped writing) is warned about, then, after
 //! `--stall-timeout`, the operation is aborted with a message naming the side that
 //! stalled; and once the set is aborted, reads that wait for a producer are released
-//! ([`super::interrupt::stop`]).
+//! ([`crate::cancel::stop`]).
 //!
 //! "No progress" is judged only while this side waits for the peer: the engine while
 //! commands are outstanding and none completes; the backup application while it has
@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use super::fail::{Kind, fail};
+use crate::error::{Kind, fail};
 
 /// The default `--stall-timeout`.
 pub const DEFAULT_STALL: &str = "5m";
@@ -53,7 +53,7 @@ pub fn idle() -> bool {
 }
 
 /// The failure the watchdog aborted the operation with, if it did.
-pub fn take_failure() -> Option<anyhow::Error> {
+pub fn take_failure() -> Option<crate::Error> {
     FAILURE
         .lock()
         .unwrap_or_else(|e| e.into_inner())
@@ -128,7 +128,7 @@ impl Watch {
     pub fn start(self) -> Guard {
         progress();
         BUSY.store(0, Ordering::Release);
-        super::interrupt::go_on();
+        crate::cancel::go_on();
         *FAILURE.lock().unwrap_or_else(|e| e.into_inner()) = None;
         let stop = Arc::new(AtomicBool::new(false));
         let s2 = stop.clone();
@@ -146,7 +146,7 @@ impl Watch {
             std::thread::park_timeout(Duration::from_millis(200));
             if (self.aborted)() {
                 // The operation is over: nothing may keep waiting for a producer.
-                super::interrupt::stop();
+                crate::cancel::stop();
                 return;
             }
             let now = now_ms();
@@ -180,7 +180,7 @@ impl Watch {
                 );
                 *FAILURE.lock().unwrap_or_else(|e| e.into_inner()) = Some(msg);
                 (self.abort)();
-                super::interrupt::stop();
+                crate::cancel::stop();
                 return;
             }
             if idle >= warn && warned.is_none() {

@@ -1,14 +1,15 @@
-//! Progress: a bar per device (bytes, throughput, ETA) on a terminal, a plain log line
+//! Progress on screen: a bar per device (bytes, throughput, ETA) on a terminal, a plain log line
 //! every few seconds otherwise, nothing with `--quiet`.
 
 use std::io::IsTerminal;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
-use vdi_cli::units::{human_bytes, human_rate};
+use vdi_backup::meter::{Meter, Show};
+use vdi_backup::units::{human_bytes, human_rate};
 
 /// How progress is shown.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -34,70 +35,15 @@ impl Mode {
     }
 }
 
-struct Inner {
-    label: String,
-    bytes: Vec<AtomicU64>,
-    total: AtomicU64,
-    started: Instant,
-    stop: AtomicBool,
-}
-
-/// Counters per device and the thread that shows them.
-pub struct Progress {
-    inner: Arc<Inner>,
+/// Shows a meter as [`Mode`] says, on a thread of its own until dropped.
+struct Shown {
+    stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
 
-impl std::fmt::Debug for Progress {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Progress")
-            .field("label", &self.inner.label)
-            .finish()
-    }
-}
-
-const UNKNOWN: u64 = u64::MAX;
-
-impl Progress {
-    /// Starts showing `devices` counters; `total` is the expected sum, if known.
-    pub fn start(label: &str, devices: u32, total: Option<u64>, mode: Mode) -> Progress {
-        let inner = Arc::new(Inner {
-            label: label.to_owned(),
-            bytes: (0..devices).map(|_| AtomicU64::new(0)).collect(),
-            total: AtomicU64::new(total.unwrap_or(UNKNOWN)),
-            started: Instant::now(),
-            stop: AtomicBool::new(false),
-        });
-        let i2 = inner.clone();
-        let thread = match mode {
-            Mode::Quiet => None,
-            Mode::Bars => std::thread::Builder::new()
-                .name("progress".into())
-                .spawn(move || bars(&i2))
-                .ok(),
-            Mode::Log => std::thread::Builder::new()
-                .name("progress".into())
-                .spawn(move || log_lines(&i2))
-                .ok(),
-        };
-        Progress { inner, thread }
-    }
-
-    /// Adds `n` bytes to device `device`.
-    pub fn add(&self, device: u32, n: u64) {
-        if let Some(b) = self.inner.bytes.get(device as usize) {
-            b.fetch_add(n, Ordering::Relaxed);
-        }
-    }
-
-    /// Stops showing progress; returns the elapsed time.
-    pub fn finish(mut self) -> Duration {
-        self.stop();
-        self.inner.started.elapsed()
-    }
-
-    fn stop(&mut self) {
-        self.inner.stop.store(true, Ordering::Release);
+impl Drop for Shown {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
         if let Some(t) = self.thread.take() {
             t.thread().unpark();
             let _ = t.join();
@@ -105,24 +51,37 @@ impl Progress {
     }
 }
 
-impl Drop for Progress {
-    fn drop(&mut self) {
-        self.stop();
+impl Show for Mode {
+    fn show(&self, meter: Arc<Meter>) -> Box<dyn Send> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let s2 = stop.clone();
+        let thread = match self {
+            Mode::Quiet => None,
+            Mode::Bars => std::thread::Builder::new()
+                .name("progress".into())
+                .spawn(move || bars(&meter, &s2))
+                .ok(),
+            Mode::Log => std::thread::Builder::new()
+                .name("progress".into())
+                .spawn(move || log_lines(&meter, &s2))
+                .ok(),
+        };
+        Box::new(Shown { stop, thread })
     }
 }
 
-fn pause(inner: &Inner, d: Duration) -> bool {
+fn pause(stop: &AtomicBool, d: Duration) -> bool {
     let end = Instant::now() + d;
     while Instant::now() < end {
-        if inner.stop.load(Ordering::Acquire) {
+        if stop.load(Ordering::Acquire) {
             return false;
         }
         std::thread::park_timeout(Duration::from_millis(50).min(end - Instant::now()));
     }
-    !inner.stop.load(Ordering::Acquire)
+    !stop.load(Ordering::Acquire)
 }
 
-fn bars(inner: &Inner) {
+fn bars(inner: &Meter, stop: &AtomicBool) {
     let mp = MultiProgress::with_draw_target(ProgressDrawTarget::stderr_with_hz(10));
     let known = ProgressStyle::with_template(
         "{prefix:>10} [{bar:30.cyan/blue}] {bytes:>10}/{total_bytes:<10} {bytes_per_sec:>12} ETA {eta}",
@@ -133,7 +92,7 @@ fn bars(inner: &Inner) {
         "{prefix:>10} {spinner} {bytes:>10} {bytes_per_sec:>12} {elapsed}",
     )
     .unwrap_or_else(|_| ProgressStyle::default_spinner());
-    let n = inner.bytes.len() as u64;
+    let n = u64::from(inner.devices());
     let bars: Vec<ProgressBar> = (0..n)
         .map(|i| {
             let b = mp.add(ProgressBar::new(0));
@@ -141,28 +100,24 @@ fn bars(inner: &Inner) {
             b
         })
         .collect();
-    let _ = mp.println(&inner.label);
+    let _ = mp.println(inner.label());
     loop {
-        let total = inner.total.load(Ordering::Relaxed);
-        let done: Vec<u64> = inner
-            .bytes
-            .iter()
-            .map(|b| b.load(Ordering::Relaxed))
-            .collect();
+        let total = inner.total();
+        let done = inner.per_device();
         let sum: u64 = done.iter().sum();
         for (b, &pos) in bars.iter().zip(&done) {
-            if total == UNKNOWN {
-                b.set_style(unknown.clone());
-            } else {
+            if let Some(total) = total {
                 // Devices take what they can (dynamic distribution): each is expected to
                 // take an equal share of what is left.
                 let left = total.saturating_sub(sum);
                 b.set_style(known.clone());
                 b.set_length(pos + left / n.max(1));
+            } else {
+                b.set_style(unknown.clone());
             }
             b.set_position(pos);
         }
-        if !pause(inner, Duration::from_millis(100)) {
+        if !pause(stop, Duration::from_millis(100)) {
             break;
         }
     }
@@ -172,24 +127,19 @@ fn bars(inner: &Inner) {
     let _ = mp.clear();
 }
 
-fn log_lines(inner: &Inner) {
-    while pause(inner, Duration::from_secs(2)) {
-        let total = inner.total.load(Ordering::Relaxed);
-        let done: Vec<u64> = inner
-            .bytes
-            .iter()
-            .map(|b| b.load(Ordering::Relaxed))
-            .collect();
+fn log_lines(inner: &Meter, stop: &AtomicBool) {
+    while pause(stop, Duration::from_secs(2)) {
+        let total = inner.total();
+        let done = inner.per_device();
         let sum: u64 = done.iter().sum();
-        let el = inner.started.elapsed();
-        let of = if total == UNKNOWN {
-            String::new()
-        } else {
-            format!(
+        let el = inner.elapsed();
+        let of = match total {
+            None => String::new(),
+            Some(total) => format!(
                 " of {} ({:.0}%)",
                 human_bytes(total),
                 100.0 * sum as f64 / total.max(1) as f64
-            )
+            ),
         };
         let per: Vec<String> = done
             .iter()
@@ -198,7 +148,7 @@ fn log_lines(inner: &Inner) {
             .collect();
         tracing::info!(
             "{}: {}{of}, {}; devices {}",
-            inner.label,
+            inner.label(),
             human_bytes(sum),
             human_rate(sum, el),
             per.join(" ")

@@ -16,7 +16,7 @@
 //! transfer size than the backup wrote with.
 //!
 //! ```
-//! use vdi_cli::stream::{self, ChunkHeader, Decoder, NullSink, SourceKind, StreamHeader, Trailer};
+//! use vdi_backup::format::stream::{self, ChunkHeader, Decoder, NullSink, SourceKind, StreamHeader, Trailer};
 //! let block = 512;
 //! let header = StreamHeader::new([7; 16], 0, 1, block, 65536, SourceKind::File, 3, "file:x");
 //! let mut bytes = vec![0u8; block as usize];

@@ -7,21 +7,18 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
-use serde_json::json;
-use vdi_cli::backup::{Compression, SourceInfo};
-use vdi_cli::backup_dir::Modes;
-use vdi_cli::units::{bytes_per_sec, human_bytes, human_rate};
+use vdi_backup::format::manifest::{Compression, SourceInfo};
+use vdi_backup::store::dir::Modes;
+use vdi_backup::{Context, Result};
 
-use super::cli::EngineKnobs;
-use super::client::{self, BackupDone, BackupPlan, BackupSrc, ClientErr, Dest};
-use super::engine::{EngineReport, REPORT_PREFIX};
-use super::fail::{Kind, fail};
-use super::inject::{Fault, Injector, Role};
-use super::interrupt;
-use super::progress::Mode;
-use super::source::{self, Spec};
-use super::vdiutil::new_set_name;
+use crate::cli::EngineKnobs;
+use vdi_backup::cancel;
+use vdi_backup::client::{self, BackupDone, BackupPlan, BackupSrc, ClientErr, Dest};
+use vdi_backup::engine::{EngineReport, REPORT_PREFIX};
+use vdi_backup::error::{Kind, fail};
+use vdi_backup::fault::{Fault, Injector, Role};
+use vdi_backup::source::{self, Spec};
+use vdi_backup::util::new_set_name;
 
 /// The engine child process.
 struct EngineProc {
@@ -51,7 +48,7 @@ impl EngineProc {
             .context("creating a scratch directory for the engine")?;
         let mut cmd = Command::new(&exe);
         cmd.args(args)
-            .env(super::source::SCRATCH_ENV, scratch.path())
+            .env(vdi_backup::source::SCRATCH_ENV, scratch.path())
             .stdin(if stdin_inherit {
                 Stdio::inherit()
             } else {
@@ -229,7 +226,7 @@ impl Drop for EngineProc {
 /// success (it is closing and syncing), short after a failure (it was aborted; only an
 /// engine stuck reading a silent standard input takes longer, and is then stopped).
 fn grace(served_ok: bool, ok_secs: u64) -> Duration {
-    if interrupt::interrupted() {
+    if cancel::interrupted() {
         Duration::from_secs(1)
     } else if served_ok {
         Duration::from_secs(ok_secs)
@@ -282,12 +279,12 @@ fn knob_args(k: &EngineKnobs) -> Vec<String> {
 
 /// One verdict from the client's result and the engine's end.
 fn judge<T>(client: Result<T, ClientErr>, engine: EngineEnd) -> Result<(T, EngineReport)> {
-    if interrupt::interrupted() {
+    if cancel::interrupted() {
         return Err(fail(
             Kind::Interrupted,
             format!(
                 "{}: the operation was aborted; nothing was marked complete",
-                interrupt::what()
+                cancel::what()
             ),
         ));
     }
@@ -295,7 +292,7 @@ fn judge<T>(client: Result<T, ClientErr>, engine: EngineEnd) -> Result<(T, Engin
         (Ok(v), EngineEnd::Ok(r)) => Ok((v, r)),
         (Ok(_), EngineEnd::Failed { kind, message }) => Err(fail(kind, message)),
         (Err(ClientErr::Root(e)), EngineEnd::Failed { kind, message })
-            if kind == Kind::Damaged && super::fail::kind_of(&e) == Kind::Damaged =>
+            if kind == Kind::Damaged && vdi_backup::error::kind_of(&e) == Kind::Damaged =>
         {
             // Both roles found the damage: say everything they found.
             Err(fail(
@@ -308,17 +305,6 @@ fn judge<T>(client: Result<T, ClientErr>, engine: EngineEnd) -> Result<(T, Engin
             Err(fail(kind, message))
         }
         (Err(e @ ClientErr::Aborted(_)), EngineEnd::Ok(_)) => Err(e.into_error()),
-    }
-}
-
-/// Prints the JSON summary (standard output, or standard error when standard output
-/// carries data).
-pub fn print_json(v: &serde_json::Value, data_on_stdout: bool) {
-    let s = v.to_string();
-    if data_on_stdout {
-        super::eprint_line(format_args!("{s}"));
-    } else {
-        super::print_line(format_args!("{s}"));
     }
 }
 
@@ -343,7 +329,7 @@ pub struct BackupRequest<'a> {
     /// Engine knobs.
     pub knobs: &'a EngineKnobs,
     /// Progress.
-    pub mode: Mode,
+    pub display: Arc<dyn vdi_backup::meter::Show>,
     /// Faults to inject (for testing).
     pub faults: &'a [Fault],
 }
@@ -378,7 +364,7 @@ pub fn backup(req: &BackupRequest<'_>) -> Result<BackupOutcome> {
             bytes: size,
             checked: spec != Spec::Std,
         },
-        mode: req.mode,
+        display: req.display.clone(),
         wait: None,
         hint: None,
         allow_group: None,
@@ -418,56 +404,6 @@ pub fn backup(req: &BackupRequest<'_>) -> Result<BackupOutcome> {
     })
 }
 
-/// Reports a finished backup.
-pub fn report_backup(o: &BackupOutcome, json: bool, quiet: bool) {
-    o.done.report_commit(quiet || json);
-    let m = &o.done.manifest;
-    let secs = o.total.as_secs_f64();
-    let to_stdout = matches!(o.done.dest, Dest::Stdout);
-    let dest = match &o.done.dest {
-        Dest::Dir(d) => d.display().to_string(),
-        Dest::Stdout => "-".into(),
-    };
-    if json {
-        print_json(
-            &json!({
-                "command": "backup",
-                "ok": true,
-                "backup_id": m.backup_id,
-                "stream_id": m.stream_id,
-                "set": m.set_name,
-                "source": m.source.name,
-                "dest": dest,
-                "devices": m.device_count,
-                "compression": m.compression.label(),
-                "source_bytes": o.engine.source_bytes,
-                "stream_bytes": m.total_stream_bytes,
-                "stored_bytes": m.total_stored_bytes,
-                "chunks": o.engine.chunks,
-                "seconds": secs,
-                "transfer_seconds": o.done.elapsed.as_secs_f64(),
-                "snapshot_seconds": o.engine.snapshot_seconds,
-                "bytes_per_second": bytes_per_sec(o.engine.source_bytes, o.total),
-                "engine_pid": o.engine.pid,
-                "replaced": o.done.committed.as_ref().and_then(|c| c.replaced.clone()),
-                "streams": m.streams,
-            }),
-            to_stdout,
-        );
-    } else if !quiet {
-        tracing::info!(
-            "backed up {} ({}) to {dest} through {} device(s) in {secs:.2} s ({}); stored {} ({}); backup id {}",
-            m.source.name,
-            human_bytes(o.engine.source_bytes),
-            m.device_count,
-            human_rate(o.engine.source_bytes, o.total),
-            human_bytes(m.total_stored_bytes),
-            m.compression.label(),
-            m.backup_id
-        );
-    }
-}
-
 /// The outcome of `vdi restore`.
 pub struct RestoreOutcome {
     /// What the client served.
@@ -499,7 +435,7 @@ pub struct RestoreRequest<'a> {
     /// Engine knobs.
     pub knobs: &'a EngineKnobs,
     /// Progress.
-    pub mode: Mode,
+    pub display: Arc<dyn vdi_backup::meter::Show>,
     /// Faults to inject (for testing).
     pub faults: &'a [Fault],
 }
@@ -522,7 +458,7 @@ pub fn restore(req: &RestoreRequest<'_>) -> Result<RestoreOutcome> {
     let prep = client::prepare_restore(
         client::RestorePlan {
             set: set.clone(),
-            mode: req.mode,
+            display: req.display.clone(),
             wait: None,
             hint: None,
             label,
@@ -562,7 +498,7 @@ pub fn restore(req: &RestoreRequest<'_>) -> Result<RestoreOutcome> {
     let end = engine.finish(grace);
     if let (EngineEnd::Failed { .. }, Spec::File(p) | Spec::Sqlite(p)) = (&end, &target) {
         // An engine that died cannot remove its temporary file; nothing of it may stay.
-        super::engine::remove_partial(p, pid);
+        vdi_backup::engine::remove_partial(p, pid);
     }
     let (served, report) = judge(served, end)?;
     warn_unfired(&inject, &report);
@@ -572,45 +508,4 @@ pub fn restore(req: &RestoreRequest<'_>) -> Result<RestoreOutcome> {
         engine: report,
         target: req.target.into(),
     })
-}
-
-/// Reports a finished restore.
-pub fn report_restore(o: &RestoreOutcome, json: bool, quiet: bool) {
-    let secs = o.total.as_secs_f64();
-    let to_stdout = o.target == "-";
-    if json {
-        print_json(
-            &json!({
-                "command": "restore",
-                "ok": true,
-                "backup_id": o.served.manifest.as_ref().map(|m| m.backup_id.clone()),
-                "stream_id": o.engine.stream_id,
-                "target": o.target,
-                "devices": o.engine.devices,
-                "bytes": o.engine.source_bytes,
-                "stream_bytes": o.served.stream_bytes.iter().sum::<u64>(),
-                "chunks": o.engine.chunks,
-                "integrity_check": o.engine.integrity_check,
-                "seconds": secs,
-                "transfer_seconds": o.served.elapsed.as_secs_f64(),
-                "bytes_per_second": bytes_per_sec(o.engine.source_bytes, o.total),
-                "engine_pid": o.engine.pid,
-            }),
-            to_stdout,
-        );
-    } else if !quiet {
-        let check = o
-            .engine
-            .integrity_check
-            .as_ref()
-            .map(|v| format!("; PRAGMA integrity_check: {v}"))
-            .unwrap_or_default();
-        tracing::info!(
-            "restored {} ({}) through {} device(s) in {secs:.2} s ({}){check}",
-            o.target,
-            human_bytes(o.engine.source_bytes),
-            o.engine.devices,
-            human_rate(o.engine.source_bytes, o.total),
-        );
-    }
 }

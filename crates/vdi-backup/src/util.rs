@@ -3,7 +3,11 @@
 
 use vdi::{AbortCause, ErrorCode, Reason, VdError, completion};
 
-use super::fail::{Kind, fail};
+use std::fs::File;
+use std::io;
+use std::path::Path;
+
+use crate::error::{Kind, fail};
 
 /// `ERROR_CRC` (23): data error (cyclic redundancy check). Not in the library's list.
 pub const ERROR_CRC: u32 = 23;
@@ -182,7 +186,7 @@ pub fn abort_sentence(cause: AbortCause, me: &str) -> String {
 }
 
 /// A library error as a failure, for role `me`, while doing `what`.
-pub fn vd_fail(e: &VdError, me: &str, what: &str) -> anyhow::Error {
+pub fn vd_fail(e: &VdError, me: &str, what: &str) -> crate::Error {
     if let Some(c) = abort_cause(e) {
         return fail(
             Kind::PeerFailed,
@@ -208,7 +212,7 @@ pub fn new_set_name(tag: &str) -> String {
     format!(
         "vdi-{tag}-{}-{}",
         std::process::id(),
-        &vdi_cli::stream::hex_id(&id)[..8]
+        &crate::format::stream::hex_id(&id)[..8]
     )
 }
 
@@ -235,4 +239,25 @@ pub fn now_secs() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
+}
+
+/// Syncs a directory (so a rename or a new file in it is durable).
+pub fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// Whether an error means the disk (or quota) is full.
+pub fn is_disk_full(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(28) | Some(122)) || e.kind() == io::ErrorKind::StorageFull
+}
+
+#[cfg(test)]
+mod disk_tests {
+    use super::*;
+
+    #[test]
+    fn disk_full_is_recognised() {
+        assert!(is_disk_full(&io::Error::from_raw_os_error(28)));
+        assert!(!is_disk_full(&io::Error::from_raw_os_error(5)));
+    }
 }

@@ -5,17 +5,17 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::{Context, Result};
 use rusqlite::{Connection, params};
 use serde_json::json;
-use vdi_cli::backup::Compression;
-use vdi_cli::units::{human_bytes, human_rate};
+use vdi_backup::format::manifest::Compression;
+use vdi_backup::units::{human_bytes, human_rate};
+use vdi_backup::{Context, Result};
 
-use super::cli::{DemoArgs, EngineKnobs};
-use super::fail::{Kind, fail};
-use super::progress::Mode;
-use super::run as runner;
-use super::source;
+use crate::cli::{DemoArgs, EngineKnobs};
+use crate::progress::Mode;
+use crate::spawn as runner;
+use vdi_backup::error::{Kind, fail};
+use vdi_backup::source;
 
 const FIRST: [&str; 24] = [
     "Ada",
@@ -297,7 +297,7 @@ pub fn run(a: &DemoArgs) -> Result<()> {
     let quiet = a.output.quiet || a.output.json;
     let say = |s: String| {
         if !quiet {
-            super::print_line(format_args!("{s}"));
+            crate::print_line(format_args!("{s}"));
         }
     };
     let (_tmp, dir): (Option<tempfile::TempDir>, PathBuf) = match &a.dir {
@@ -353,7 +353,8 @@ pub fn run(a: &DemoArgs) -> Result<()> {
         max_transfer_size: 1 << 20,
         block_size: 4096,
     };
-    let mode = Mode::pick(quiet);
+    let display: std::sync::Arc<dyn vdi_backup::meter::Show> =
+        std::sync::Arc::new(Mode::pick(quiet));
     let src = format!("sqlite:{}", db.display());
     let b = runner::backup(&runner::BackupRequest {
         source: &src,
@@ -362,11 +363,11 @@ pub fn run(a: &DemoArgs) -> Result<()> {
         compression: Compression::None,
         set: None,
         force: true,
-        modes: vdi_cli::backup_dir::Modes::DEFAULT,
+        modes: vdi_backup::store::dir::Modes::DEFAULT,
         stall: Some(std::time::Duration::from_secs(300)),
         knobs: &knobs,
         faults: &[],
-        mode,
+        display: display.clone(),
     })?;
     say(format!(
         "2. vdi backup {src} {} --devices {}\n   {:.2} s, {}: the engine (pid {}) took a consistent snapshot in {:.2} s and streamed {} in {} chunks through {} devices of set {} in {:.2} s ({})",
@@ -395,7 +396,7 @@ pub fn run(a: &DemoArgs) -> Result<()> {
         stall: Some(std::time::Duration::from_secs(300)),
         knobs: &knobs,
         faults: &[],
-        mode,
+        display: display.clone(),
     })?;
     say(format!(
         "3. vdi restore {} {tgt}\n   {:.2} s, {}: the engine (pid {}) read {} back through {} devices and rebuilt the database",
@@ -431,7 +432,7 @@ pub fn run(a: &DemoArgs) -> Result<()> {
         t.elapsed().as_secs_f64()
     ));
     if a.output.json {
-        runner::print_json(
+        crate::output::print_json(
             &json!({
                 "command": "demo",
                 "ok": true,
@@ -441,9 +442,9 @@ pub fn run(a: &DemoArgs) -> Result<()> {
                 "devices": a.devices,
                 "generate_seconds": gen_secs.as_secs_f64(),
                 "backup_seconds": b.total.as_secs_f64(),
-                "backup_bytes_per_second": vdi_cli::units::bytes_per_sec(b.engine.source_bytes, b.total),
+                "backup_bytes_per_second": vdi_backup::units::bytes_per_sec(b.engine.source_bytes, b.total),
                 "restore_seconds": r.total.as_secs_f64(),
-                "restore_bytes_per_second": vdi_cli::units::bytes_per_sec(r.engine.source_bytes, r.total),
+                "restore_bytes_per_second": vdi_backup::units::bytes_per_sec(r.engine.source_bytes, r.total),
                 "integrity_check": "ok",
                 "identical": true,
                 "kept": _tmp.is_none(),

@@ -13,28 +13,27 @@ use std::sync::Arc;
 use std::sync::mpsc::{self, Receiver};
 use std::time::{Duration, Instant};
 
-use anyhow::Result;
+use crate::Result;
+use crate::codec::{self, StreamReader, StreamWriter, Written};
+use crate::format::manifest::{self, BackupError, Compression, Manifest, SourceInfo, StreamEntry};
+use crate::format::stream::{self, SourceKind, StreamHeader};
+use crate::meter::{Meter, Show};
+use crate::store::dir::{Committed, DestError, Modes, NewBackup};
+use crate::util::is_disk_full;
 use vdi::{
     AbortCause, ClientDevice, ClientSet, Command, CommandCode, ErrorCode, Timeout, VdConfig,
     completion, features,
 };
-use vdi_cli::backup::{
-    self, BackupError, Compression, Manifest, SourceInfo, StreamEntry, StreamReader, StreamWriter,
-    Written, is_disk_full,
-};
-use vdi_cli::backup_dir::{Committed, DestError, Modes, NewBackup};
-use vdi_cli::stream::{self, SourceKind, StreamHeader};
 
-use super::fail::{Kind, fail};
-use super::inject::{Action, Injector};
-use super::interrupt;
-use super::progress::{Mode, Progress};
-use super::source::{PolledStdin, stdout_file};
-use super::vdiutil::{
+use crate::cancel;
+use crate::error::{Kind, fail};
+use crate::fault::{Action, Injector};
+use crate::source::{PolledStdin, stdout_file};
+use crate::util::{
     ERROR_CRC, ERROR_READ_FAULT, ERROR_WRITE_FAULT, abort_cause, abort_sentence, device_name,
     now_secs, random_id, vd_fail,
 };
-use super::watchdog;
+use crate::watchdog;
 
 /// Where a backup goes.
 #[derive(Clone, Debug)]
@@ -81,21 +80,21 @@ impl BackupSrc {
 #[derive(Debug)]
 pub enum ClientErr {
     /// What went wrong here.
-    Root(anyhow::Error),
+    Root(crate::Error),
     /// The set was aborted (by the engine, or because it died).
     Aborted(AbortCause),
 }
 
 impl ClientErr {
     /// As an error on its own (when nobody knows more).
-    pub fn into_error(self) -> anyhow::Error {
+    pub fn into_error(self) -> crate::Error {
         match self {
             ClientErr::Root(e) => e,
             ClientErr::Aborted(c) => {
-                if interrupt::interrupted() {
+                if cancel::interrupted() {
                     fail(
                         Kind::Interrupted,
-                        format!("{}: the operation was aborted", interrupt::what()),
+                        format!("{}: the operation was aborted", cancel::what()),
                     )
                 } else {
                     fail(Kind::PeerFailed, abort_sentence(c, "backup application"))
@@ -105,8 +104,8 @@ impl ClientErr {
     }
 }
 
-impl From<anyhow::Error> for ClientErr {
-    fn from(e: anyhow::Error) -> ClientErr {
+impl From<crate::Error> for ClientErr {
+    fn from(e: crate::Error) -> ClientErr {
         ClientErr::Root(e)
     }
 }
@@ -133,8 +132,8 @@ pub struct BackupPlan {
     pub force: bool,
     /// The source, for the manifest.
     pub source: SourceInfo,
-    /// Progress display.
-    pub mode: Mode,
+    /// How progress is shown.
+    pub display: std::sync::Arc<dyn Show>,
     /// How long to wait for the engine (None: forever).
     pub wait: Option<Duration>,
     /// Log a hint on how to start the engine by hand.
@@ -163,7 +162,7 @@ pub struct PreparedBackup {
 }
 
 /// A failure to make the destination ready, as the tool reports it.
-fn dest_failure(e: DestError) -> anyhow::Error {
+fn dest_failure(e: DestError) -> crate::Error {
     let kind = match &e {
         DestError::Locked { .. } => Kind::SetBusy,
         DestError::Refused(_) => Kind::TargetExists,
@@ -235,7 +234,7 @@ pub fn prepare_backup(plan: BackupPlan) -> Result<PreparedBackup> {
             let mut v = Vec::new();
             for i in 0..plan.devices {
                 v.push(
-                    n.create(&backup::stream_file_name(i, plan.compression))
+                    n.create(&manifest::stream_file_name(i, plan.compression))
                         .map_err(dest_failure)?,
                 );
             }
@@ -267,10 +266,10 @@ fn wait_config(
             Ok(c) => return Ok(c),
             Err(e) if e.code() == ErrorCode::Timeout => {
                 alive()?;
-                if interrupt::interrupted() {
+                if cancel::interrupted() {
                     return Err(ClientErr::Root(fail(
                         Kind::Interrupted,
-                        format!("{} while waiting for the engine", interrupt::what()),
+                        format!("{} while waiting for the engine", cancel::what()),
                     )));
                 }
                 if deadline.is_some_and(|d| Instant::now() >= d) {
@@ -343,7 +342,7 @@ enum Injected<'d> {
     Go(Command<'d>),
     /// The command was completed with the fault's code; the operation must fail with
     /// this error.
-    Failed(anyhow::Error),
+    Failed(crate::Error),
 }
 
 /// Applies the backup application's injected faults to `cmd`, just received on device
@@ -399,7 +398,7 @@ fn open_device(set: &ClientSet, index: u32) -> Result<ClientDevice, ClientErr> {
 fn hash_and_complete(
     rx: Receiver<Command<'_>>,
     index: u32,
-    progress: &Progress,
+    progress: &Meter,
 ) -> Result<blake3::Hasher, ClientErr> {
     let mut h = blake3::Hasher::new();
     for cmd in rx {
@@ -419,18 +418,18 @@ fn serve_backup_device(
     media: File,
     plan: &BackupPlan,
     complete_enabled: bool,
-    progress: &Progress,
+    progress: &Meter,
 ) -> Result<DeviceOutcome, ClientErr> {
     let dev = open_device(set, index)?;
     let where_ = match &plan.dest {
         Dest::Dir(d) => format!(
             "in {}",
-            d.join(backup::stream_file_name(index, plan.compression))
+            d.join(manifest::stream_file_name(index, plan.compression))
                 .display()
         ),
         Dest::Stdout => "on standard output".into(),
     };
-    let store_err = |e: &std::io::Error| -> (u32, anyhow::Error) {
+    let store_err = |e: &std::io::Error| -> (u32, crate::Error) {
         if is_disk_full(e) {
             (
                 completion::ERROR_DISK_FULL,
@@ -458,8 +457,8 @@ fn serve_backup_device(
         let served = store_loop(dev, index, &mut w, &tx, &store_err, (set, &plan.inject));
         drop(tx);
         let hashed = hasher.join().unwrap_or_else(|_| {
-            Err(ClientErr::Root(anyhow::anyhow!(
-                "a hashing thread panicked"
+            Err(ClientErr::Root(crate::Error::other(
+                "a hashing thread panicked",
             )))
         });
         let (finished, stream_id) = match (served, hashed) {
@@ -507,10 +506,10 @@ fn store_loop<'d>(
     index: u32,
     w: &mut StreamWriter<File>,
     tx: &mpsc::Sender<Command<'d>>,
-    store_err: &dyn Fn(&std::io::Error) -> (u32, anyhow::Error),
+    store_err: &dyn Fn(&std::io::Error) -> (u32, crate::Error),
     (set, inj): (&ClientSet, &Injector),
 ) -> Result<(Option<Written>, Option<StreamHeader>), ClientErr> {
-    let mut failed: Option<anyhow::Error> = None;
+    let mut failed: Option<crate::Error> = None;
     let mut finished: Option<Written> = None;
     let mut stream_id: Option<StreamHeader> = None;
     let mut first = true;
@@ -652,7 +651,7 @@ pub fn serve_backup(
     let set = prep.set.clone();
     let _guard = {
         let s = set.clone();
-        interrupt::on_interrupt(move || {
+        cancel::on_interrupt(move || {
             let _ = s.signal_abort();
         })
     };
@@ -672,15 +671,15 @@ pub fn serve_backup(
         }
         let plan = &prep.plan;
         let watch = watch_engine(&set, plan.stall, engine_pid, "backup");
-        let progress = Progress::start(
+        let progress = Meter::new(
             &format!(
                 "backup {} through {} device(s)",
                 plan.source.name, plan.devices
             ),
             plan.devices,
             plan.source.bytes,
-            plan.mode,
         );
+        let shown = plan.display.show(progress.clone());
         let media = std::mem::take(&mut prep.media);
         let results: Vec<Result<DeviceOutcome, ClientErr>> = std::thread::scope(|s| {
             let hs: Vec<_> = media
@@ -702,12 +701,15 @@ pub fn serve_backup(
             hs.into_iter()
                 .map(|h| {
                     h.join().unwrap_or_else(|_| {
-                        Err(ClientErr::Root(anyhow::anyhow!("a device thread panicked")))
+                        Err(ClientErr::Root(crate::Error::other(
+                            "a device thread panicked",
+                        )))
                     })
                 })
                 .collect()
         });
-        let elapsed = progress.finish();
+        drop(shown);
+        let elapsed = progress.elapsed();
         drop(watch);
         if let Some(e) = watchdog::take_failure() {
             return Err(ClientErr::Root(e));
@@ -818,15 +820,15 @@ pub fn commit_backup(mut served: ServedBackup) -> Result<BackupDone> {
         .enumerate()
         .map(|(i, w)| StreamEntry {
             device: i as u32,
-            file: backup::stream_file_name(i as u32, plan.compression),
+            file: manifest::stream_file_name(i as u32, plan.compression),
             stream_bytes: w.stream_bytes,
             stored_bytes: w.stored_bytes,
             blake3: w.blake3.clone(),
         })
         .collect();
     let manifest = Manifest {
-        format: backup::FORMAT.into(),
-        version: backup::FORMAT_VERSION,
+        format: manifest::FORMAT.into(),
+        version: manifest::FORMAT_VERSION,
         backup_id: stream::hex_id(&served.prep.backup_id),
         stream_id: served.stream_id.clone(),
         set_name: plan.set.clone(),
@@ -845,7 +847,7 @@ pub fn commit_backup(mut served: ServedBackup) -> Result<BackupDone> {
     };
     let mut committed = None;
     if let Some(new) = served.prep.new.take() {
-        let bytes = backup::manifest_bytes(&manifest)
+        let bytes = manifest::manifest_bytes(&manifest)
             .map_err(|e| fail(Kind::Other, format!("encoding the manifest: {e}")))?;
         committed = Some(new.commit(&bytes).map_err(dest_failure)?);
     }
@@ -895,7 +897,7 @@ pub fn open_backup(src: &BackupSrc, devices: Option<u32>) -> Result<OpenedBackup
             let media: Box<dyn Read + Send> = Box::new(
                 PolledStdin::open().map_err(|e| fail(Kind::Usage, format!("backup -: {e}")))?,
             );
-            let r = backup::detect_compression(media)
+            let r = codec::detect_compression(media)
                 .and_then(|(m, c)| StreamReader::new_unhashed(m, c))
                 .map_err(|e| fail(Kind::Input, format!("reading standard input: {e}")))?;
             Ok(OpenedBackup {
@@ -904,7 +906,7 @@ pub fn open_backup(src: &BackupSrc, devices: Option<u32>) -> Result<OpenedBackup
             })
         }
         BackupSrc::Dir(d) => {
-            let opened = backup::open_backup(d).map_err(|e| match &e {
+            let opened = crate::store::dir::open_backup(d).map_err(|e| match &e {
                 BackupError::Unreadable { .. } => fail(Kind::Input, e.to_string()),
                 _ => fail(Kind::Damaged, format!("cannot restore: {e}")),
             })?;
@@ -948,7 +950,7 @@ pub fn open_backup(src: &BackupSrc, devices: Option<u32>) -> Result<OpenedBackup
 pub struct PreparedRestore {
     set: ClientSet,
     backup: OpenedBackup,
-    mode: Mode,
+    display: std::sync::Arc<dyn Show>,
     wait: Option<Duration>,
     hint: Option<String>,
     label: String,
@@ -961,8 +963,8 @@ pub struct PreparedRestore {
 pub struct RestorePlan {
     /// The set name.
     pub set: String,
-    /// Progress display.
-    pub mode: Mode,
+    /// How progress is shown.
+    pub display: std::sync::Arc<dyn Show>,
     /// How long to wait for the engine (None: forever).
     pub wait: Option<Duration>,
     /// Log a hint on how to start the engine by hand.
@@ -983,7 +985,7 @@ pub fn prepare_restore(plan: RestorePlan, backup: OpenedBackup) -> Result<Prepar
     Ok(PreparedRestore {
         set,
         backup,
-        mode: plan.mode,
+        display: plan.display,
         wait: plan.wait,
         hint: plan.hint,
         label: plan.label,
@@ -1017,7 +1019,7 @@ fn hash_and_serve(
     index: u32,
     entry: Option<&StreamEntry>,
     file: &str,
-    progress: &Progress,
+    progress: &Meter,
 ) -> Result<(), ClientErr> {
     let mut h = blake3::Hasher::new();
     let mut bytes = 0u64;
@@ -1066,7 +1068,7 @@ fn serve_restore_device(
     index: u32,
     mut r: StreamReader,
     entry: Option<&StreamEntry>,
-    progress: &Progress,
+    progress: &Meter,
     inj: &Injector,
 ) -> Result<u64, ClientErr> {
     let dev = open_device(set, index)?;
@@ -1082,8 +1084,8 @@ fn serve_restore_device(
         let served = read_loop(dev, index, &mut r, &tx, file, (set, inj));
         drop(tx);
         let hashed = hasher.join().unwrap_or_else(|_| {
-            Err(ClientErr::Root(anyhow::anyhow!(
-                "a hashing thread panicked"
+            Err(ClientErr::Root(crate::Error::other(
+                "a hashing thread panicked",
             )))
         });
         match (served, hashed) {
@@ -1111,7 +1113,7 @@ fn read_loop<'d>(
     file: &str,
     (set, inj): (&ClientSet, &Injector),
 ) -> Result<(), ClientErr> {
-    let mut failed: Option<anyhow::Error> = None;
+    let mut failed: Option<crate::Error> = None;
     loop {
         let cmd = match dev.get_command(Timeout::Infinite) {
             Ok(c) => {
@@ -1199,7 +1201,7 @@ pub fn serve_restore(
     let set = prep.set.clone();
     let _guard = {
         let s = set.clone();
-        interrupt::on_interrupt(move || {
+        cancel::on_interrupt(move || {
             let _ = s.signal_abort();
         })
     };
@@ -1215,7 +1217,8 @@ pub fn serve_restore(
         let devices = prep.backup.devices();
         let watch = watch_engine(&set, prep.stall, engine_pid, "restore");
         let total = manifest.as_ref().map(|m| m.total_stream_bytes);
-        let progress = Progress::start(&prep.label, devices, total, prep.mode);
+        let progress = Meter::new(&prep.label, devices, total);
+        let shown = prep.display.show(progress.clone());
         let readers = prep.backup.readers;
         let results: Vec<Result<u64, ClientErr>> = std::thread::scope(|s| {
             let hs: Vec<_> = readers
@@ -1235,12 +1238,15 @@ pub fn serve_restore(
             hs.into_iter()
                 .map(|h| {
                     h.join().unwrap_or_else(|_| {
-                        Err(ClientErr::Root(anyhow::anyhow!("a device thread panicked")))
+                        Err(ClientErr::Root(crate::Error::other(
+                            "a device thread panicked",
+                        )))
                     })
                 })
                 .collect()
         });
-        let elapsed = progress.finish();
+        drop(shown);
+        let elapsed = progress.elapsed();
         drop(watch);
         if let Some(e) = watchdog::take_failure() {
             return Err(ClientErr::Root(e));

@@ -17,7 +17,7 @@
 //!   `--mode` says otherwise ([`Modes`]).
 //!
 //! ```
-//! use vdi_cli::backup_dir::Modes;
+//! use vdi_backup::store::dir::Modes;
 //! assert_eq!(Modes::parse("600"), Ok(Modes::DEFAULT));
 //! assert_eq!(Modes::parse("640").unwrap().label(), "files 0640, directories 0750");
 //! assert!(Modes::parse("0400").is_err()); // the owner must be able to read and write
@@ -34,7 +34,8 @@ use rustix::fs::{
     self as rfs, AtFlags, CWD, FileType, FlockOperation, Mode, OFlags, RenameFlags, Stat,
 };
 
-use crate::backup::{self, MANIFEST};
+use crate::codec;
+use crate::format::manifest::{self, MANIFEST};
 
 /// The largest manifest the tool reads (a manifest of 64 devices is about 20 KiB).
 pub const MAX_MANIFEST_BYTES: u64 = 1 << 20;
@@ -559,7 +560,7 @@ fn classify(dir: &BackupDir) -> Result<Old, DestError> {
         } else if is_stream_file_name(n) {
             let ours = dir
                 .open_regular(n, None)
-                .is_ok_and(|f| backup::holds_vdi_stream(&f, n.ends_with(".zst")));
+                .is_ok_and(|f| codec::holds_vdi_stream(&f, n.ends_with(".zst")));
             if ours {
                 leftovers.push(n.clone());
             } else {
@@ -573,7 +574,7 @@ fn classify(dir: &BackupDir) -> Result<Old, DestError> {
                 "destination {shown} holds a {MANIFEST} that vdi did not write: it {e}; remove it, or choose another destination"
             ))
         })?;
-        let m = backup::parse_manifest_any(&bytes).map_err(|why| {
+        let m = manifest::parse_manifest_any(&bytes).map_err(|why| {
             DestError::Refused(format!(
                 "destination {shown} holds a {MANIFEST} that is not a vdi manifest ({why}); vdi does not write over what it did not write: choose another destination"
             ))
@@ -841,7 +842,7 @@ impl NewBackup {
     }
 
     fn parent_path(&self) -> PathBuf {
-        crate::backup_dir::parent_of(&self.dest)
+        crate::store::dir::parent_of(&self.dest)
     }
 
     fn target(&self) -> &BackupDir {
@@ -1242,5 +1243,249 @@ mod tests {
                 OsString::from(MANIFEST)
             ]
         );
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// A backup in a directory: its manifest and stream files.
+
+use crate::codec::peek_header;
+use crate::format::manifest::{
+    BackupError, FORMAT, FORMAT_VERSION, Manifest, StreamEntry, manifest_bytes,
+};
+use crate::format::stream;
+
+/// Reads and checks the manifest of backup directory `dir`.
+pub fn read_manifest(dir: &Path) -> Result<Manifest, BackupError> {
+    read_manifest_in(&open_dir(dir)?)
+}
+
+/// Opens the backup directory `dir` (not following a link there).
+pub fn open_dir(dir: &Path) -> Result<BackupDir, BackupError> {
+    BackupDir::open(dir).map_err(|e| BackupError::Unreadable {
+        path: dir.to_owned(),
+        source: e,
+    })
+}
+
+/// Reads and checks the manifest of the open backup directory `dir`: a regular file of
+/// at most [`MAX_MANIFEST_BYTES`], never followed through a link, never waited for.
+pub fn read_manifest_in(dir: &BackupDir) -> Result<Manifest, BackupError> {
+    let path = dir.path().join(MANIFEST);
+    let bad = |what: String| BackupError::BadManifest {
+        path: path.clone(),
+        what,
+    };
+    let bytes = match dir.read_regular(MANIFEST, MAX_MANIFEST_BYTES) {
+        Ok(b) => b,
+        Err(FileError::Missing) => {
+            return Err(BackupError::NoManifest {
+                path: dir.path().to_owned(),
+            });
+        }
+        Err(FileError::Io(e)) => {
+            return Err(BackupError::Unreadable { path, source: e });
+        }
+        Err(e) => return Err(bad(format!("it {e}"))),
+    };
+    let m: Manifest =
+        serde_json::from_slice(&bytes).map_err(|e| bad(format!("not a valid manifest: {e}")))?;
+    if m.format != FORMAT {
+        return Err(bad(format!("format is '{}', not '{FORMAT}'", m.format)));
+    }
+    if m.version != FORMAT_VERSION {
+        return Err(bad(format!(
+            "manifest version {}; this vdi reads version {FORMAT_VERSION}",
+            m.version
+        )));
+    }
+    if !m.complete {
+        return Err(bad(
+            "the manifest does not carry the completion marker: the backup did not complete".into(),
+        ));
+    }
+    if m.device_count == 0
+        || m.device_count > stream::MAX_DEVICES
+        || m.streams.len() != m.device_count as usize
+    {
+        return Err(bad(format!(
+            "device_count is {} but {} streams are listed",
+            m.device_count,
+            m.streams.len()
+        )));
+    }
+    for (i, s) in m.streams.iter().enumerate() {
+        if s.device != i as u32 {
+            return Err(bad(format!("stream {i} is listed for device {}", s.device)));
+        }
+        if s.file.contains('/') || s.file.contains('\\') || s.file.starts_with('.') {
+            return Err(bad(format!("stream file name '{}' is not allowed", s.file)));
+        }
+    }
+    Ok(m)
+}
+
+/// Writes `manifest` into `dir` atomically: a temporary file, synced, renamed to
+/// [`MANIFEST`], then the directory synced (the temporary is removed on any failure).
+/// The file is made with mode 0600.
+pub fn write_manifest(dir: &Path, manifest: &Manifest) -> io::Result<()> {
+    BackupDir::open(dir)?.write_atomically(
+        MANIFEST,
+        MANIFEST_TMP,
+        &manifest_bytes(manifest)?,
+        Some(0o600),
+    )
+}
+
+/// Opens the stream file of `entry` in backup `dir` (of `manifest`): a regular file,
+/// never followed through a link, holding this device's stream of this backup (its
+/// header says so, when the manifest records the backup's stream id), of the size the
+/// manifest records.
+pub fn open_stream_in(
+    dir: &BackupDir,
+    manifest: &Manifest,
+    entry: &StreamEntry,
+) -> Result<File, String> {
+    let what = format!("stream file {} (device {})", entry.file, entry.device);
+    let f = dir
+        .open_regular(&entry.file, None)
+        .map_err(|e| format!("{what} {e}"))?;
+    if let Some(id) = &manifest.stream_id
+        && let Some(h) = peek_header(&f, manifest.compression)
+    {
+        if stream::hex_id(&h.stream_id) != *id {
+            return Err(format!(
+                "{what} belongs to another backup (stream id {}), not to this one ({id}): it was replaced after the backup",
+                stream::hex_id(&h.stream_id)
+            ));
+        }
+        if h.device != entry.device {
+            let theirs = manifest
+                .streams
+                .get(h.device as usize)
+                .map(|e| format!(", which the manifest calls {}", e.file))
+                .unwrap_or_default();
+            return Err(format!(
+                "{what} holds the stream of device {}{theirs}: the stream files were swapped or renamed",
+                h.device
+            ));
+        }
+    }
+    let len = f
+        .metadata()
+        .map_err(|e| format!("cannot read {what}: {e}"))?
+        .len();
+    if len < entry.stored_bytes {
+        return Err(format!(
+            "{what} is truncated: it has {len} bytes, the manifest records {}",
+            entry.stored_bytes
+        ));
+    }
+    if len > entry.stored_bytes {
+        return Err(format!(
+            "{what} has {len} bytes, the manifest records {}: it was changed after the backup",
+            entry.stored_bytes
+        ));
+    }
+    Ok(f)
+}
+
+/// A stored backup, opened: the directory, its manifest, and each stream file (or why it
+/// cannot be used), all opened together.
+#[derive(Debug)]
+pub struct OpenedBackup {
+    /// The directory.
+    pub dir: BackupDir,
+    /// The manifest, checked.
+    pub manifest: Manifest,
+    /// Each device's stream file, or what is wrong with it.
+    pub streams: Vec<Result<File, String>>,
+}
+
+/// Opens the backup in directory `path`: its manifest and every stream file it lists.
+/// If the backup was replaced while it was being opened (`vdi backup --force` swapped a
+/// new one in), it is opened again, so what is returned is one backup, whole.
+pub fn open_backup(path: &Path) -> Result<OpenedBackup, BackupError> {
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        let dir = open_dir(path)?;
+        let manifest = read_manifest_in(&dir);
+        if manifest.is_err() && tries < 3 && !dir.still_at_path() {
+            continue;
+        }
+        let manifest = manifest?;
+        let streams: Vec<Result<File, String>> = manifest
+            .streams
+            .iter()
+            .map(|e| open_stream_in(&dir, &manifest, e))
+            .collect();
+        if tries < 3 && !dir.still_at_path() {
+            continue;
+        }
+        return Ok(OpenedBackup {
+            dir,
+            manifest,
+            streams,
+        });
+    }
+}
+
+#[cfg(test)]
+mod manifest_tests {
+    use super::*;
+    use crate::format::manifest::*;
+
+    #[test]
+    fn manifest_round_trip_and_checks() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(matches!(
+            read_manifest(dir.path()),
+            Err(BackupError::NoManifest { .. })
+        ));
+        let mut m = Manifest {
+            format: FORMAT.into(),
+            version: FORMAT_VERSION,
+            backup_id: "00".repeat(16),
+            stream_id: None,
+            set_name: "s".into(),
+            tool: "vdi".into(),
+            started: 1,
+            completed: 2,
+            source: SourceInfo {
+                kind: "file".into(),
+                name: "file:x".into(),
+                bytes: Some(0),
+                checked: true,
+            },
+            device_count: 1,
+            block_size: 4096,
+            max_transfer_size: 1 << 20,
+            compression: Compression::Zstd { level: 3 },
+            total_stream_bytes: 0,
+            total_stored_bytes: 0,
+            streams: vec![StreamEntry {
+                device: 0,
+                file: "device-0.stream.zst".into(),
+                stream_bytes: 0,
+                stored_bytes: 0,
+                blake3: String::new(),
+            }],
+            complete: true,
+        };
+        write_manifest(dir.path(), &m).unwrap();
+        assert_eq!(read_manifest(dir.path()).unwrap(), m);
+        let text = std::fs::read_to_string(dir.path().join(MANIFEST)).unwrap();
+        assert!(text.trim_end().ends_with("\"complete\": true\n}"), "{text}");
+        m.complete = false;
+        write_manifest(dir.path(), &m).unwrap();
+        assert!(matches!(
+            read_manifest(dir.path()),
+            Err(BackupError::BadManifest { .. })
+        ));
+        m.complete = true;
+        m.streams[0].file = "../etc/passwd".into();
+        write_manifest(dir.path(), &m).unwrap();
+        assert!(read_manifest(dir.path()).is_err());
     }
 }

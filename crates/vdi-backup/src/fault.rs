@@ -29,8 +29,8 @@ use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use super::fail::{Kind, fail};
-use super::vdiutil::{code_by_name, code_meaning, code_name, is_full_code};
+use crate::error::{Kind, fail};
+use crate::util::{code_by_name, code_meaning, code_name, is_full_code};
 
 /// Which role a fault acts in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -172,7 +172,7 @@ impl Fault {
 
     /// The error an operation ends with when this fault fired at `what` (e.g. "a Write on
     /// device 0") during `op` ("backup" or "restore").
-    pub fn error(&self, what: &str, op: &str) -> anyhow::Error {
+    pub fn error(&self, what: &str, op: &str) -> crate::Error {
         let who = self.role.who();
         let n = self.nth;
         let done = match self.action {
@@ -278,7 +278,7 @@ impl Injector {
 }
 
 /// A usage error for faults given to a command of the other role.
-pub fn only_role(faults: &[Fault], role: Role, cmd: &str) -> anyhow::Result<()> {
+pub fn only_role(faults: &[Fault], role: Role, cmd: &str) -> crate::Result<()> {
     match faults.iter().find(|f| f.role != role) {
         None => Ok(()),
         Some(f) => Err(fail(

@@ -7,12 +7,12 @@ use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use crate::{Context, Result};
 use rusqlite::{Connection, OpenFlags};
 
-use super::fail::{Kind, fail};
-use vdi_cli::backup_dir::FileKind;
-use vdi_cli::stream::SourceKind;
+use crate::error::{Kind, fail};
+use crate::format::stream::SourceKind;
+use crate::store::dir::FileKind;
 
 /// A source or target as named on the command line.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -69,7 +69,7 @@ impl Spec {
     }
 }
 
-fn unreadable(what: &str, path: &Path, e: &io::Error) -> anyhow::Error {
+fn unreadable(what: &str, path: &Path, e: &io::Error) -> crate::Error {
     let hint = match e.kind() {
         io::ErrorKind::PermissionDenied => " (permission denied: run as a user who may read it)",
         _ => "",
@@ -169,7 +169,7 @@ pub fn check_source(spec: &Spec) -> Result<Option<u64>> {
     }
 }
 
-fn not_a_db(p: &Path, e: &rusqlite::Error) -> anyhow::Error {
+fn not_a_db(p: &Path, e: &rusqlite::Error) -> crate::Error {
     fail(
         Kind::Input,
         format!(
@@ -236,10 +236,10 @@ pub fn snapshot_sqlite(db: &Path, into: &Path) -> Result<u64> {
     for side in ["-wal", "-journal"] {
         let p = PathBuf::from(format!("{}{side}", into.display()));
         if std::fs::metadata(&p).is_ok_and(|m| m.len() > 0) {
-            anyhow::bail!(
+            return Err(crate::Error::other(format!(
                 "the snapshot left a non-empty {} file; it would not be whole",
                 p.display()
-            );
+            )));
         }
     }
     Ok(std::fs::metadata(into)?.len())
@@ -285,7 +285,7 @@ pub fn header_check(path: &Path) -> Result<(), String> {
     let mut f = File::open(path).map_err(|e| format!("cannot open it: {e}"))?;
     let len = f.metadata().map_err(|e| e.to_string())?.len();
     let mut h = [0u8; 100];
-    let n = vdi_cli::backup::read_full(&mut f, &mut h).map_err(|e| e.to_string())?;
+    let n = crate::codec::read_full(&mut f, &mut h).map_err(|e| e.to_string())?;
     if n < 100 || &h[..16] != b"SQLite format 3\0" {
         return Err("it does not start with the SQLite header".into());
     }
@@ -365,7 +365,7 @@ pub fn stdin_file() -> io::Result<File> {
 /// Standard input, read so that a producer that never writes again cannot hold this
 /// process for ever: each read waits (poll, a fifth of a second at a time) until there
 /// is data or the end, and gives up once the operation is over
-/// ([`super::interrupt::stopping`]: a signal, an aborted set, a peer gone).
+/// ([`crate::cancel::stopping`]: a signal, an aborted set, a peer gone).
 #[derive(Debug)]
 pub struct PolledStdin(File);
 
@@ -384,7 +384,7 @@ impl Read for PolledStdin {
             tv_nsec: 200_000_000,
         };
         loop {
-            if super::interrupt::stopping() {
+            if crate::cancel::stopping() {
                 return Err(io::Error::other(
                     "the operation ended while waiting for standard input",
                 ));
@@ -436,7 +436,7 @@ impl EngineScratch {
     pub fn from_env() -> Option<EngineScratch> {
         let dir = PathBuf::from(std::env::var_os(SCRATCH_ENV)?);
         let d2 = dir.clone();
-        super::interrupt::before_exit(move || {
+        crate::cancel::before_exit(move || {
             let _ = std::fs::remove_dir_all(&d2);
         });
         Some(EngineScratch(dir))
@@ -624,6 +624,6 @@ mod tests {
         assert!(check_source(&Spec::Sqlite(db.clone())).unwrap().unwrap() > 0);
         std::fs::write(dir.path().join("junk"), b"not a database at all, really").unwrap();
         let e = check_source(&Spec::Sqlite(dir.path().join("junk"))).unwrap_err();
-        assert_eq!(super::super::fail::kind_of(&e), Kind::Input);
+        assert_eq!(crate::error::kind_of(&e), Kind::Input);
     }
 }

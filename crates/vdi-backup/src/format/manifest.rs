@@ -1,0 +1,226 @@
+//! The backup application's storage format: a backup directory holds one stream file per
+//! device and a manifest, written last (specified in `docs/backup-format.md`).
+//!
+//! ```text
+//! DEST/
+//!   device-0.stream[.zst]   the bytes the engine wrote through device 0 (zstd-compressed
+//!   device-1.stream[.zst]   if the backup was made with --compress zstd)
+//!   manifest.json           written after every stream is durable; names the set, the
+//!                           backup, the device count, sizes, compression and a blake3
+//!                           digest per stream; "complete": true is its last field
+//! ```
+//!
+//! The manifest is written to a temporary name, synced, renamed into place and the
+//! directory synced: a directory without `manifest.json` is an interrupted backup, never a
+//! complete one.
+//!
+//! ```
+//! use vdi_backup::format::manifest::{Compression, stream_file_name};
+//! assert_eq!(Compression::parse("zstd:9"), Ok(Compression::Zstd { level: 9 }));
+//! assert_eq!(stream_file_name(1, Compression::None), "device-1.stream");
+//! assert_eq!(stream_file_name(0, Compression::Zstd { level: 3 }), "device-0.stream.zst");
+//! ```
+
+use std::io;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// The manifest's file name.
+pub const MANIFEST: &str = "manifest.json";
+/// The value of the manifest's `format` field.
+pub const FORMAT: &str = "vdi-backup";
+/// The manifest version this code writes and reads.
+pub const FORMAT_VERSION: u32 = 1;
+/// The zstd frame magic (a compressed stream starts with it).
+pub const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
+
+/// How stream files are compressed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "algorithm", rename_all = "lowercase")]
+pub enum Compression {
+    /// Stored as the engine wrote them.
+    None,
+    /// One zstd frame per stream (with zstd's own content checksum).
+    Zstd {
+        /// The zstd level (1 to 22; 3 is zstd's default).
+        level: i32,
+    },
+}
+
+impl Compression {
+    /// `none`, `zstd` or `zstd:LEVEL`.
+    pub fn parse(s: &str) -> Result<Compression, String> {
+        match s {
+            "none" => Ok(Compression::None),
+            "zstd" => Ok(Compression::Zstd { level: 3 }),
+            _ => {
+                let level = s
+                    .strip_prefix("zstd:")
+                    .and_then(|l| l.parse::<i32>().ok())
+                    .ok_or_else(|| format!("'{s}': use none, zstd or zstd:LEVEL (1 to 22)"))?;
+                if !(1..=22).contains(&level) {
+                    return Err(format!("zstd level {level}: use 1 to 22"));
+                }
+                Ok(Compression::Zstd { level })
+            }
+        }
+    }
+
+    /// `none` or `zstd:LEVEL`.
+    pub fn label(&self) -> String {
+        match self {
+            Compression::None => "none".into(),
+            Compression::Zstd { level } => format!("zstd:{level}"),
+        }
+    }
+}
+
+/// The file name of device `device`'s stream.
+pub fn stream_file_name(device: u32, compression: Compression) -> String {
+    match compression {
+        Compression::None => format!("device-{device}.stream"),
+        Compression::Zstd { .. } => format!("device-{device}.stream.zst"),
+    }
+}
+
+/// One stream of a backup, as the manifest records it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamEntry {
+    /// The device index.
+    pub device: u32,
+    /// The file, relative to the backup directory.
+    pub file: String,
+    /// Bytes the engine wrote through the device (the uncompressed stream).
+    pub stream_bytes: u64,
+    /// Bytes of the file.
+    pub stored_bytes: u64,
+    /// blake3 of the uncompressed stream, hex.
+    pub blake3: String,
+}
+
+/// Where the data came from, as the backup application saw it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourceInfo {
+    /// `file`, `sqlite`, `stdin`, or `unknown` (an engine started by hand).
+    pub kind: String,
+    /// The source as named on the command line.
+    pub name: String,
+    /// Bytes of the source, if known.
+    pub bytes: Option<u64>,
+    /// Whether the source could tell that it ended normally (a file's or a database
+    /// snapshot's known size). False for an unchecked stream (standard input): a
+    /// producer killed in the middle looks just like one that finished, so the backup
+    /// holds everything that arrived, which may not be everything that was meant.
+    /// (Absent in manifests written before this field: true.)
+    #[serde(default = "yes")]
+    pub checked: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// `manifest.json`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    /// Always [`FORMAT`].
+    pub format: String,
+    /// [`FORMAT_VERSION`].
+    pub version: u32,
+    /// This backup's id (chosen by the backup application), 32 hex digits.
+    pub backup_id: String,
+    /// The id the engine put in every stream header, if the streams are vdi streams.
+    pub stream_id: Option<String>,
+    /// The virtual device set's name.
+    pub set_name: String,
+    /// The tool that wrote it (`vdi 0.1.0`).
+    pub tool: String,
+    /// When the backup started and ended, seconds since the Unix epoch.
+    pub started: u64,
+    /// When the backup completed.
+    pub completed: u64,
+    /// What was backed up.
+    pub source: SourceInfo,
+    /// Devices (= streams).
+    pub device_count: u32,
+    /// The VDI block size the engine chose.
+    pub block_size: u32,
+    /// The VDI max transfer size the engine chose.
+    pub max_transfer_size: u32,
+    /// How the stream files are compressed.
+    pub compression: Compression,
+    /// Sum of `stream_bytes`.
+    pub total_stream_bytes: u64,
+    /// Sum of `stored_bytes`.
+    pub total_stored_bytes: u64,
+    /// One entry per device, in device order.
+    pub streams: Vec<StreamEntry>,
+    /// The completion marker: true, and the last field written.
+    pub complete: bool,
+}
+
+/// What is wrong with a backup directory.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BackupError {
+    /// The directory does not exist or cannot be read.
+    #[error("cannot read backup {path}: {source}")]
+    Unreadable {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        source: io::Error,
+    },
+    /// No manifest: the backup never completed (or this is not a backup).
+    #[error(
+        "{path} holds no {MANIFEST}: it is not a completed backup (an interrupted or failed backup leaves none)"
+    )]
+    NoManifest {
+        /// The directory.
+        path: PathBuf,
+    },
+    /// The manifest cannot be parsed or is not complete.
+    #[error("{path}: {what}")]
+    BadManifest {
+        /// The manifest.
+        path: PathBuf,
+        /// What is wrong.
+        what: String,
+    },
+}
+
+/// Parses a manifest's bytes as a manifest of this format, complete or not (what a
+/// destination must hold for vdi to consider it a backup it wrote).
+pub fn parse_manifest_any(bytes: &[u8]) -> Result<Manifest, String> {
+    let m: Manifest =
+        serde_json::from_slice(bytes).map_err(|e| format!("not a valid manifest: {e}"))?;
+    if m.format != FORMAT {
+        return Err(format!("format is '{}', not '{FORMAT}'", m.format));
+    }
+    Ok(m)
+}
+
+/// The manifest as it is stored (pretty JSON, `"complete"` last, a final newline).
+pub fn manifest_bytes(manifest: &Manifest) -> io::Result<Vec<u8>> {
+    let mut text = serde_json::to_string_pretty(manifest).map_err(io::Error::other)?;
+    text.push('\n');
+    Ok(text.into_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compression_labels() {
+        assert_eq!(Compression::parse("none"), Ok(Compression::None));
+        assert_eq!(
+            Compression::parse("zstd"),
+            Ok(Compression::Zstd { level: 3 })
+        );
+        assert!(Compression::parse("zstd:0").is_err());
+        assert!(Compression::parse("lz4").is_err());
+        assert_eq!(Compression::Zstd { level: 7 }.label(), "zstd:7");
+    }
+}

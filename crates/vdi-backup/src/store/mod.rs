@@ -1,0 +1,3 @@
+//! Where backups are kept.
+
+pub mod dir;

@@ -1,0 +1,79 @@
+//! `vdi backup SOURCE DEST`: the backup application here, the engine in another process.
+
+use serde_json::json;
+use vdi_backup::Result;
+use vdi_backup::client::Dest;
+use vdi_backup::units::{bytes_per_sec, human_bytes, human_rate};
+
+use crate::cli::BackupArgs;
+use crate::output::print_json;
+use crate::progress::Mode;
+use crate::spawn::{self, BackupOutcome};
+
+pub(super) fn run(a: &BackupArgs) -> Result<()> {
+    let o = spawn::backup(&spawn::BackupRequest {
+        source: &a.source,
+        dest: &a.dest,
+        devices: a.devices,
+        compression: a.compress,
+        set: a.set.clone(),
+        force: a.force,
+        modes: a.mode,
+        stall: a.stall.limit(),
+        knobs: &a.engine,
+        display: std::sync::Arc::new(Mode::pick(a.output.quiet || a.output.json)),
+        faults: &a.inject.faults,
+    })?;
+    report_backup(&o, a.output.json, a.output.quiet);
+    Ok(())
+}
+
+/// Reports a finished backup.
+fn report_backup(o: &BackupOutcome, json: bool, quiet: bool) {
+    o.done.report_commit(quiet || json);
+    let m = &o.done.manifest;
+    let secs = o.total.as_secs_f64();
+    let to_stdout = matches!(o.done.dest, Dest::Stdout);
+    let dest = match &o.done.dest {
+        Dest::Dir(d) => d.display().to_string(),
+        Dest::Stdout => "-".into(),
+    };
+    if json {
+        print_json(
+            &json!({
+                "command": "backup",
+                "ok": true,
+                "backup_id": m.backup_id,
+                "stream_id": m.stream_id,
+                "set": m.set_name,
+                "source": m.source.name,
+                "dest": dest,
+                "devices": m.device_count,
+                "compression": m.compression.label(),
+                "source_bytes": o.engine.source_bytes,
+                "stream_bytes": m.total_stream_bytes,
+                "stored_bytes": m.total_stored_bytes,
+                "chunks": o.engine.chunks,
+                "seconds": secs,
+                "transfer_seconds": o.done.elapsed.as_secs_f64(),
+                "snapshot_seconds": o.engine.snapshot_seconds,
+                "bytes_per_second": bytes_per_sec(o.engine.source_bytes, o.total),
+                "engine_pid": o.engine.pid,
+                "replaced": o.done.committed.as_ref().and_then(|c| c.replaced.clone()),
+                "streams": m.streams,
+            }),
+            to_stdout,
+        );
+    } else if !quiet {
+        tracing::info!(
+            "backed up {} ({}) to {dest} through {} device(s) in {secs:.2} s ({}); stored {} ({}); backup id {}",
+            m.source.name,
+            human_bytes(o.engine.source_bytes),
+            m.device_count,
+            human_rate(o.engine.source_bytes, o.total),
+            human_bytes(m.total_stored_bytes),
+            m.compression.label(),
+            m.backup_id
+        );
+    }
+}
