@@ -17,7 +17,7 @@ use vdi_backup::client::{self, BackupDone, BackupPlan, BackupSrc, ClientErr, Des
 use vdi_backup::engine::{EngineReport, REPORT_PREFIX};
 use vdi_backup::error::{Kind, fail};
 use vdi_backup::fault::{Fault, Injector, Role};
-use vdi_backup::source::{self, Spec};
+use vdi_backup::source::Spec;
 use vdi_backup::util::new_set_name;
 
 /// The engine child process.
@@ -348,7 +348,7 @@ pub struct BackupOutcome {
 pub fn backup(req: &BackupRequest<'_>) -> Result<BackupOutcome> {
     let t0 = Instant::now();
     let spec = Spec::parse(req.source)?;
-    let size = source::check_source(&spec)?;
+    let size = spec.probe()?;
     let dest = Dest::parse(req.dest);
     let set = req.set.clone().unwrap_or_else(|| new_set_name("backup"));
     let inject = Arc::new(Injector::new(Role::Client, req.faults));
@@ -362,7 +362,7 @@ pub fn backup(req: &BackupRequest<'_>) -> Result<BackupOutcome> {
             kind: spec.kind().name().into(),
             name: spec.label(),
             bytes: size,
-            checked: spec != Spec::Std,
+            checked: !spec.is_stdio(),
         },
         display: req.display.clone(),
         wait: None,
@@ -390,7 +390,7 @@ pub fn backup(req: &BackupRequest<'_>) -> Result<BackupOutcome> {
     args.extend(inject_args(req.faults));
     args.push("--".into());
     args.push(req.source.into());
-    let engine = EngineProc::spawn(&args, spec == Spec::Std, false)?;
+    let engine = EngineProc::spawn(&args, spec.is_stdio(), false)?;
     let served = client::serve_backup(prep, &|| engine.alive(), Some(engine.pid));
     let grace = grace(served.is_ok(), 60);
     let end = engine.finish(grace);
@@ -446,7 +446,7 @@ pub fn restore(req: &RestoreRequest<'_>) -> Result<RestoreOutcome> {
     let src = BackupSrc::parse(req.backup);
     let target = Spec::parse(req.target)?;
     let opened = client::open_backup(&src, req.devices)?;
-    source::check_target(&target, req.force)?;
+    target.check_target(req.force)?;
     let set = req.set.clone().unwrap_or_else(|| new_set_name("restore"));
     let label = format!(
         "restore {} to {} through {} device(s)",
@@ -491,14 +491,14 @@ pub fn restore(req: &RestoreRequest<'_>) -> Result<RestoreOutcome> {
     args.extend(inject_args(req.faults));
     args.push("--".into());
     args.push(req.target.into());
-    let engine = EngineProc::spawn(&args, false, target == Spec::Std)?;
+    let engine = EngineProc::spawn(&args, false, target.is_stdio())?;
     let served = client::serve_restore(prep, &|| engine.alive(), Some(engine.pid));
     let grace = grace(served.is_ok(), 600);
     let pid = engine.pid;
     let end = engine.finish(grace);
-    if let (EngineEnd::Failed { .. }, Spec::File(p) | Spec::Sqlite(p)) = (&end, &target) {
+    if let (EngineEnd::Failed { .. }, Some(p)) = (&end, target.path()) {
         // An engine that died cannot remove its temporary file; nothing of it may stay.
-        vdi_backup::engine::remove_partial(p, pid);
+        vdi_backup::source::file::remove_partial(p, pid);
     }
     let (served, report) = judge(served, end)?;
     warn_unfired(&inject, &report);

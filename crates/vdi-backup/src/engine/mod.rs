@@ -11,20 +11,15 @@
 //! where it belongs in the target, until the client answers `ERROR_HANDLE_EOF`.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::fs::File;
-use std::io::{self, Write};
-use std::os::unix::fs::FileExt;
-use std::path::PathBuf;
 use std::sync::mpsc::{self, Receiver, Sender};
-use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::Result;
 use crate::codec::read_full;
 use crate::format::stream::{
-    self, ChunkHeader, Decoder, DeviceStream, Sink, StreamError, StreamHeader, Trailer,
+    self, Decoder, DeviceStream, Sink, StreamError, StreamHeader, Trailer,
 };
-use crate::util::{is_disk_full, sync_dir};
+use crate::util::is_disk_full;
 use serde::{Deserialize, Serialize};
 use vdi::{
     AbortCause, CommandCode, Completion, ErrorCode, Reason, ServerBuffer, ServerCommand,
@@ -33,7 +28,7 @@ use vdi::{
 
 use crate::error::{Kind, fail, kind_of};
 use crate::fault::{Action, Fault, Injector, Role};
-use crate::source::{self, Spec};
+use crate::source::{Spec, TargetOptions};
 use crate::util::{abort_cause, abort_sentence, code_name, device_name, is_full_code, vd_fail};
 
 /// The prefix of the report line an engine started by `vdi backup`/`vdi restore` prints
@@ -549,12 +544,12 @@ fn with_agent<T>(
 
 /// `vdi engine backup`: streams `spec` through every device of set `cfg.set`.
 pub fn backup(cfg: &EngineCfg, spec: &Spec) -> Result<EngineReport> {
-    let mut src = source::open_source(spec)?;
+    let mut src = spec.open_source()?;
     let set = open_set(cfg)?;
     let started = Instant::now();
     let mut notes = Vec::new();
     let (devices, buffers, complete) =
-        match configure(&set, cfg, features::WRITE_MEDIA, src.size, &mut notes) {
+        match configure(&set, cfg, features::WRITE_MEDIA, src.size(), &mut notes) {
             Ok(v) => v,
             Err(e) => {
                 let _ = set.signal_abort();
@@ -599,8 +594,8 @@ pub fn backup(cfg: &EngineCfg, spec: &Spec) -> Result<EngineReport> {
                 devices,
                 cfg.block_size,
                 cfg.max_transfer,
-                spec.kind(),
-                src.size.unwrap_or(stream::UNKNOWN_SIZE),
+                src.kind(),
+                src.size().unwrap_or(stream::UNKNOWN_SIZE),
                 &label,
             );
             h.encode(&mut buf.as_mut_slice()[..block])?;
@@ -613,7 +608,7 @@ pub fn backup(cfg: &EngineCfg, spec: &Spec) -> Result<EngineReport> {
             let (d, mut buf) = p.take()?;
             let slice =
                 &mut buf.as_mut_slice()[stream::CHUNK_HEADER_LEN..stream::CHUNK_HEADER_LEN + max];
-            let n = read_full(&mut src.reader, slice)
+            let n = read_full(&mut *src, slice)
                 .map_err(|e| fail(Kind::Input, format!("reading the source {label}: {e}")))?;
             if n == 0 {
                 p.free.push(buf);
@@ -628,6 +623,8 @@ pub fn backup(cfg: &EngineCfg, spec: &Spec) -> Result<EngineReport> {
             offset += n as u64;
         }
         p.drain()?;
+        // The producer's verdict, before anything says the backup is whole.
+        src.finish()?;
         for d in 0..devices {
             let mut buf = p
                 .free
@@ -665,337 +662,11 @@ pub fn backup(cfg: &EngineCfg, spec: &Spec) -> Result<EngineReport> {
         devices,
         stream_id: Some(stream::hex_id(&stream_id)),
         seconds: started.elapsed().as_secs_f64(),
-        snapshot_seconds: src.snapshot_secs,
+        snapshot_seconds: src.prepare_seconds(),
         unfired: unfired(&inj),
         notes,
         ..EngineReport::default()
     })
-}
-
-/// Where restored data goes.
-enum Out {
-    /// A temporary file beside the target, renamed over it at the end.
-    File {
-        tmp: tempfile::NamedTempFile,
-        file: Arc<File>,
-        path: PathBuf,
-        sqlite: bool,
-    },
-    /// Standard output, in source order.
-    Seq(Arc<SeqOut>),
-}
-
-struct FileSink(Arc<File>);
-
-impl Sink for FileSink {
-    fn payload(&mut self, c: &ChunkHeader, at: u32, data: &[u8]) -> io::Result<()> {
-        self.0.write_all_at(data, c.offset + u64::from(at))
-    }
-    fn chunk_end(&mut self, _: &ChunkHeader) -> io::Result<()> {
-        Ok(())
-    }
-}
-
-struct SeqState {
-    next: u64,
-    pending: BTreeMap<u64, Vec<u8>>,
-    pending_bytes: usize,
-    running: u32,
-    /// Device threads asleep in [`SeqOut::put`] since the last change: each holds a
-    /// chunk past the gap at `next`, so none of them can fill it. Reset to 0 whenever
-    /// `next` moves or a device ends (every sleeper is woken then and looks again).
-    waiting: u32,
-    /// Bumped whenever `next` moves or a device ends: a sleeper that wakes to the same
-    /// epoch was woken for nothing and is still counted in `waiting`.
-    epoch: u64,
-    failed: bool,
-    out: File,
-}
-
-impl SeqState {
-    fn new(running: u32, out: File) -> SeqState {
-        SeqState {
-            next: 0,
-            pending: BTreeMap::new(),
-            pending_bytes: 0,
-            running,
-            waiting: 0,
-            epoch: 0,
-            failed: false,
-            out,
-        }
-    }
-
-    /// Something changed that the sleepers must look at again: none of them is known
-    /// to be stuck any more.
-    fn changed(&mut self) {
-        self.epoch += 1;
-        self.waiting = 0;
-    }
-}
-
-/// Standard output written in source order: chunks that arrive early wait in memory; a
-/// device that gets too far ahead waits for the others.
-///
-/// Each device's chunks arrive in source order. So only a device whose own chunk is
-/// still waiting (it is ahead of `next`) may sleep when too much is held: the chunk at
-/// `next` is then the next one of a device that is not asleep. When every running device
-/// is asleep, no chunk can fill the gap, and the streams do not hold it.
-///
-/// Two mistakes made sound striped backups fail to restore to a pipe with "the streams
-/// hold no chunk for source byte N": a device whose chunk had just been written (the
-/// one device that may hold the next chunk) slept too whenever much was held, and a
-/// device woken because `next` moved was still counted as stuck until it ran again.
-struct SeqOut {
-    st: Mutex<SeqState>,
-    cv: Condvar,
-    limit: usize,
-}
-
-impl SeqOut {
-    fn lock(&self) -> std::sync::MutexGuard<'_, SeqState> {
-        self.st.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn put(&self, offset: u64, data: Vec<u8>) -> io::Result<()> {
-        let mut st = self.lock();
-        if st.failed {
-            return Err(io::Error::other("the restore stopped"));
-        }
-        st.pending_bytes += data.len();
-        st.pending.insert(offset, data);
-        let before = st.next;
-        loop {
-            let next = st.next;
-            let Some(d) = st.pending.remove(&next) else {
-                break;
-            };
-            st.pending_bytes -= d.len();
-            st.next += d.len() as u64;
-            if let Err(e) = st.out.write_all(&d) {
-                st.failed = true;
-                self.cv.notify_all();
-                return Err(e);
-            }
-        }
-        if st.next != before {
-            st.changed();
-            self.cv.notify_all();
-        }
-        // `offset >= next`: this device's chunk is still held, it is ahead of the others.
-        while st.pending_bytes > self.limit && !st.failed && offset >= st.next {
-            if st.waiting + 1 >= st.running {
-                return Err(io::Error::other(format!(
-                    "the streams hold no chunk for source byte {}",
-                    st.next
-                )));
-            }
-            st.waiting += 1;
-            let epoch = st.epoch;
-            st = self.cv.wait(st).unwrap_or_else(|e| e.into_inner());
-            if st.epoch == epoch {
-                // Woken for nothing: still stuck, and still counted until it sleeps again.
-                st.waiting -= 1;
-            }
-        }
-        Ok(())
-    }
-
-    fn device_done(&self, failed: bool) {
-        let mut st = self.lock();
-        st.running = st.running.saturating_sub(1);
-        st.failed |= failed;
-        st.changed();
-        self.cv.notify_all();
-    }
-}
-
-struct SeqSink {
-    out: Arc<SeqOut>,
-    cur: Vec<u8>,
-}
-
-impl Sink for SeqSink {
-    fn payload(&mut self, _: &ChunkHeader, _: u32, data: &[u8]) -> io::Result<()> {
-        self.cur.extend_from_slice(data);
-        Ok(())
-    }
-    fn chunk_end(&mut self, c: &ChunkHeader) -> io::Result<()> {
-        let data = std::mem::take(&mut self.cur);
-        self.out.put(c.offset, data)
-    }
-}
-
-fn target_failure(path: &std::path::Path, e: &io::Error) -> crate::Error {
-    if is_disk_full(e) {
-        fail(
-            Kind::DiskFull,
-            format!(
-                "no space left writing the restored target {}: {e}",
-                path.display()
-            ),
-        )
-    } else {
-        fail(
-            Kind::Other,
-            format!("writing the restored target {}: {e}", path.display()),
-        )
-    }
-}
-
-impl Out {
-    fn prepare(spec: &Spec, force: bool, devices_hint: u32) -> Result<Out> {
-        source::check_target(spec, force)?;
-        match spec {
-            Spec::Std => Ok(Out::Seq(Arc::new(SeqOut {
-                st: Mutex::new(SeqState::new(
-                    devices_hint,
-                    source::stdout_file()
-                        .map_err(|e| fail(Kind::Usage, format!("target -: {e}")))?,
-                )),
-                cv: Condvar::new(),
-                limit: 64 << 20,
-            }))),
-            Spec::File(p) | Spec::Sqlite(p) => {
-                let dir = source::parent_dir(p);
-                let name = p
-                    .file_name()
-                    .map(|n| n.to_string_lossy().into_owned())
-                    .unwrap_or_else(|| "target".into());
-                let tmp = tempfile::Builder::new()
-                    .prefix(&partial_prefix(&name, std::process::id()))
-                    .tempfile_in(&dir)
-                    .map_err(|e| target_failure(p, &e))?;
-                let file = Arc::new(
-                    tmp.as_file()
-                        .try_clone()
-                        .map_err(|e| target_failure(p, &e))?,
-                );
-                Ok(Out::File {
-                    tmp,
-                    file,
-                    path: p.clone(),
-                    sqlite: matches!(spec, Spec::Sqlite(_)),
-                })
-            }
-        }
-    }
-
-    fn set_running(&self, devices: u32) {
-        if let Out::Seq(s) = self {
-            s.lock().running = devices;
-        }
-    }
-
-    fn sink(&self) -> Box<dyn Sink + Send> {
-        match self {
-            Out::File { file, .. } => Box::new(FileSink(file.clone())),
-            Out::Seq(s) => Box::new(SeqSink {
-                out: s.clone(),
-                cur: Vec::new(),
-            }),
-        }
-    }
-
-    fn device_done(&self, failed: bool) {
-        if let Out::Seq(s) = self {
-            s.device_done(failed);
-        }
-    }
-
-    /// Makes the target whole and durable and puts it in place; returns the integrity
-    /// check's verdict for a database.
-    fn commit(self, total: u64, force: bool, integrity: bool) -> Result<Option<String>> {
-        match self {
-            Out::Seq(s) => {
-                let mut st = s.lock();
-                if st.next != total || !st.pending.is_empty() {
-                    return Err(fail(
-                        Kind::Damaged,
-                        format!(
-                            "the streams hold no chunk for source byte {} (of {total})",
-                            st.next
-                        ),
-                    ));
-                }
-                st.out
-                    .flush()
-                    .map_err(|e| fail(Kind::Other, format!("standard output: {e}")))?;
-                Ok(None)
-            }
-            Out::File {
-                tmp,
-                file,
-                path,
-                sqlite,
-            } => {
-                file.set_len(total).map_err(|e| target_failure(&path, &e))?;
-                file.sync_all().map_err(|e| target_failure(&path, &e))?;
-                drop(file);
-                let mut verdict = None;
-                if sqlite {
-                    source::header_check(tmp.path()).map_err(|e| {
-                        fail(
-                            Kind::Damaged,
-                            format!("the restored data is not a whole SQLite database: {e}"),
-                        )
-                    })?;
-                    if integrity {
-                        let rows = source::integrity_check(tmp.path()).map_err(|e| {
-                            fail(
-                                Kind::Damaged,
-                                format!("the restored data is not a SQLite database: {e:#}"),
-                            )
-                        })?;
-                        if rows != ["ok"] {
-                            return Err(fail(
-                                Kind::Damaged,
-                                format!(
-                                    "the restored database fails PRAGMA integrity_check: {}",
-                                    rows.join("; ")
-                                ),
-                            ));
-                        }
-                        verdict = Some("ok".to_owned());
-                    }
-                    // An old database's journal or WAL must not be applied to the new one.
-                    for side in ["-wal", "-shm", "-journal"] {
-                        let mut p = path.clone().into_os_string();
-                        p.push(side);
-                        let p = PathBuf::from(p);
-                        match crate::store::dir::FileKind::at(&p) {
-                            Err(_) => {}
-                            Ok(crate::store::dir::FileKind::Regular) if force => {
-                                std::fs::remove_file(&p).map_err(|e| target_failure(&p, &e))?;
-                            }
-                            Ok(crate::store::dir::FileKind::Regular) => {
-                                return Err(fail(
-                                    Kind::TargetExists,
-                                    format!("{} exists; use --force to replace it", p.display()),
-                                ));
-                            }
-                            Ok(k) => {
-                                return Err(fail(
-                                    Kind::TargetExists,
-                                    format!(
-                                        "{} is {}, not the database's journal: remove it or restore elsewhere",
-                                        p.display(),
-                                        k.describe()
-                                    ),
-                                ));
-                            }
-                        }
-                    }
-                }
-                // Looked at again just before the rename: what is there now is replaced.
-                source::check_target_path(&path, force, " during the restore")?;
-                tmp.persist(&path)
-                    .map_err(|e| target_failure(&path, &e.error))?;
-                sync_dir(&source::parent_dir(&path)).map_err(|e| target_failure(&path, &e))?;
-                Ok(verdict)
-            }
-        }
-    }
 }
 
 /// A device thread's failure: its own root cause, or only the echo of an abort.
@@ -1196,7 +867,7 @@ impl ReadLoop<'_> {
 
 /// `vdi engine restore`: rebuilds `spec` from what the devices of set `cfg.set` serve.
 pub fn restore(cfg: &EngineCfg, spec: &Spec, force: bool, integrity: bool) -> Result<EngineReport> {
-    let out = Out::prepare(spec, force, 1)?;
+    let out = spec.open_target(TargetOptions { force })?;
     let set = open_set(cfg)?;
     let started = Instant::now();
     let mut notes = Vec::new();
@@ -1209,7 +880,7 @@ pub fn restore(cfg: &EngineCfg, spec: &Spec, force: bool, integrity: bool) -> Re
                 return Err(e);
             }
         };
-    out.set_running(devices);
+    out.begin(devices);
     let inj = Injector::new(Role::Engine, &cfg.faults);
     let streams = with_agent(&set, cfg, "restore", || {
         let devs = open_devices(&set, devices)?;
@@ -1277,7 +948,7 @@ pub fn restore(cfg: &EngineCfg, spec: &Spec, force: bool, integrity: bool) -> Re
             format!("the backup's streams do not make a whole: {e}"),
         )
     })?;
-    let verdict = out.commit(summary.total_bytes, force, integrity)?;
+    let verdict = out.commit(summary.total_bytes, integrity)?;
     Ok(EngineReport {
         ok: true,
         op: "restore".into(),
@@ -1302,26 +973,6 @@ fn unfired(inj: &Injector) -> Vec<String> {
         .collect()
 }
 
-/// The name prefix of the temporary file an engine (pid `pid`) restores `name` into.
-pub fn partial_prefix(name: &str, pid: u32) -> String {
-    format!(".{name}.vdi-partial-{pid}-")
-}
-
-/// Removes what a dead engine (pid `pid`) left of its restore of `target`.
-pub fn remove_partial(target: &std::path::Path, pid: u32) {
-    let Some(name) = target.file_name().map(|n| n.to_string_lossy().into_owned()) else {
-        return;
-    };
-    let prefix = partial_prefix(&name, pid);
-    if let Ok(rd) = std::fs::read_dir(source::parent_dir(target)) {
-        for e in rd.flatten() {
-            if e.file_name().to_string_lossy().starts_with(&prefix) {
-                let _ = std::fs::remove_file(e.path());
-            }
-        }
-    }
-}
-
 /// The report of a failed engine.
 pub fn failed_report(op: &str, e: &crate::Error) -> EngineReport {
     let kind = kind_of(e);
@@ -1341,14 +992,6 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
-    fn seq_out(running: u32, limit: usize, p: &std::path::Path) -> SeqOut {
-        SeqOut {
-            st: Mutex::new(SeqState::new(running, File::create(p).unwrap())),
-            cv: Condvar::new(),
-            limit,
-        }
-    }
-
     #[test]
     fn buffer_counts_are_capped_and_say_why() {
         // The default: 4 per device, fewer for a small source, silently.
@@ -1364,119 +1007,5 @@ mod tests {
         assert!(why.unwrap().contains("8.0 GiB of shared memory"));
         // Never fewer than one per device.
         assert_eq!(buffer_count(Some(1), 3, 1 << 20, Some(0)), (3, None));
-    }
-
-    #[test]
-    fn seq_out_orders_and_finds_gaps() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("o");
-        let out = seq_out(1, 2, &p);
-        out.put(3, b"def".to_vec()).unwrap_err(); // over the limit with nobody to fill the gap
-        let out = seq_out(2, 100, &p);
-        out.put(3, b"def".to_vec()).unwrap();
-        out.put(0, b"abc".to_vec()).unwrap();
-        out.put(6, b"g".to_vec()).unwrap();
-        drop(out);
-        assert_eq!(std::fs::read(&p).unwrap(), b"abcdefg");
-    }
-
-    /// A device that fills a gap and meets the next one waits for the others, even when
-    /// a device it woke has not run again yet (the state such a device leaves: still
-    /// counted as asleep). It used to give up at once: "the streams hold no chunk".
-    #[test]
-    fn seq_out_does_not_count_a_woken_device_as_stuck() {
-        use std::sync::atomic::{AtomicBool, Ordering};
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("o");
-        let out = seq_out(2, 2, &p);
-        // Device B was asleep with a chunk past the gap, and has been woken (it no longer
-        // waits on the condition variable) but has not run yet.
-        out.lock().waiting = 1;
-        let a_done = AtomicBool::new(false);
-        std::thread::scope(|s| {
-            // B runs again once A sleeps, and fills the gap A waits for.
-            let b = s.spawn(|| {
-                while !a_done.load(Ordering::Acquire) {
-                    if out.lock().waiting == 1 && out.lock().next == 3 {
-                        return out.put(3, b"def".to_vec());
-                    }
-                    std::thread::yield_now();
-                }
-                Ok(())
-            });
-            // Device A fills the gap at 0, then holds the chunk at 6: over the limit, the
-            // gap at 3 is B's to fill, so A waits for it.
-            let a = out
-                .put(0, b"abc".to_vec())
-                .and_then(|()| out.put(6, b"ghi".to_vec()));
-            a_done.store(true, Ordering::Release);
-            a.unwrap();
-            b.join().unwrap().unwrap();
-        });
-        drop(out);
-        assert_eq!(std::fs::read(&p).unwrap(), b"abcdefghi");
-    }
-
-    /// A device whose chunk fills the gap goes on even when much is still held: it may
-    /// hold the next chunk too. It used to sleep, and the device ahead then gave up.
-    #[test]
-    fn seq_out_lets_the_device_behind_go_on() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("o");
-        let out = seq_out(2, 2, &p);
-        std::thread::scope(|s| {
-            // Device B is ahead: its chunk at 6 waits for 0..6.
-            let b = s.spawn(|| {
-                let r = out.put(6, b"ghi".to_vec());
-                out.device_done(r.is_err());
-                r
-            });
-            while out.lock().waiting == 0 {
-                std::thread::yield_now();
-            }
-            // Device A holds 0..6, in two chunks.
-            let a = out
-                .put(0, b"abc".to_vec())
-                .and_then(|()| out.put(3, b"def".to_vec()));
-            out.device_done(a.is_err());
-            a.unwrap();
-            b.join().unwrap().unwrap();
-        });
-        drop(out);
-        assert_eq!(std::fs::read(&p).unwrap(), b"abcdefghi");
-    }
-
-    /// When every running device is stuck, the last one to fall asleep says so (and a
-    /// device that ends wakes the others to look again).
-    #[test]
-    fn seq_out_finds_a_gap_nobody_fills() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("o");
-        let out = seq_out(3, 2, &p);
-        let device = |offset: u64| {
-            let r = out.put(offset, b"xyz".to_vec());
-            out.device_done(r.is_err());
-            r
-        };
-        std::thread::scope(|s| {
-            let a = s.spawn(|| device(3));
-            let b = s.spawn(|| device(9));
-            // The third device ends without the chunk at 0.
-            out.device_done(false);
-            let failed: Vec<_> = [a.join().unwrap(), b.join().unwrap()]
-                .into_iter()
-                .filter_map(Result::err)
-                .collect();
-            assert_eq!(
-                failed.len(),
-                1,
-                "one stuck device gives up, and stops the other"
-            );
-            assert!(
-                failed[0].to_string().contains("no chunk for source byte 0"),
-                "{}",
-                failed[0]
-            );
-        });
     }
 }

@@ -409,7 +409,7 @@ pub fn run(a: &DemoArgs) -> Result<()> {
     ));
 
     let t = Instant::now();
-    let check = source::integrity_check(&restored)?;
+    let check = source::sqlite::integrity_check(&restored)?;
     let after = table_digests(&restored)?;
     if check != ["ok"] {
         return Err(fail(
