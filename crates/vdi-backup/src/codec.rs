@@ -6,7 +6,7 @@ use std::fs::File;
 use std::io::{self, BufReader, Read, Write};
 
 use crate::format::manifest::{Compression, ZSTD_MAGIC};
-use crate::format::stream::{self, StreamHeader};
+use crate::format::stream;
 
 /// A writer that counts the bytes through it.
 #[derive(Debug)]
@@ -26,10 +26,24 @@ impl<W: Write> Write for Counting<W> {
     }
 }
 
-/// Media a stream can be stored on: a file (or standard output) that can be made durable.
+/// Media a stream can be stored on: a file, standard output or a store's object, which
+/// can be made durable.
 pub trait Media: Write + Send {
     /// Makes everything written so far durable (fsync where that means something).
     fn sync(&mut self) -> io::Result<()>;
+    /// The stream is complete: durable, and nothing more will be written.
+    fn finish(&mut self) -> io::Result<()> {
+        self.sync()
+    }
+}
+
+impl Media for Box<dyn crate::store::ObjectWriter> {
+    fn sync(&mut self) -> io::Result<()> {
+        crate::store::ObjectWriter::sync(self.as_mut())
+    }
+    fn finish(&mut self) -> io::Result<()> {
+        crate::store::ObjectWriter::finish(self.as_mut())
+    }
 }
 
 impl Media for File {
@@ -163,7 +177,7 @@ impl<M: Media> StreamWriter<M> {
             Enc::Zstd(w) => w.finish()?,
         };
         c.flush()?;
-        c.inner.sync()?;
+        c.inner.finish()?;
         Ok(Written {
             stream_bytes: self.stream_bytes,
             stored_bytes: c.count,
@@ -318,19 +332,6 @@ fn head(f: &File, n: usize) -> Vec<u8> {
 
 /// Enough of a stored stream to decode its header: a zstd block is at most 128 KiB.
 const HEAD: usize = 256 << 10;
-
-/// The stream header at the start of the stored stream `f`, if it holds one.
-pub(crate) fn peek_header(f: &File, compression: Compression) -> Option<StreamHeader> {
-    let n = match compression {
-        Compression::None => stream::HEADER_FIXED_LEN + stream::MAX_NAME + 4,
-        Compression::Zstd { .. } => HEAD,
-    };
-    let media: Box<dyn Read + Send> = Box::new(io::Cursor::new(head(f, n)));
-    let mut r = StreamReader::new_unhashed(media, compression).ok()?;
-    let mut buf = vec![0u8; stream::HEADER_FIXED_LEN + stream::MAX_NAME + 4];
-    let n = r.read_full(&mut buf).ok()?;
-    StreamHeader::peek(&buf[..n])
-}
 
 /// Whether the file `f` holds a vdi stream (zstd-compressed if `zst`): it starts with
 /// the stream header's magic.

@@ -223,6 +223,18 @@ impl<T> Context<T> for Option<T> {
     }
 }
 
+/// A stored backup that cannot be read: [`Kind::Input`] when it cannot be read at all,
+/// [`Kind::Damaged`] when what is there is not a complete backup.
+impl From<crate::format::manifest::BackupError> for Error {
+    fn from(e: crate::format::manifest::BackupError) -> Error {
+        let kind = match e {
+            crate::format::manifest::BackupError::Unreadable(_) => Kind::Input,
+            _ => Kind::Damaged,
+        };
+        Error::new(kind, e.to_string())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -2,12 +2,11 @@
 //! checksums, digest and size, and that the streams together hold the whole source).
 
 use std::io::Read;
-use std::path::Path;
 
 use crate::codec::StreamReader;
 use crate::format::manifest::{BackupError, Compression, Manifest};
 use crate::format::stream::{self, Decoder, DeviceStream, NullSink};
-use crate::store::dir::{OpenedBackup, open_backup};
+use crate::store::{OpenedBackup, Store, open_backup};
 
 /// The outcome of [`verify_dir`].
 #[derive(Clone, Debug, Default)]
@@ -96,15 +95,16 @@ pub fn check_stream(
     })
 }
 
-/// Checks a backup directory without restoring it: the manifest and its completion
-/// marker, every stream file present with its recorded size and digest, every chunk's
-/// checksum, every trailer, and that the streams together hold the whole source.
-pub fn verify_dir(dir: &Path) -> Result<VerifyReport, BackupError> {
+/// Checks the backup `store` holds without restoring it: the manifest and its
+/// completion marker, every stream present with its recorded size and digest, every
+/// chunk's checksum, every trailer, that the streams together hold the whole source, and
+/// that the store holds no stream the manifest does not list.
+pub fn verify(store: &dyn Store) -> Result<VerifyReport, BackupError> {
     let OpenedBackup {
-        dir,
+        reader,
         manifest: m,
         streams: files,
-    } = open_backup(dir)?;
+    } = open_backup(store)?;
     let mut report = VerifyReport::default();
     let results: Vec<Result<StreamCheck, String>> = std::thread::scope(|s| {
         let handles: Vec<_> = m
@@ -115,8 +115,7 @@ pub fn verify_dir(dir: &Path) -> Result<VerifyReport, BackupError> {
                 let m = &m;
                 s.spawn(move || {
                     let f = f?;
-                    let media: Box<dyn Read + Send> = Box::new(f);
-                    check_stream(media, Some(m.compression), Some(e.device))
+                    check_stream(f.reader, Some(m.compression), Some(e.device))
                         .map_err(|p| format!("stream file {} (device {}): {p}", e.file, e.device))
                 })
             })
@@ -180,7 +179,7 @@ pub fn verify_dir(dir: &Path) -> Result<VerifyReport, BackupError> {
         }
     }
     let listed: Vec<&str> = m.streams.iter().map(|s| s.file.as_str()).collect();
-    if let Ok(names) = dir.entries() {
+    if let Ok(names) = reader.list() {
         for name in names {
             if crate::store::dir::is_stream_file_name(&name) && !listed.contains(&name.as_str()) {
                 report.problems.push(format!(
@@ -192,4 +191,12 @@ pub fn verify_dir(dir: &Path) -> Result<VerifyReport, BackupError> {
     }
     report.manifest = Some(m);
     Ok(report)
+}
+
+/// Checks the backup directory `dir` ([`verify`] of a [`DirStore`](crate::store::dir::DirStore)).
+pub fn verify_dir(dir: &std::path::Path) -> Result<VerifyReport, BackupError> {
+    verify(&crate::store::dir::DirStore::new(
+        dir,
+        crate::store::dir::Modes::DEFAULT,
+    ))
 }

@@ -13,11 +13,12 @@ use vdi_backup::{Context, Result};
 
 use crate::cli::EngineKnobs;
 use vdi_backup::cancel;
-use vdi_backup::client::{self, BackupDone, BackupPlan, BackupSrc, ClientErr, Dest};
+use vdi_backup::client::{self, BackupDone, BackupPlan, ClientErr};
 use vdi_backup::engine::{EngineReport, REPORT_PREFIX};
 use vdi_backup::error::{Kind, fail};
 use vdi_backup::fault::{Fault, Injector, Role};
 use vdi_backup::source::Spec;
+use vdi_backup::store;
 use vdi_backup::util::new_set_name;
 
 /// The engine child process.
@@ -340,6 +341,8 @@ pub struct BackupOutcome {
     pub done: BackupDone,
     /// The whole command, from start to the manifest.
     pub total: Duration,
+    /// DEST as typed.
+    pub dest: String,
     /// What the engine reported.
     pub engine: EngineReport,
 }
@@ -349,14 +352,13 @@ pub fn backup(req: &BackupRequest<'_>) -> Result<BackupOutcome> {
     let t0 = Instant::now();
     let spec = Spec::parse(req.source)?;
     let size = spec.probe()?;
-    let dest = Dest::parse(req.dest);
     let set = req.set.clone().unwrap_or_else(|| new_set_name("backup"));
     let inject = Arc::new(Injector::new(Role::Client, req.faults));
     let plan = BackupPlan {
         set: set.clone(),
         devices: req.devices,
         compression: req.compression,
-        dest: dest.clone(),
+        store: store::locate(req.dest, req.modes),
         force: req.force,
         source: SourceInfo {
             kind: spec.kind().name().into(),
@@ -369,7 +371,6 @@ pub fn backup(req: &BackupRequest<'_>) -> Result<BackupOutcome> {
         hint: None,
         allow_group: None,
         inject: inject.clone(),
-        modes: req.modes,
         stall: req.stall,
     };
     let prep = client::prepare_backup(plan)?;
@@ -401,6 +402,7 @@ pub fn backup(req: &BackupRequest<'_>) -> Result<BackupOutcome> {
         done,
         engine: report,
         total: t0.elapsed(),
+        dest: req.dest.to_owned(),
     })
 }
 
@@ -443,9 +445,11 @@ pub struct RestoreRequest<'a> {
 /// `vdi restore`.
 pub fn restore(req: &RestoreRequest<'_>) -> Result<RestoreOutcome> {
     let t0 = Instant::now();
-    let src = BackupSrc::parse(req.backup);
     let target = Spec::parse(req.target)?;
-    let opened = client::open_backup(&src, req.devices)?;
+    let opened = client::open_backup(
+        store::locate(req.backup, store::dir::Modes::DEFAULT).as_ref(),
+        req.devices,
+    )?;
     target.check_target(req.force)?;
     let set = req.set.clone().unwrap_or_else(|| new_set_name("restore"));
     let label = format!(

@@ -6,9 +6,6 @@
 //! `VDF_RequestComplete`) and then `VD_E_CLOSE`; only then, and only once the engine's
 //! outcome is known, is the manifest written (see [`commit_backup`]).
 
-use std::fs::File;
-use std::io::Read;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::mpsc::{self, Receiver};
 use std::time::{Duration, Instant};
@@ -18,7 +15,7 @@ use crate::codec::{self, StreamReader, StreamWriter, Written};
 use crate::format::manifest::{self, BackupError, Compression, Manifest, SourceInfo, StreamEntry};
 use crate::format::stream::{self, SourceKind, StreamHeader};
 use crate::meter::{Meter, Show};
-use crate::store::dir::{Committed, DestError, Modes, NewBackup};
+use crate::store::{self, Commit, ObjectWriter, Store, StoreWriter};
 use crate::util::is_disk_full;
 use vdi::{
     AbortCause, ClientDevice, ClientSet, Command, CommandCode, ErrorCode, Timeout, VdConfig,
@@ -28,52 +25,11 @@ use vdi::{
 use crate::cancel;
 use crate::error::{Kind, fail};
 use crate::fault::{Action, Injector};
-use crate::source::{PolledStdin, stdout_file};
 use crate::util::{
     ERROR_CRC, ERROR_READ_FAULT, ERROR_WRITE_FAULT, abort_cause, abort_sentence, device_name,
     now_secs, random_id, vd_fail,
 };
 use crate::watchdog;
-
-/// Where a backup goes.
-#[derive(Clone, Debug)]
-pub enum Dest {
-    /// A backup directory.
-    Dir(PathBuf),
-    /// Standard output (one device).
-    Stdout,
-}
-
-impl Dest {
-    /// `-` or a directory.
-    pub fn parse(s: &str) -> Dest {
-        if s == "-" {
-            Dest::Stdout
-        } else {
-            Dest::Dir(PathBuf::from(s))
-        }
-    }
-}
-
-/// Where a restore's data comes from.
-#[derive(Clone, Debug)]
-pub enum BackupSrc {
-    /// A backup directory.
-    Dir(PathBuf),
-    /// Standard input (one stream).
-    Stdin,
-}
-
-impl BackupSrc {
-    /// `-` or a directory.
-    pub fn parse(s: &str) -> BackupSrc {
-        if s == "-" {
-            BackupSrc::Stdin
-        } else {
-            BackupSrc::Dir(PathBuf::from(s))
-        }
-    }
-}
 
 /// A failure of the client role: its own root cause, or the echo of an abort whose cause
 /// the other role knows better.
@@ -127,7 +83,7 @@ pub struct BackupPlan {
     /// Compression of the stored streams.
     pub compression: Compression,
     /// Where to store.
-    pub dest: Dest,
+    pub store: Arc<dyn Store>,
     /// Replace an existing backup.
     pub force: bool,
     /// The source, for the manifest.
@@ -142,8 +98,6 @@ pub struct BackupPlan {
     pub allow_group: Option<u32>,
     /// Faults to inject in this role (`--inject client:...`).
     pub inject: Arc<Injector>,
-    /// The modes of the files and directories the backup makes.
-    pub modes: Modes,
     /// Give up when the engine makes no progress for this long (None: never).
     pub stall: Option<Duration>,
 }
@@ -153,23 +107,12 @@ pub struct BackupPlan {
 pub struct PreparedBackup {
     set: ClientSet,
     plan: BackupPlan,
-    media: Vec<File>,
-    /// The destination directory (None for standard output): locked, and removing what
-    /// this backup made unless it is committed.
-    new: Option<NewBackup>,
+    media: Vec<Box<dyn ObjectWriter>>,
+    /// The store's writer: holding the store, and removing what this backup wrote
+    /// unless it is committed.
+    writer: Option<Box<dyn StoreWriter>>,
     backup_id: [u8; 16],
     started: u64,
-}
-
-/// A failure to make the destination ready, as the tool reports it.
-fn dest_failure(e: DestError) -> crate::Error {
-    let kind = match &e {
-        DestError::Locked { .. } => Kind::SetBusy,
-        DestError::Refused(_) => Kind::TargetExists,
-        _ if e.io_error().is_some_and(is_disk_full) => Kind::DiskFull,
-        _ => Kind::Other,
-    };
-    fail(kind, e.to_string())
 }
 
 fn create_set(name: &str, devices: u32, allow_group: Option<u32>) -> Result<ClientSet> {
@@ -212,40 +155,36 @@ fn create_set(name: &str, devices: u32, allow_group: Option<u32>) -> Result<Clie
 /// Makes the destination ready (locked for the whole backup; a backup in it is replaced
 /// only with `--force`, and only once the new one is complete), then creates the set.
 pub fn prepare_backup(plan: BackupPlan) -> Result<PreparedBackup> {
-    let mut new = match &plan.dest {
-        Dest::Dir(d) => Some(NewBackup::prepare(d, plan.force, plan.modes).map_err(dest_failure)?),
-        Dest::Stdout if plan.devices != 1 => {
-            return Err(fail(
-                Kind::Usage,
+    let most = plan.store.properties().max_streams;
+    if plan.devices > most {
+        return Err(fail(
+            Kind::Usage,
+            if most == 1 {
                 format!(
-                    "destination - (standard output) holds a single stream: use --devices 1, not {}",
+                    "destination {} holds a single stream: use --devices 1, not {}",
+                    plan.store.describe(),
                     plan.devices
-                ),
-            ));
-        }
-        Dest::Stdout => None,
-    };
+                )
+            } else {
+                format!(
+                    "destination {} holds at most {most} streams: use at most --devices {most}, not {}",
+                    plan.store.describe(),
+                    plan.devices
+                )
+            },
+        ));
+    }
+    let mut writer = plan.store.begin(plan.force)?;
     let set = create_set(&plan.set, plan.devices, plan.allow_group)?;
-    let media = match &mut new {
-        None => {
-            vec![stdout_file().map_err(|e| fail(Kind::Usage, format!("destination -: {e}")))?]
-        }
-        Some(n) => {
-            let mut v = Vec::new();
-            for i in 0..plan.devices {
-                v.push(
-                    n.create(&manifest::stream_file_name(i, plan.compression))
-                        .map_err(dest_failure)?,
-                );
-            }
-            v
-        }
-    };
+    let mut media = Vec::new();
+    for i in 0..plan.devices {
+        media.push(writer.create(&manifest::stream_file_name(i, plan.compression))?);
+    }
     Ok(PreparedBackup {
         set,
         plan,
         media,
-        new,
+        writer: Some(writer),
         backup_id: random_id(),
         started: now_secs(),
     })
@@ -415,20 +354,13 @@ fn hash_and_complete(
 fn serve_backup_device(
     set: &ClientSet,
     index: u32,
-    media: File,
+    media: Box<dyn ObjectWriter>,
+    where_: String,
     plan: &BackupPlan,
     complete_enabled: bool,
     progress: &Meter,
 ) -> Result<DeviceOutcome, ClientErr> {
     let dev = open_device(set, index)?;
-    let where_ = match &plan.dest {
-        Dest::Dir(d) => format!(
-            "in {}",
-            d.join(manifest::stream_file_name(index, plan.compression))
-                .display()
-        ),
-        Dest::Stdout => "on standard output".into(),
-    };
     let store_err = |e: &std::io::Error| -> (u32, crate::Error) {
         if is_disk_full(e) {
             (
@@ -504,7 +436,7 @@ fn serve_backup_device(
 fn store_loop<'d>(
     dev: &'d ClientDevice,
     index: u32,
-    w: &mut StreamWriter<File>,
+    w: &mut StreamWriter<Box<dyn ObjectWriter>>,
     tx: &mpsc::Sender<Command<'d>>,
     store_err: &dyn Fn(&std::io::Error) -> (u32, crate::Error),
     (set, inj): (&ClientSet, &Injector),
@@ -681,15 +613,29 @@ pub fn serve_backup(
         );
         let shown = plan.display.show(progress.clone());
         let media = std::mem::take(&mut prep.media);
+        let writer = prep.writer.as_ref().ok_or_else(|| {
+            ClientErr::Root(crate::Error::other("the backup is already committed"))
+        })?;
+        let places: Vec<String> = (0..plan.devices)
+            .map(|i| writer.where_(&manifest::stream_file_name(i, plan.compression)))
+            .collect();
         let results: Vec<Result<DeviceOutcome, ClientErr>> = std::thread::scope(|s| {
             let hs: Vec<_> = media
                 .into_iter()
                 .enumerate()
-                .map(|(i, m)| {
+                .zip(places)
+                .map(|((i, m), where_)| {
                     let (set, plan, progress) = (&set, plan, &progress);
                     s.spawn(move || {
-                        let r =
-                            serve_backup_device(set, i as u32, m, plan, complete_enabled, progress);
+                        let r = serve_backup_device(
+                            set,
+                            i as u32,
+                            m,
+                            where_,
+                            plan,
+                            complete_enabled,
+                            progress,
+                        );
                         if matches!(r, Err(ClientErr::Root(_))) {
                             // A failure here fails the whole backup: stop the engine now.
                             let _ = set.signal_abort();
@@ -739,11 +685,8 @@ pub struct BackupDone {
     pub manifest: Manifest,
     /// Time spent moving data.
     pub elapsed: Duration,
-    /// Where the backup is.
-    pub dest: Dest,
-    /// What storing it in the destination directory did (replaced a backup, moved
-    /// files), if it went to a directory.
-    pub committed: Option<Committed>,
+    /// What storing it did besides (replaced a backup, moved files).
+    pub commit: Commit,
 }
 
 impl BackupDone {
@@ -760,34 +703,13 @@ impl BackupDone {
                 }
             );
         }
-        let (Some(c), Dest::Dir(d)) = (&self.committed, &self.dest) else {
-            return;
-        };
-        let d = d.display();
         if !quiet {
-            if let Some(id) = &c.replaced {
-                tracing::info!(
-                    "replaced backup {id} in {d}: its files were removed once the new backup was complete"
-                );
-            }
-            if !c.removed_leftovers.is_empty() {
-                tracing::info!(
-                    "removed what an interrupted backup had left in {d}: {}",
-                    c.removed_leftovers.join(", ")
-                );
-            }
-            if !c.moved.is_empty() {
-                tracing::info!(
-                    "kept in {d} the file(s) vdi did not write: {}",
-                    c.moved.join(", ")
-                );
+            for n in &self.commit.notes {
+                tracing::info!("{n}");
             }
         }
-        if let Some(k) = &c.kept_in {
-            tracing::warn!(
-                "files vdi did not write were in {d} under names the new backup uses; they were kept in {}",
-                k.display()
-            );
+        for w in &self.commit.warnings {
+            tracing::warn!("{w}");
         }
     }
 }
@@ -845,17 +767,19 @@ pub fn commit_backup(mut served: ServedBackup) -> Result<BackupDone> {
         streams,
         complete: true,
     };
-    let mut committed = None;
-    if let Some(new) = served.prep.new.take() {
-        let bytes = manifest::manifest_bytes(&manifest)
-            .map_err(|e| fail(Kind::Other, format!("encoding the manifest: {e}")))?;
-        committed = Some(new.commit(&bytes).map_err(dest_failure)?);
-    }
+    let bytes = manifest::manifest_bytes(&manifest)
+        .map_err(|e| fail(Kind::Other, format!("encoding the manifest: {e}")))?;
+    let writer = served
+        .prep
+        .writer
+        .take()
+        .ok_or_else(|| crate::Error::other("the backup is already committed"))?;
+    // The manifest last: the store refuses it while any stream is not finished.
+    let commit = writer.commit(&bytes)?;
     Ok(BackupDone {
         manifest,
         elapsed: served.elapsed,
-        dest: served.prep.plan.dest.clone(),
-        committed,
+        commit,
     })
 }
 
@@ -883,66 +807,59 @@ impl OpenedBackup {
 
 /// Opens a stored backup: the manifest with its completion marker, and every stream file
 /// with the size the manifest records. `devices`, if given, must be the backup's count.
-pub fn open_backup(src: &BackupSrc, devices: Option<u32>) -> Result<OpenedBackup> {
-    match src {
-        BackupSrc::Stdin => {
-            if let Some(n) = devices.filter(|&n| n != 1) {
-                return Err(fail(
-                    Kind::Damaged,
-                    format!(
-                        "mismatched device count: a stream on standard input is one device, not {n}"
-                    ),
-                ));
-            }
-            let media: Box<dyn Read + Send> = Box::new(
-                PolledStdin::open().map_err(|e| fail(Kind::Usage, format!("backup -: {e}")))?,
-            );
-            let r = codec::detect_compression(media)
-                .and_then(|(m, c)| StreamReader::new_unhashed(m, c))
-                .map_err(|e| fail(Kind::Input, format!("reading standard input: {e}")))?;
-            Ok(OpenedBackup {
-                manifest: None,
-                readers: vec![(r, None)],
-            })
+pub fn open_backup(store: &dyn Store, devices: Option<u32>) -> Result<OpenedBackup> {
+    if !store.properties().keeps_manifest {
+        // One bare stream (standard input): no manifest to check it against.
+        if let Some(n) = devices.filter(|&n| n != 1) {
+            return Err(fail(
+                Kind::Damaged,
+                format!(
+                    "mismatched device count: a stream on standard input is one device, not {n}"
+                ),
+            ));
         }
-        BackupSrc::Dir(d) => {
-            let opened = crate::store::dir::open_backup(d).map_err(|e| match &e {
-                BackupError::Unreadable { .. } => fail(Kind::Input, e.to_string()),
-                _ => fail(Kind::Damaged, format!("cannot restore: {e}")),
-            })?;
-            let m = opened.manifest;
-            if let Some(n) = devices
-                && n != m.device_count
-            {
-                return Err(fail(
-                    Kind::Damaged,
-                    format!(
-                        "mismatched device count: backup {} was made with {} devices; it must be restored with {} devices, not {n}",
-                        d.display(),
-                        m.device_count,
-                        m.device_count
-                    ),
-                ));
-            }
-            let mut readers = Vec::new();
-            for (e, f) in m.streams.iter().zip(opened.streams) {
-                let f = f.map_err(|p| {
-                    fail(
-                        Kind::Damaged,
-                        format!("backup {} is damaged: {p}", d.display()),
-                    )
-                })?;
-                let media: Box<dyn Read + Send> = Box::new(f);
-                let r = StreamReader::new_unhashed(media, m.compression)
-                    .map_err(|err| fail(Kind::Damaged, format!("stream file {}: {err}", e.file)))?;
-                readers.push((r, Some(e.clone())));
-            }
-            Ok(OpenedBackup {
-                manifest: Some(m),
-                readers,
-            })
-        }
+        let reader = store.open().map_err(store::backup_failure)?;
+        let name = manifest::stream_file_name(0, Compression::None);
+        let media = reader
+            .open(&name)
+            .map_err(|e| fail(Kind::Usage, format!("backup -: {} {e}", reader.place())))?
+            .reader;
+        let r = codec::detect_compression(media)
+            .and_then(|(m, c)| StreamReader::new_unhashed(m, c))
+            .map_err(|e| fail(Kind::Input, format!("reading standard input: {e}")))?;
+        return Ok(OpenedBackup {
+            manifest: None,
+            readers: vec![(r, None)],
+        });
     }
+    let opened = store::open_backup(store).map_err(|e| match &e {
+        BackupError::Unreadable(_) => fail(Kind::Input, e.to_string()),
+        _ => fail(Kind::Damaged, format!("cannot restore: {e}")),
+    })?;
+    let place = opened.reader.place();
+    let m = opened.manifest;
+    if let Some(n) = devices
+        && n != m.device_count
+    {
+        return Err(fail(
+            Kind::Damaged,
+            format!(
+                "mismatched device count: backup {place} was made with {} devices; it must be restored with {} devices, not {n}",
+                m.device_count, m.device_count
+            ),
+        ));
+    }
+    let mut readers = Vec::new();
+    for (e, f) in m.streams.iter().zip(opened.streams) {
+        let f = f.map_err(|p| fail(Kind::Damaged, format!("backup {place} is damaged: {p}")))?;
+        let r = StreamReader::new_unhashed(f.reader, m.compression)
+            .map_err(|err| fail(Kind::Damaged, format!("stream file {}: {err}", e.file)))?;
+        readers.push((r, Some(e.clone())));
+    }
+    Ok(OpenedBackup {
+        manifest: Some(m),
+        readers,
+    })
 }
 
 /// A set created to serve a restore.

@@ -22,7 +22,6 @@
 //! ```
 
 use std::io;
-use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
@@ -160,34 +159,74 @@ pub struct Manifest {
     pub complete: bool,
 }
 
-/// What is wrong with a backup directory.
+/// Why a stored backup cannot be read.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum BackupError {
-    /// The directory does not exist or cannot be read.
-    #[error("cannot read backup {path}: {source}")]
-    Unreadable {
-        /// The directory.
-        path: PathBuf,
-        /// Why.
-        source: io::Error,
-    },
+    /// The backup (or its manifest) cannot be read: the sentence says which and why.
+    #[error("{0}")]
+    Unreadable(String),
     /// No manifest: the backup never completed (or this is not a backup).
     #[error(
-        "{path} holds no {MANIFEST}: it is not a completed backup (an interrupted or failed backup leaves none)"
+        "{place} holds no {MANIFEST}: it is not a completed backup (an interrupted or failed backup leaves none)"
     )]
     NoManifest {
-        /// The directory.
-        path: PathBuf,
+        /// The backup (a directory).
+        place: String,
     },
     /// The manifest cannot be parsed or is not complete.
-    #[error("{path}: {what}")]
+    #[error("{place}: {what}")]
     BadManifest {
         /// The manifest.
-        path: PathBuf,
+        place: String,
         /// What is wrong.
         what: String,
     },
+}
+
+/// Parses and checks a stored manifest (`place` names it in messages): this format and
+/// version, the completion marker, one stream per device, in order, with file names
+/// that stay inside the backup.
+pub fn check_manifest(bytes: &[u8], place: &str) -> Result<Manifest, BackupError> {
+    let bad = |what: String| BackupError::BadManifest {
+        place: place.to_owned(),
+        what,
+    };
+    let m: Manifest =
+        serde_json::from_slice(bytes).map_err(|e| bad(format!("not a valid manifest: {e}")))?;
+    if m.format != FORMAT {
+        return Err(bad(format!("format is '{}', not '{FORMAT}'", m.format)));
+    }
+    if m.version != FORMAT_VERSION {
+        return Err(bad(format!(
+            "manifest version {}; this vdi reads version {FORMAT_VERSION}",
+            m.version
+        )));
+    }
+    if !m.complete {
+        return Err(bad(
+            "the manifest does not carry the completion marker: the backup did not complete".into(),
+        ));
+    }
+    if m.device_count == 0
+        || m.device_count > crate::format::stream::MAX_DEVICES
+        || m.streams.len() != m.device_count as usize
+    {
+        return Err(bad(format!(
+            "device_count is {} but {} streams are listed",
+            m.device_count,
+            m.streams.len()
+        )));
+    }
+    for (i, s) in m.streams.iter().enumerate() {
+        if s.device != i as u32 {
+            return Err(bad(format!("stream {i} is listed for device {}", s.device)));
+        }
+        if s.file.contains('/') || s.file.contains('\\') || s.file.starts_with('.') {
+            return Err(bad(format!("stream file name '{}' is not allowed", s.file)));
+        }
+    }
+    Ok(m)
 }
 
 /// Parses a manifest's bytes as a manifest of this format, complete or not (what a

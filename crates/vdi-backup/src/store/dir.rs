@@ -1247,82 +1247,25 @@ mod tests {
 }
 
 // ---------------------------------------------------------------------------------------
-// A backup in a directory: its manifest and stream files.
+// A backup in a directory: its manifest.
 
-use crate::codec::peek_header;
-use crate::format::manifest::{
-    BackupError, FORMAT, FORMAT_VERSION, Manifest, StreamEntry, manifest_bytes,
-};
+use crate::format::manifest::{BackupError, Manifest, check_manifest, manifest_bytes};
 use crate::format::stream;
 
 /// Reads and checks the manifest of backup directory `dir`.
 pub fn read_manifest(dir: &Path) -> Result<Manifest, BackupError> {
-    read_manifest_in(&open_dir(dir)?)
+    let r = DirReader(open_dir(dir)?);
+    let bytes =
+        crate::store::StoreReader::read_manifest(&r)?.ok_or_else(|| BackupError::NoManifest {
+            place: dir.display().to_string(),
+        })?;
+    check_manifest(&bytes, &dir.join(MANIFEST).display().to_string())
 }
 
 /// Opens the backup directory `dir` (not following a link there).
 pub fn open_dir(dir: &Path) -> Result<BackupDir, BackupError> {
-    BackupDir::open(dir).map_err(|e| BackupError::Unreadable {
-        path: dir.to_owned(),
-        source: e,
-    })
-}
-
-/// Reads and checks the manifest of the open backup directory `dir`: a regular file of
-/// at most [`MAX_MANIFEST_BYTES`], never followed through a link, never waited for.
-pub fn read_manifest_in(dir: &BackupDir) -> Result<Manifest, BackupError> {
-    let path = dir.path().join(MANIFEST);
-    let bad = |what: String| BackupError::BadManifest {
-        path: path.clone(),
-        what,
-    };
-    let bytes = match dir.read_regular(MANIFEST, MAX_MANIFEST_BYTES) {
-        Ok(b) => b,
-        Err(FileError::Missing) => {
-            return Err(BackupError::NoManifest {
-                path: dir.path().to_owned(),
-            });
-        }
-        Err(FileError::Io(e)) => {
-            return Err(BackupError::Unreadable { path, source: e });
-        }
-        Err(e) => return Err(bad(format!("it {e}"))),
-    };
-    let m: Manifest =
-        serde_json::from_slice(&bytes).map_err(|e| bad(format!("not a valid manifest: {e}")))?;
-    if m.format != FORMAT {
-        return Err(bad(format!("format is '{}', not '{FORMAT}'", m.format)));
-    }
-    if m.version != FORMAT_VERSION {
-        return Err(bad(format!(
-            "manifest version {}; this vdi reads version {FORMAT_VERSION}",
-            m.version
-        )));
-    }
-    if !m.complete {
-        return Err(bad(
-            "the manifest does not carry the completion marker: the backup did not complete".into(),
-        ));
-    }
-    if m.device_count == 0
-        || m.device_count > stream::MAX_DEVICES
-        || m.streams.len() != m.device_count as usize
-    {
-        return Err(bad(format!(
-            "device_count is {} but {} streams are listed",
-            m.device_count,
-            m.streams.len()
-        )));
-    }
-    for (i, s) in m.streams.iter().enumerate() {
-        if s.device != i as u32 {
-            return Err(bad(format!("stream {i} is listed for device {}", s.device)));
-        }
-        if s.file.contains('/') || s.file.contains('\\') || s.file.starts_with('.') {
-            return Err(bad(format!("stream file name '{}' is not allowed", s.file)));
-        }
-    }
-    Ok(m)
+    BackupDir::open(dir)
+        .map_err(|e| BackupError::Unreadable(format!("cannot read backup {}: {e}", dir.display())))
 }
 
 /// Writes `manifest` into `dir` atomically: a temporary file, synced, renamed to
@@ -1337,155 +1280,185 @@ pub fn write_manifest(dir: &Path, manifest: &Manifest) -> io::Result<()> {
     )
 }
 
-/// Opens the stream file of `entry` in backup `dir` (of `manifest`): a regular file,
-/// never followed through a link, holding this device's stream of this backup (its
-/// header says so, when the manifest records the backup's stream id), of the size the
-/// manifest records.
-pub fn open_stream_in(
-    dir: &BackupDir,
-    manifest: &Manifest,
-    entry: &StreamEntry,
-) -> Result<File, String> {
-    let what = format!("stream file {} (device {})", entry.file, entry.device);
-    let f = dir
-        .open_regular(&entry.file, None)
-        .map_err(|e| format!("{what} {e}"))?;
-    if let Some(id) = &manifest.stream_id
-        && let Some(h) = peek_header(&f, manifest.compression)
-    {
-        if stream::hex_id(&h.stream_id) != *id {
-            return Err(format!(
-                "{what} belongs to another backup (stream id {}), not to this one ({id}): it was replaced after the backup",
-                stream::hex_id(&h.stream_id)
-            ));
-        }
-        if h.device != entry.device {
-            let theirs = manifest
-                .streams
-                .get(h.device as usize)
-                .map(|e| format!(", which the manifest calls {}", e.file))
-                .unwrap_or_default();
-            return Err(format!(
-                "{what} holds the stream of device {}{theirs}: the stream files were swapped or renamed",
-                h.device
-            ));
-        }
-    }
-    let len = f
-        .metadata()
-        .map_err(|e| format!("cannot read {what}: {e}"))?
-        .len();
-    if len < entry.stored_bytes {
-        return Err(format!(
-            "{what} is truncated: it has {len} bytes, the manifest records {}",
-            entry.stored_bytes
-        ));
-    }
-    if len > entry.stored_bytes {
-        return Err(format!(
-            "{what} has {len} bytes, the manifest records {}: it was changed after the backup",
-            entry.stored_bytes
-        ));
-    }
-    Ok(f)
+// ---------------------------------------------------------------------------------------
+// The directory as a `Store`.
+
+/// A backup directory as a [`Store`](crate::store::Store): [`NewBackup`] writes into it
+/// (lock, staging beside it and an exchange to replace, private modes), [`BackupDir`]
+/// reads from it (no link followed, only regular files, bounded manifest).
+#[derive(Clone, Debug)]
+pub struct DirStore {
+    path: PathBuf,
+    modes: Modes,
 }
 
-/// A stored backup, opened: the directory, its manifest, and each stream file (or why it
-/// cannot be used), all opened together.
-#[derive(Debug)]
-pub struct OpenedBackup {
+impl DirStore {
+    /// The backup directory `path`, whose new files and directories get `modes`.
+    pub fn new(path: impl Into<PathBuf>, modes: Modes) -> DirStore {
+        DirStore {
+            path: path.into(),
+            modes,
+        }
+    }
+
     /// The directory.
-    pub dir: BackupDir,
-    /// The manifest, checked.
-    pub manifest: Manifest,
-    /// Each device's stream file, or what is wrong with it.
-    pub streams: Vec<Result<File, String>>,
-}
-
-/// Opens the backup in directory `path`: its manifest and every stream file it lists.
-/// If the backup was replaced while it was being opened (`vdi backup --force` swapped a
-/// new one in), it is opened again, so what is returned is one backup, whole.
-pub fn open_backup(path: &Path) -> Result<OpenedBackup, BackupError> {
-    let mut tries = 0;
-    loop {
-        tries += 1;
-        let dir = open_dir(path)?;
-        let manifest = read_manifest_in(&dir);
-        if manifest.is_err() && tries < 3 && !dir.still_at_path() {
-            continue;
-        }
-        let manifest = manifest?;
-        let streams: Vec<Result<File, String>> = manifest
-            .streams
-            .iter()
-            .map(|e| open_stream_in(&dir, &manifest, e))
-            .collect();
-        if tries < 3 && !dir.still_at_path() {
-            continue;
-        }
-        return Ok(OpenedBackup {
-            dir,
-            manifest,
-            streams,
-        });
+    pub fn path(&self) -> &Path {
+        &self.path
     }
 }
 
-#[cfg(test)]
-mod manifest_tests {
-    use super::*;
-    use crate::format::manifest::*;
+/// A failure to make the destination ready, as a kind and a message.
+pub fn dest_failure(e: DestError) -> crate::Error {
+    use crate::error::{Kind, fail};
+    let kind = match &e {
+        DestError::Locked { .. } => Kind::SetBusy,
+        DestError::Refused(_) => Kind::TargetExists,
+        _ if e.io_error().is_some_and(crate::util::is_disk_full) => Kind::DiskFull,
+        _ => Kind::Other,
+    };
+    fail(kind, e.to_string())
+}
 
-    #[test]
-    fn manifest_round_trip_and_checks() {
-        let dir = tempfile::tempdir().unwrap();
-        assert!(matches!(
-            read_manifest(dir.path()),
-            Err(BackupError::NoManifest { .. })
-        ));
-        let mut m = Manifest {
-            format: FORMAT.into(),
-            version: FORMAT_VERSION,
-            backup_id: "00".repeat(16),
-            stream_id: None,
-            set_name: "s".into(),
-            tool: "vdi".into(),
-            started: 1,
-            completed: 2,
-            source: SourceInfo {
-                kind: "file".into(),
-                name: "file:x".into(),
-                bytes: Some(0),
-                checked: true,
-            },
-            device_count: 1,
-            block_size: 4096,
-            max_transfer_size: 1 << 20,
-            compression: Compression::Zstd { level: 3 },
-            total_stream_bytes: 0,
-            total_stored_bytes: 0,
-            streams: vec![StreamEntry {
-                device: 0,
-                file: "device-0.stream.zst".into(),
-                stream_bytes: 0,
-                stored_bytes: 0,
-                blake3: String::new(),
-            }],
-            complete: true,
+impl crate::store::Store for DirStore {
+    fn describe(&self) -> String {
+        format!("backup directory {}", self.path.display())
+    }
+
+    fn properties(&self) -> crate::store::Properties {
+        crate::store::Properties {
+            atomic_replace: true,
+            keeps_manifest: true,
+            max_streams: stream::MAX_DEVICES,
+        }
+    }
+
+    fn begin(&self, force: bool) -> crate::Result<Box<dyn crate::store::StoreWriter>> {
+        let new = NewBackup::prepare(&self.path, force, self.modes).map_err(dest_failure)?;
+        Ok(Box::new(DirWriter {
+            new,
+            tracker: crate::store::Tracker::default(),
+        }))
+    }
+
+    fn open(&self) -> Result<Box<dyn crate::store::StoreReader>, BackupError> {
+        Ok(Box::new(DirReader(open_dir(&self.path)?)))
+    }
+}
+
+#[derive(Debug)]
+struct DirWriter {
+    new: NewBackup,
+    tracker: crate::store::Tracker,
+}
+
+/// A stream file of a backup being written.
+#[derive(Debug)]
+struct DirObject(File);
+
+impl Write for DirObject {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.write(buf)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.0.flush()
+    }
+}
+
+impl crate::store::ObjectWriter for DirObject {
+    fn sync(&mut self) -> io::Result<()> {
+        self.0.sync_data()
+    }
+    fn finish(&mut self) -> io::Result<()> {
+        self.0.sync_data()
+    }
+}
+
+impl crate::store::StoreWriter for DirWriter {
+    fn where_(&self, name: &str) -> String {
+        format!("in {}", self.new.dest().join(name).display())
+    }
+
+    fn create(&mut self, name: &str) -> crate::Result<Box<dyn crate::store::ObjectWriter>> {
+        let f = self.new.create(name).map_err(dest_failure)?;
+        Ok(self.tracker.track(name, DirObject(f)))
+    }
+
+    fn commit(self: Box<Self>, manifest: &[u8]) -> crate::Result<crate::store::Commit> {
+        self.tracker.all_finished()?;
+        let d = self.new.dest().display().to_string();
+        let c = self.new.commit(manifest).map_err(dest_failure)?;
+        let mut out = crate::store::Commit {
+            replaced: c.replaced.clone(),
+            ..Default::default()
         };
-        write_manifest(dir.path(), &m).unwrap();
-        assert_eq!(read_manifest(dir.path()).unwrap(), m);
-        let text = std::fs::read_to_string(dir.path().join(MANIFEST)).unwrap();
-        assert!(text.trim_end().ends_with("\"complete\": true\n}"), "{text}");
-        m.complete = false;
-        write_manifest(dir.path(), &m).unwrap();
-        assert!(matches!(
-            read_manifest(dir.path()),
-            Err(BackupError::BadManifest { .. })
-        ));
-        m.complete = true;
-        m.streams[0].file = "../etc/passwd".into();
-        write_manifest(dir.path(), &m).unwrap();
-        assert!(read_manifest(dir.path()).is_err());
+        if let Some(id) = &c.replaced {
+            out.notes.push(format!(
+                "replaced backup {id} in {d}: its files were removed once the new backup was complete"
+            ));
+        }
+        if !c.removed_leftovers.is_empty() {
+            out.notes.push(format!(
+                "removed what an interrupted backup had left in {d}: {}",
+                c.removed_leftovers.join(", ")
+            ));
+        }
+        if !c.moved.is_empty() {
+            out.notes.push(format!(
+                "kept in {d} the file(s) vdi did not write: {}",
+                c.moved.join(", ")
+            ));
+        }
+        if let Some(k) = &c.kept_in {
+            out.warnings.push(format!(
+                "files vdi did not write were in {d} under names the new backup uses; they were kept in {}",
+                k.display()
+            ));
+        }
+        Ok(out)
+    }
+}
+
+#[derive(Debug)]
+struct DirReader(BackupDir);
+
+impl crate::store::StoreReader for DirReader {
+    fn place(&self) -> String {
+        self.0.path().display().to_string()
+    }
+
+    fn place_of(&self, name: &str) -> String {
+        self.0.path().join(name).display().to_string()
+    }
+
+    fn read_manifest(&self) -> Result<Option<Vec<u8>>, BackupError> {
+        let place = self.place_of(MANIFEST);
+        match self.0.read_regular(MANIFEST, MAX_MANIFEST_BYTES) {
+            Ok(b) => Ok(Some(b)),
+            Err(FileError::Missing) => Ok(None),
+            Err(FileError::Io(e)) => Err(BackupError::Unreadable(format!(
+                "cannot read backup {place}: {e}"
+            ))),
+            Err(e) => Err(BackupError::BadManifest {
+                place,
+                what: format!("it {e}"),
+            }),
+        }
+    }
+
+    fn open(&self, name: &str) -> Result<crate::store::Object, String> {
+        let f = self.0.open_regular(name, None).map_err(|e| e.to_string())?;
+        let len = f.metadata().ok().map(|m| m.len());
+        Ok(crate::store::Object {
+            reader: Box::new(f),
+            len,
+        })
+    }
+
+    fn list(&self) -> io::Result<Vec<String>> {
+        self.0.entries()
+    }
+
+    fn still_current(&self) -> bool {
+        self.0.still_at_path()
     }
 }

@@ -2,7 +2,6 @@
 
 use serde_json::json;
 use vdi_backup::Result;
-use vdi_backup::client::Dest;
 use vdi_backup::units::{bytes_per_sec, human_bytes, human_rate};
 
 use crate::cli::BackupArgs;
@@ -33,11 +32,8 @@ fn report_backup(o: &BackupOutcome, json: bool, quiet: bool) {
     o.done.report_commit(quiet || json);
     let m = &o.done.manifest;
     let secs = o.total.as_secs_f64();
-    let to_stdout = matches!(o.done.dest, Dest::Stdout);
-    let dest = match &o.done.dest {
-        Dest::Dir(d) => d.display().to_string(),
-        Dest::Stdout => "-".into(),
-    };
+    let to_stdout = o.dest == "-";
+    let dest = &o.dest;
     if json {
         print_json(
             &json!({
@@ -59,7 +55,7 @@ fn report_backup(o: &BackupOutcome, json: bool, quiet: bool) {
                 "snapshot_seconds": o.engine.snapshot_seconds,
                 "bytes_per_second": bytes_per_sec(o.engine.source_bytes, o.total),
                 "engine_pid": o.engine.pid,
-                "replaced": o.done.committed.as_ref().and_then(|c| c.replaced.clone()),
+                "replaced": o.done.commit.replaced,
                 "streams": m.streams,
             }),
             to_stdout,

@@ -3,9 +3,10 @@
 
 use serde_json::json;
 use vdi_backup::Result;
-use vdi_backup::client::{self, BackupPlan, BackupSrc, Dest};
+use vdi_backup::client::{self, BackupPlan};
 use vdi_backup::fault::{Injector, Role, only_role};
 use vdi_backup::format::manifest::SourceInfo;
+use vdi_backup::store;
 use vdi_backup::units::human_bytes;
 
 use super::wait_opt;
@@ -21,7 +22,7 @@ pub(super) fn backup(a: &ClientBackupArgs) -> Result<()> {
         set: a.set.clone(),
         devices: a.devices,
         compression: a.compress,
-        dest: Dest::parse(&a.dest),
+        store: store::locate(&a.dest, a.mode),
         force: a.force,
         source: SourceInfo {
             kind: "unknown".into(),
@@ -36,7 +37,6 @@ pub(super) fn backup(a: &ClientBackupArgs) -> Result<()> {
             a.set
         )),
         allow_group: a.allow_group,
-        modes: a.mode,
         stall: a.stall.limit(),
     };
     let prep = client::prepare_backup(plan)?;
@@ -79,8 +79,10 @@ pub(super) fn backup(a: &ClientBackupArgs) -> Result<()> {
 pub(super) fn restore(a: &ClientRestoreArgs) -> Result<()> {
     only_role(&a.inject.faults, Role::Client, "client restore")?;
     let inject = std::sync::Arc::new(Injector::new(Role::Client, &a.inject.faults));
-    let src = BackupSrc::parse(&a.backup);
-    let opened = client::open_backup(&src, a.devices)?;
+    let opened = client::open_backup(
+        store::locate(&a.backup, store::dir::Modes::DEFAULT).as_ref(),
+        a.devices,
+    )?;
     let label = format!("serve {} through {} device(s)", a.backup, opened.devices());
     let prep = client::prepare_restore(
         client::RestorePlan {
