@@ -573,6 +573,104 @@ fn first_error<T>(results: Vec<Result<T, ClientErr>>) -> Result<Vec<T>, ClientEr
     Ok(ok)
 }
 
+/// What the two serve loops (backup and restore) share: the set, how long to wait for
+/// the engine and how to tell it is alive, what progress is shown, and what the engine
+/// must have opened the set for.
+struct Session<'a> {
+    set: &'a ClientSet,
+    alive: &'a dyn Fn() -> Result<()>,
+    wait: Option<Duration>,
+    hint: Option<&'a str>,
+    stall: Option<Duration>,
+    engine_pid: Option<u32>,
+    /// `backup` or `restore`.
+    op: &'static str,
+    /// `features::WRITE_MEDIA` (backup) or `features::READ_MEDIA` (restore).
+    media: u32,
+    display: &'a dyn Show,
+    label: String,
+    total: Option<u64>,
+}
+
+impl Session<'_> {
+    /// Waits for the engine's configuration, then runs `device` for each device on a
+    /// thread of its own (device `i` gets `per_device[i]`), with the watchdog and the
+    /// progress shown, and closes the set in every case. A device's own failure aborts
+    /// the set at once, so the engine stops too; the first root cause is returned.
+    fn serve<I: Send, T: Send>(
+        &self,
+        per_device: Vec<I>,
+        on_config: impl FnOnce(&VdConfig),
+        device: impl Fn(u32, I, &Meter) -> Result<T, ClientErr> + Sync,
+    ) -> Result<(VdConfig, Vec<T>, Duration), ClientErr> {
+        let set = self.set;
+        let _guard = {
+            let s = set.clone();
+            cancel::on_interrupt(move || {
+                let _ = s.signal_abort();
+            })
+        };
+        let result = (|| {
+            let cfg = wait_config(set, self.alive, self.wait, self.hint)?;
+            if cfg.features & self.media == 0 {
+                let (opened, started) = if self.op == "backup" {
+                    ("a restore", "a backup")
+                } else {
+                    ("a backup", "a restore")
+                };
+                return Err(ClientErr::Root(fail(
+                    Kind::PeerFailed,
+                    format!(
+                        "the engine opened the set for {opened}, but this backup application was started for {started}"
+                    ),
+                )));
+            }
+            on_config(&cfg);
+            let watch = watch_engine(set, self.stall, self.engine_pid, self.op);
+            let progress = Meter::new(&self.label, per_device.len() as u32, self.total);
+            let shown = self.display.show(progress.clone());
+            let results: Vec<Result<T, ClientErr>> = std::thread::scope(|s| {
+                let hs: Vec<_> = per_device
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, x)| {
+                        let (device, progress) = (&device, &progress);
+                        s.spawn(move || {
+                            let r = device(i as u32, x, progress);
+                            if matches!(r, Err(ClientErr::Root(_))) {
+                                // A failure here fails the whole operation: stop the
+                                // engine now.
+                                let _ = set.signal_abort();
+                            }
+                            r
+                        })
+                    })
+                    .collect();
+                hs.into_iter()
+                    .map(|h| {
+                        h.join().unwrap_or_else(|_| {
+                            Err(ClientErr::Root(crate::Error::other(
+                                "a device thread panicked",
+                            )))
+                        })
+                    })
+                    .collect()
+            });
+            drop(shown);
+            let elapsed = progress.elapsed();
+            drop(watch);
+            if let Some(e) = watchdog::take_failure() {
+                return Err(ClientErr::Root(e));
+            }
+            Ok((cfg, first_error(results)?, elapsed))
+        })();
+        let closed = set.close();
+        let r = result?;
+        closed.map_err(|e| vd_err(&e, "closing the set"))?;
+        Ok(r)
+    }
+}
+
 /// Serves the engine's backup until every device ends; `alive` is asked while waiting
 /// for the engine (it fails if the engine process is gone).
 pub fn serve_backup(
@@ -580,92 +678,52 @@ pub fn serve_backup(
     alive: &dyn Fn() -> Result<()>,
     engine_pid: Option<u32>,
 ) -> Result<ServedBackup, ClientErr> {
-    let set = prep.set.clone();
-    let _guard = {
-        let s = set.clone();
-        cancel::on_interrupt(move || {
-            let _ = s.signal_abort();
+    let writer = prep
+        .writer
+        .as_ref()
+        .ok_or_else(|| ClientErr::Root(crate::Error::other("the backup is already committed")))?;
+    let plan = &prep.plan;
+    let devices: Vec<(Box<dyn ObjectWriter>, String)> = std::mem::take(&mut prep.media)
+        .into_iter()
+        .enumerate()
+        .map(|(i, m)| {
+            let name = manifest::stream_file_name(i as u32, plan.compression);
+            (m, writer.where_(&name))
         })
+        .collect();
+    let complete_enabled = std::sync::atomic::AtomicBool::new(false);
+    let session = Session {
+        set: &prep.set,
+        alive,
+        wait: plan.wait,
+        hint: plan.hint.as_deref(),
+        stall: plan.stall,
+        engine_pid,
+        op: "backup",
+        media: features::WRITE_MEDIA,
+        display: plan.display.as_ref(),
+        label: format!(
+            "backup {} through {} device(s)",
+            plan.source.name, plan.devices
+        ),
+        total: plan.source.bytes,
     };
-    let result = (|| {
-        let cfg = wait_config(&set, alive, prep.plan.wait, prep.plan.hint.as_deref())?;
-        if cfg.features & features::WRITE_MEDIA == 0 {
-            return Err(ClientErr::Root(fail(
-                Kind::PeerFailed,
-                "the engine opened the set for a restore, but this backup application was started for a backup",
-            )));
-        }
-        let complete_enabled = cfg.features & features::COMPLETE_ENABLED != 0;
-        if !complete_enabled {
-            tracing::warn!(
-                "the engine did not enable VDC_Complete; the backup ends at the devices' close"
-            );
-        }
-        let plan = &prep.plan;
-        let watch = watch_engine(&set, plan.stall, engine_pid, "backup");
-        let progress = Meter::new(
-            &format!(
-                "backup {} through {} device(s)",
-                plan.source.name, plan.devices
-            ),
-            plan.devices,
-            plan.source.bytes,
-        );
-        let shown = plan.display.show(progress.clone());
-        let media = std::mem::take(&mut prep.media);
-        let writer = prep.writer.as_ref().ok_or_else(|| {
-            ClientErr::Root(crate::Error::other("the backup is already committed"))
-        })?;
-        let places: Vec<String> = (0..plan.devices)
-            .map(|i| writer.where_(&manifest::stream_file_name(i, plan.compression)))
-            .collect();
-        let results: Vec<Result<DeviceOutcome, ClientErr>> = std::thread::scope(|s| {
-            let hs: Vec<_> = media
-                .into_iter()
-                .enumerate()
-                .zip(places)
-                .map(|((i, m), where_)| {
-                    let (set, plan, progress) = (&set, plan, &progress);
-                    s.spawn(move || {
-                        let r = serve_backup_device(
-                            set,
-                            i as u32,
-                            m,
-                            where_,
-                            plan,
-                            complete_enabled,
-                            progress,
-                        );
-                        if matches!(r, Err(ClientErr::Root(_))) {
-                            // A failure here fails the whole backup: stop the engine now.
-                            let _ = set.signal_abort();
-                        }
-                        r
-                    })
-                })
-                .collect();
-            hs.into_iter()
-                .map(|h| {
-                    h.join().unwrap_or_else(|_| {
-                        Err(ClientErr::Root(crate::Error::other(
-                            "a device thread panicked",
-                        )))
-                    })
-                })
-                .collect()
-        });
-        drop(shown);
-        let elapsed = progress.elapsed();
-        drop(watch);
-        if let Some(e) = watchdog::take_failure() {
-            return Err(ClientErr::Root(e));
-        }
-        let outcomes = first_error(results)?;
-        Ok((cfg, outcomes, elapsed))
-    })();
-    let closed = set.close();
-    let (cfg, outcomes, elapsed) = result?;
-    closed.map_err(|e| vd_err(&e, "closing the set"))?;
+    let (cfg, outcomes, elapsed) = session.serve(
+        devices,
+        |cfg| {
+            let on = cfg.features & features::COMPLETE_ENABLED != 0;
+            complete_enabled.store(on, std::sync::atomic::Ordering::Release);
+            if !on {
+                tracing::warn!(
+                    "the engine did not enable VDC_Complete; the backup ends at the devices' close"
+                );
+            }
+        },
+        |i, (m, where_), progress| {
+            let complete = complete_enabled.load(std::sync::atomic::Ordering::Acquire);
+            serve_backup_device(&prep.set, i, m, where_, plan, complete, progress)
+        },
+    )?;
     let header = outcomes.first().and_then(|o| o.stream_id.clone());
     let stream_id = header.as_ref().map(|h| stream::hex_id(&h.stream_id));
     Ok(ServedBackup {
@@ -1109,70 +1167,33 @@ fn read_loop<'d>(
     }
 }
 
-/// Serves the stored streams to the engine's Reads until every device ends.
+/// Serves the stored backup to the engine's Reads until every device ends; `alive` is
+/// asked while waiting for the engine.
 pub fn serve_restore(
     prep: PreparedRestore,
     alive: &dyn Fn() -> Result<()>,
     engine_pid: Option<u32>,
 ) -> Result<ServedRestore, ClientErr> {
-    let set = prep.set.clone();
-    let _guard = {
-        let s = set.clone();
-        cancel::on_interrupt(move || {
-            let _ = s.signal_abort();
-        })
-    };
     let manifest = prep.backup.manifest.clone();
-    let result = (|| {
-        let cfg = wait_config(&set, alive, prep.wait, prep.hint.as_deref())?;
-        if cfg.features & features::READ_MEDIA == 0 {
-            return Err(ClientErr::Root(fail(
-                Kind::PeerFailed,
-                "the engine opened the set for a backup, but this backup application was started for a restore",
-            )));
-        }
-        let devices = prep.backup.devices();
-        let watch = watch_engine(&set, prep.stall, engine_pid, "restore");
-        let total = manifest.as_ref().map(|m| m.total_stream_bytes);
-        let progress = Meter::new(&prep.label, devices, total);
-        let shown = prep.display.show(progress.clone());
-        let readers = prep.backup.readers;
-        let results: Vec<Result<u64, ClientErr>> = std::thread::scope(|s| {
-            let hs: Vec<_> = readers
-                .into_iter()
-                .enumerate()
-                .map(|(i, (r, e))| {
-                    let (set, progress, inj) = (&set, &progress, &*prep.inject);
-                    s.spawn(move || {
-                        let res = serve_restore_device(set, i as u32, r, e.as_ref(), progress, inj);
-                        if matches!(res, Err(ClientErr::Root(_))) {
-                            let _ = set.signal_abort();
-                        }
-                        res
-                    })
-                })
-                .collect();
-            hs.into_iter()
-                .map(|h| {
-                    h.join().unwrap_or_else(|_| {
-                        Err(ClientErr::Root(crate::Error::other(
-                            "a device thread panicked",
-                        )))
-                    })
-                })
-                .collect()
-        });
-        drop(shown);
-        let elapsed = progress.elapsed();
-        drop(watch);
-        if let Some(e) = watchdog::take_failure() {
-            return Err(ClientErr::Root(e));
-        }
-        Ok((first_error(results)?, elapsed))
-    })();
-    let closed = set.close();
-    let (stream_bytes, elapsed) = result?;
-    closed.map_err(|e| vd_err(&e, "closing the set"))?;
+    let session = Session {
+        set: &prep.set,
+        alive,
+        wait: prep.wait,
+        hint: prep.hint.as_deref(),
+        stall: prep.stall,
+        engine_pid,
+        op: "restore",
+        media: features::READ_MEDIA,
+        display: prep.display.as_ref(),
+        label: prep.label.clone(),
+        total: manifest.as_ref().map(|m| m.total_stream_bytes),
+    };
+    let inj = &*prep.inject;
+    let (_, stream_bytes, elapsed) = session.serve(
+        prep.backup.readers,
+        |_| {},
+        |i, (r, e), progress| serve_restore_device(&prep.set, i, r, e.as_ref(), progress, inj),
+    )?;
     Ok(ServedRestore {
         stream_bytes,
         elapsed,
