@@ -94,24 +94,14 @@ impl fmt::Display for Fault {
     }
 }
 
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let (num, scale) = if let Some(n) = s.strip_suffix("ms") {
-        (n, 1)
-    } else if let Some(n) = s.strip_suffix('s') {
-        (n, 1000)
-    } else {
-        (s, 1)
-    };
-    let n: u64 = num
-        .trim()
-        .parse()
+/// An injected delay: `200ms`, `2s`, or a bare number of milliseconds; at most an hour.
+fn parse_delay(s: &str) -> Result<Duration, String> {
+    let d = crate::units::parse_duration(s, Duration::from_millis(1))
         .map_err(|_| format!("'{s}' is not a duration (write 200ms, 2s or 200)"))?;
-    let ms = n
-        .checked_mul(scale)
-        .filter(|&ms| ms <= 3_600_000)
-        .ok_or_else(|| format!("'{s}' is longer than an hour"))?;
-    Ok(Duration::from_millis(ms))
+    if d > Duration::from_secs(3600) {
+        return Err(format!("'{s}' is longer than an hour"));
+    }
+    Ok(d)
 }
 
 impl Fault {
@@ -153,7 +143,7 @@ impl Fault {
                 Action::Fail(code)
             }
             ("fail", None) => return Err(bad("fail needs =CODE (e.g. =1117)".into())),
-            ("delay", Some(v)) => Action::Delay(parse_duration(v).map_err(bad)?),
+            ("delay", Some(v)) => Action::Delay(parse_delay(v).map_err(bad)?),
             ("delay", None) => return Err(bad("delay needs =DURATION (e.g. =200ms)".into())),
             ("abort", None) => Action::Abort,
             ("abort", Some(_)) => return Err(bad("abort takes no =VALUE".into())),

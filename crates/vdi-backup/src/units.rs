@@ -70,6 +70,63 @@ pub fn human_rate(n: u64, elapsed: Duration) -> String {
     format!("{}/s", human_bytes(r as u64))
 }
 
+/// Parses a duration: a number with a unit (`200ms`, `90s`, `10m`, `2h`, `1d`), or
+/// several (`1h30m`); a bare number counts in units of `bare` (seconds for time-outs and
+/// soak durations, milliseconds for injected delays: what each option's help says).
+///
+/// ```
+/// use std::time::Duration;
+/// use vdi_backup::units::parse_duration;
+/// let s = Duration::from_secs(1);
+/// assert_eq!(parse_duration("1h30m", s), Ok(Duration::from_secs(5400)));
+/// assert_eq!(parse_duration("90", s), Ok(Duration::from_secs(90)));
+/// assert_eq!(parse_duration("200", Duration::from_millis(1)), Ok(Duration::from_millis(200)));
+/// assert_eq!(parse_duration("2s200ms", s), Ok(Duration::from_millis(2200)));
+/// assert!(parse_duration("0.1s", s).is_err());
+/// ```
+pub fn parse_duration(s: &str, bare: Duration) -> Result<Duration, String> {
+    let bad = || format!("'{s}' is not a duration (write 200ms, 90s, 10m, 2h or 1h30m)");
+    let t = s.trim();
+    if let Ok(n) = t.parse::<u64>() {
+        return u32::try_from(n)
+            .ok()
+            .and_then(|n| bare.checked_mul(n))
+            .ok_or_else(bad);
+    }
+    let mut total = Duration::ZERO;
+    let mut rest = t;
+    if rest.is_empty() {
+        return Err(bad());
+    }
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
+        if digits == 0 {
+            return Err(bad());
+        }
+        let n: u64 = rest[..digits].parse().map_err(|_| bad())?;
+        rest = &rest[digits..];
+        let (unit, len) = if rest.starts_with("ms") {
+            (Duration::from_millis(1), 2)
+        } else {
+            let unit = match rest.chars().next() {
+                Some('s') => Duration::from_secs(1),
+                Some('m') => Duration::from_secs(60),
+                Some('h') => Duration::from_secs(3600),
+                Some('d') => Duration::from_secs(86400),
+                _ => return Err(bad()),
+            };
+            (unit, 1)
+        };
+        rest = &rest[len..];
+        let part = u32::try_from(n)
+            .ok()
+            .and_then(|n| unit.checked_mul(n))
+            .ok_or_else(bad)?;
+        total = total.checked_add(part).ok_or_else(bad)?;
+    }
+    Ok(total)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,5 +1,7 @@
 //! The command line.
 
+use std::time::Duration;
+
 use clap::{Args, Parser, Subcommand};
 use vdi_backup::format::manifest::Compression;
 use vdi_backup::store::dir::Modes;
@@ -133,7 +135,7 @@ pub enum Cmd {
 #[derive(Debug, Args)]
 pub struct SoakArgs {
     /// Run for this long (90s, 10m, 2h; default 10m unless --runs is given).
-    #[arg(long, value_name = "TIME", value_parser = crate::commands::soak::parse_duration)]
+    #[arg(long, value_name = "TIME", value_parser = parse_duration)]
     pub duration: Option<std::time::Duration>,
     /// Stop after this many runs (with --duration: whichever comes first).
     #[arg(long, value_name = "N")]
@@ -177,7 +179,7 @@ pub struct StallArgs {
     /// backup application, a producer that stopped writing): a warning comes first, then
     /// the operation is aborted, naming the side that stalled (exit 8). 90s, 5m, 1h, or
     /// seconds; 0: wait for ever.
-    #[arg(long, value_name = "TIME", default_value = vdi_backup::watchdog::DEFAULT_STALL, value_parser = crate::commands::soak::parse_duration)]
+    #[arg(long, value_name = "TIME", default_value = vdi_backup::watchdog::DEFAULT_STALL, value_parser = parse_duration)]
     pub stall_timeout: std::time::Duration,
 }
 
@@ -529,6 +531,11 @@ pub fn parse_set_name(s: &str) -> Result<String, String> {
         )
     })?;
     Ok(s.to_owned())
+}
+
+/// Parses `10m`, `90s`, `2h`, `1h30m` or a number of seconds (a command-line value).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    vdi_backup::units::parse_duration(s, Duration::from_secs(1))
 }
 
 fn parse_transfer(s: &str) -> Result<u32, String> {

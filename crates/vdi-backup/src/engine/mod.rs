@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use crate::Result;
 use crate::codec::read_full;
 use crate::format::stream::{
-    self, Decoder, DeviceStream, Sink, StreamError, StreamHeader, Trailer,
+    self, Decoder, DeviceStream, HeaderFields, Sink, StreamError, Trailer,
 };
 use crate::util::is_disk_full;
 use serde::{Deserialize, Serialize};
@@ -583,22 +583,21 @@ pub fn backup(cfg: &EngineCfg, spec: &Spec) -> Result<EngineReport> {
             inj: &inj,
         };
         let block = cfg.block_size as usize;
+        let fields = HeaderFields {
+            stream_id,
+            devices,
+            block_size: cfg.block_size,
+            max_transfer: cfg.max_transfer,
+            source_kind: src.kind(),
+            source_size: src.size().unwrap_or(stream::UNKNOWN_SIZE),
+            source_name: &label,
+        };
         for d in 0..devices {
             let mut buf = p
                 .free
                 .pop()
                 .ok_or_else(|| crate::Error::other("no buffer"))?;
-            let h = StreamHeader::new(
-                stream_id,
-                d,
-                devices,
-                cfg.block_size,
-                cfg.max_transfer,
-                src.kind(),
-                src.size().unwrap_or(stream::UNKNOWN_SIZE),
-                &label,
-            );
-            h.encode(&mut buf.as_mut_slice()[..block])?;
+            fields.device(d).encode(&mut buf.as_mut_slice()[..block])?;
             p.send(d, ServerCommand::write(buf, cfg.block_size))?;
         }
         let max = stream::max_payload(cfg.max_transfer) as usize;

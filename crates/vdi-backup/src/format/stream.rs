@@ -18,7 +18,16 @@
 //! ```
 //! use vdi_backup::format::stream::{self, ChunkHeader, Decoder, NullSink, SourceKind, StreamHeader, Trailer};
 //! let block = 512;
-//! let header = StreamHeader::new([7; 16], 0, 1, block, 65536, SourceKind::File, 3, "file:x");
+//! let header = stream::HeaderFields {
+//!     stream_id: [7; 16],
+//!     devices: 1,
+//!     block_size: block,
+//!     max_transfer: 65536,
+//!     source_kind: SourceKind::File,
+//!     source_size: 3,
+//!     source_name: "file:x",
+//! }
+//! .device(0);
 //! let mut bytes = vec![0u8; block as usize];
 //! header.encode(&mut bytes).unwrap();
 //! let mut chunk = vec![0u8; 65536];
@@ -240,20 +249,45 @@ pub struct StreamHeader {
     pub source_name: String,
 }
 
-impl StreamHeader {
-    /// A header created now.
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        stream_id: [u8; 16],
-        device: u32,
-        devices: u32,
-        block_size: u32,
-        max_transfer: u32,
-        source_kind: SourceKind,
-        source_size: u64,
-        source_name: &str,
-    ) -> StreamHeader {
-        let mut name = source_name;
+/// What every device's stream header of one backup says, by name: the header of device
+/// `d` is [`HeaderFields::device`]`(d)`, created now.
+///
+/// ```
+/// use vdi_backup::format::stream::{HeaderFields, SourceKind};
+/// let fields = HeaderFields {
+///     stream_id: [7; 16],
+///     devices: 2,
+///     block_size: 512,
+///     max_transfer: 65536,
+///     source_kind: SourceKind::File,
+///     source_size: 3,
+///     source_name: "file:x",
+/// };
+/// let h = fields.device(1);
+/// assert_eq!((h.device, h.devices, h.source_name.as_str()), (1, 2, "file:x"));
+/// ```
+#[derive(Clone, Copy, Debug)]
+pub struct HeaderFields<'a> {
+    /// The backup's id, the same on every device.
+    pub stream_id: [u8; 16],
+    /// Devices in the backup.
+    pub devices: u32,
+    /// The block size.
+    pub block_size: u32,
+    /// The largest transfer.
+    pub max_transfer: u32,
+    /// What was backed up.
+    pub source_kind: SourceKind,
+    /// The source's size if known in advance, else [`UNKNOWN_SIZE`].
+    pub source_size: u64,
+    /// The source as the user named it (cut to [`MAX_NAME`] bytes).
+    pub source_name: &'a str,
+}
+
+impl HeaderFields<'_> {
+    /// The header of device `device`, created now.
+    pub fn device(&self, device: u32) -> StreamHeader {
+        let mut name = self.source_name;
         while name.len() > MAX_NAME {
             let mut cut = MAX_NAME;
             while !name.is_char_boundary(cut) {
@@ -262,14 +296,14 @@ impl StreamHeader {
             name = &name[..cut];
         }
         StreamHeader {
-            stream_id,
+            stream_id: self.stream_id,
             device,
-            devices,
-            block_size,
-            max_transfer,
-            source_kind,
+            devices: self.devices,
+            block_size: self.block_size,
+            max_transfer: self.max_transfer,
+            source_kind: self.source_kind,
             flags: 0,
-            source_size,
+            source_size: self.source_size,
             created: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_secs())
@@ -277,7 +311,9 @@ impl StreamHeader {
             source_name: name.to_owned(),
         }
     }
+}
 
+impl StreamHeader {
     /// Encoded length before padding.
     pub fn encoded_len(&self) -> usize {
         HEADER_FIXED_LEN + self.source_name.len() + 4
@@ -1013,16 +1049,16 @@ mod tests {
         let id = [9u8; 16];
         let mut out: Vec<Vec<u8>> = (0..devices)
             .map(|d| {
-                let h = StreamHeader::new(
-                    id,
-                    d,
+                let h = HeaderFields {
+                    stream_id: id,
                     devices,
-                    block,
-                    transfer,
-                    SourceKind::File,
-                    src.len() as u64,
-                    "t",
-                );
+                    block_size: block,
+                    max_transfer: transfer,
+                    source_kind: SourceKind::File,
+                    source_size: src.len() as u64,
+                    source_name: "t",
+                }
+                .device(d);
                 let mut f = vec![0u8; block as usize];
                 h.encode(&mut f).unwrap();
                 f
@@ -1199,16 +1235,17 @@ mod tests {
 
     #[test]
     fn header_peek_and_ids() {
-        let h = StreamHeader::new(
-            [1; 16],
-            2,
-            3,
-            4096,
-            1 << 20,
-            SourceKind::Sqlite,
-            10,
-            &"é".repeat(300),
-        );
+        let name = "é".repeat(300);
+        let h = HeaderFields {
+            stream_id: [1; 16],
+            devices: 3,
+            block_size: 4096,
+            max_transfer: 1 << 20,
+            source_kind: SourceKind::Sqlite,
+            source_size: 10,
+            source_name: &name,
+        }
+        .device(2);
         assert!(h.source_name.len() <= MAX_NAME);
         let mut f = vec![0u8; 4096];
         h.encode(&mut f).unwrap();

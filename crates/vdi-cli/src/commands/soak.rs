@@ -324,40 +324,6 @@ fn one_run(p: &Params, dir: &Path) -> Result<RunOutcome> {
     })
 }
 
-/// Parses `10m`, `90s`, `2h`, `1h30m` or a number of seconds.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let bad = || format!("'{s}' is not a duration (write 90s, 10m, 2h or 1h30m)");
-    let t = s.trim();
-    if let Ok(n) = t.parse::<u64>() {
-        return Ok(Duration::from_secs(n));
-    }
-    let mut total = 0u64;
-    let mut num = String::new();
-    for c in t.chars() {
-        if c.is_ascii_digit() {
-            num.push(c);
-            continue;
-        }
-        let n: u64 = num.parse().map_err(|_| bad())?;
-        num.clear();
-        let unit = match c {
-            's' => 1,
-            'm' => 60,
-            'h' => 3600,
-            'd' => 86400,
-            _ => return Err(bad()),
-        };
-        total = n
-            .checked_mul(unit)
-            .and_then(|v| total.checked_add(v))
-            .ok_or_else(bad)?;
-    }
-    if !num.is_empty() || t.is_empty() {
-        return Err(bad());
-    }
-    Ok(Duration::from_secs(total))
-}
-
 /// `vdi soak`.
 pub fn run(a: &SoakArgs) -> Result<()> {
     let seed = a.seed.unwrap_or_else(|| fastrand::u64(..) >> 16);
@@ -507,12 +473,21 @@ mod tests {
 
     #[test]
     fn durations() {
-        assert_eq!(parse_duration("90"), Ok(Duration::from_secs(90)));
-        assert_eq!(parse_duration("10m"), Ok(Duration::from_secs(600)));
-        assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
-        assert_eq!(parse_duration("5s"), Ok(Duration::from_secs(5)));
+        assert_eq!(
+            crate::cli::parse_duration("90"),
+            Ok(Duration::from_secs(90))
+        );
+        assert_eq!(
+            crate::cli::parse_duration("10m"),
+            Ok(Duration::from_secs(600))
+        );
+        assert_eq!(
+            crate::cli::parse_duration("1h30m"),
+            Ok(Duration::from_secs(5400))
+        );
+        assert_eq!(crate::cli::parse_duration("5s"), Ok(Duration::from_secs(5)));
         for bad in ["", "m", "10x", "10m5", "-3"] {
-            assert!(parse_duration(bad).is_err(), "{bad}");
+            assert!(crate::cli::parse_duration(bad).is_err(), "{bad}");
         }
     }
 
