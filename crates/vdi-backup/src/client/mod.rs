@@ -429,6 +429,40 @@ fn serve_backup_device(
     })
 }
 
+/// The device's next command for the serve loops, after the injected faults: `None` at
+/// `VD_E_CLOSE`. A command an injected fault failed is recorded in `failed` (the loop
+/// goes on, so the engine sees its completion) and the next one is fetched; an error of
+/// the device is the first recorded failure, if any, else its own.
+fn next_command<'d>(
+    dev: &'d ClientDevice,
+    index: u32,
+    (set, inj): (&ClientSet, &Injector),
+    op: &str,
+    failed: &mut Option<crate::Error>,
+) -> Result<Option<Command<'d>>, ClientErr> {
+    loop {
+        let cmd = match dev.get_command(Timeout::Infinite) {
+            Ok(c) => {
+                watchdog::received();
+                c
+            }
+            Err(e) if e.code() == ErrorCode::Close => return Ok(None),
+            Err(e) => {
+                return Err(match failed.take() {
+                    Some(f) => ClientErr::Root(f),
+                    None => vd_err(&e, &format!("device {index}")),
+                });
+            }
+        };
+        match inject(inj, set, cmd, index, op)? {
+            Injected::Go(c) => return Ok(Some(c)),
+            Injected::Failed(e) => {
+                failed.get_or_insert(e);
+            }
+        }
+    }
+}
+
 /// Stores each Write (then hands it to the hashing thread), makes the stream durable at
 /// Flush and finishes it at Complete, until `VD_E_CLOSE`. Returns what Complete wrote
 /// (if it came) and the stream's id.
@@ -446,25 +480,8 @@ fn store_loop<'d>(
     let mut stream_id: Option<StreamHeader> = None;
     let mut first = true;
     loop {
-        let cmd = match dev.get_command(Timeout::Infinite) {
-            Ok(c) => {
-                watchdog::received();
-                c
-            }
-            Err(e) if e.code() == ErrorCode::Close => break,
-            Err(e) => {
-                return Err(match failed {
-                    Some(f) => ClientErr::Root(f),
-                    None => vd_err(&e, &format!("device {index}")),
-                });
-            }
-        };
-        let cmd = match inject(inj, set, cmd, index, "backup")? {
-            Injected::Go(c) => c,
-            Injected::Failed(e) => {
-                failed.get_or_insert(e);
-                continue;
-            }
+        let Some(cmd) = next_command(dev, index, (set, inj), "backup", &mut failed)? else {
+            break;
         };
         match cmd.code() {
             CommandCode::WRITE => {
@@ -1090,25 +1107,8 @@ fn read_loop<'d>(
 ) -> Result<(), ClientErr> {
     let mut failed: Option<crate::Error> = None;
     loop {
-        let cmd = match dev.get_command(Timeout::Infinite) {
-            Ok(c) => {
-                watchdog::received();
-                c
-            }
-            Err(e) if e.code() == ErrorCode::Close => break,
-            Err(e) => {
-                return Err(match failed {
-                    Some(f) => ClientErr::Root(f),
-                    None => vd_err(&e, &format!("device {index}")),
-                });
-            }
-        };
-        let mut cmd = match inject(inj, set, cmd, index, "restore")? {
-            Injected::Go(c) => c,
-            Injected::Failed(e) => {
-                failed.get_or_insert(e);
-                continue;
-            }
+        let Some(mut cmd) = next_command(dev, index, (set, inj), "restore", &mut failed)? else {
+            break;
         };
         match cmd.code() {
             CommandCode::READ => {

@@ -38,7 +38,12 @@ impl Scheme for FileScheme {
     }
     fn open_source(&self, rest: &str) -> Result<Box<dyn Source>> {
         let (f, size) = open_input("source file", Path::new(rest), true)?;
-        Ok(Box::new(FileSource { file: f, size }))
+        Ok(Box::new(FileSource {
+            file: f,
+            size,
+            kind: SourceKind::File,
+            seconds: 0.0,
+        }))
     }
     fn check_target(&self, rest: &str, force: bool) -> Result<()> {
         check_file_target(Path::new(rest), force)
@@ -48,10 +53,13 @@ impl Scheme for FileScheme {
     }
 }
 
-/// A file (or a block device) read from its start.
-struct FileSource {
-    file: File,
-    size: u64,
+/// A file (or a block device, or a database snapshot) read from its start.
+pub(crate) struct FileSource {
+    pub file: File,
+    pub size: u64,
+    pub kind: SourceKind,
+    /// Seconds it took to make (a snapshot).
+    pub seconds: f64,
 }
 
 impl Read for FileSource {
@@ -62,7 +70,7 @@ impl Read for FileSource {
 
 impl Source for FileSource {
     fn kind(&self) -> SourceKind {
-        SourceKind::File
+        self.kind
     }
     fn size(&self) -> Option<u64> {
         Some(self.size)
@@ -72,6 +80,9 @@ impl Source for FileSource {
     }
     fn finish(&mut self) -> Result<()> {
         Ok(())
+    }
+    fn prepare_seconds(&self) -> f64 {
+        self.seconds
     }
 }
 

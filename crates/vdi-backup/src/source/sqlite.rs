@@ -4,13 +4,12 @@
 //! or WAL beside it is never applied to it).
 
 use std::fs::File;
-use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, OpenFlags};
 
-use super::file::{FileTarget, target_failure};
+use super::file::{FileSource, FileTarget, target_failure};
 use super::{SCRATCH_ENV, Scheme, Source, Target, TargetOptions, check_regular};
 use crate::error::{Kind, fail};
 use crate::format::stream::{Sink, SourceKind};
@@ -60,9 +59,10 @@ impl Scheme for Sqlite {
         // nothing is ever left in $TMPDIR.
         dir.close()
             .context("removing the snapshot's directory name")?;
-        Ok(Box::new(Snapshot {
+        Ok(Box::new(FileSource {
             file: f,
             size,
+            kind: SourceKind::Sqlite,
             seconds: t.elapsed().as_secs_f64(),
         }))
     }
@@ -74,37 +74,6 @@ impl Scheme for Sqlite {
             Path::new(rest),
             opts,
         )?)))
-    }
-}
-
-/// A consistent snapshot of the database, read from its start.
-struct Snapshot {
-    file: File,
-    size: u64,
-    seconds: f64,
-}
-
-impl Read for Snapshot {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.file.read(buf)
-    }
-}
-
-impl Source for Snapshot {
-    fn kind(&self) -> SourceKind {
-        SourceKind::Sqlite
-    }
-    fn size(&self) -> Option<u64> {
-        Some(self.size)
-    }
-    fn checked(&self) -> bool {
-        true
-    }
-    fn finish(&mut self) -> Result<()> {
-        Ok(())
-    }
-    fn prepare_seconds(&self) -> f64 {
-        self.seconds
     }
 }
 
