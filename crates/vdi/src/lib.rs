@@ -41,6 +41,7 @@ pub mod config;
 pub mod consts;
 pub mod error;
 pub mod object;
+pub mod observe;
 pub mod protocol;
 pub mod server;
 mod shared;

@@ -371,7 +371,15 @@ pub fn attach(name: &str, role: Role, trusted: Option<u32>) -> Result<Attached> 
             "no virtual device set named '{name}' is waiting; the backup application must create it first"
         ))
     })?;
-    let creator_pid = check_creator(&conn, name, trusted)?;
+    // An observer sends nothing but its Hello and takes nothing but segments to read,
+    // so it may look at a set whatever user made it (the creator decides what it shows).
+    let creator_pid = if role == Role::Observer {
+        conn.peer_cred()
+            .map_err(sys_err("reading the creator's credentials"))?
+            .pid
+    } else {
+        check_creator(&conn, name, trusted)?
+    };
     let hello = Msg::Hello {
         role,
         pid: crate::sys::current_pid(),
@@ -393,7 +401,7 @@ pub fn attach(name: &str, role: Role, trusted: Option<u32>) -> Result<Attached> 
             process_no,
             segments,
         }) if fds.len() == 1 => Ok(Attached {
-            control: attach_control(fds.remove(0))?,
+            control: attach_control(fds.remove(0), role == Role::Observer)?,
             conn,
             segments: segments.min(MAX_AREAS as u32 + 1),
             process_no,
@@ -407,9 +415,14 @@ pub fn attach(name: &str, role: Role, trusted: Option<u32>) -> Result<Attached> 
 }
 
 /// Maps and checks a control segment received from the creator.
-fn attach_control(fd: std::os::fd::OwnedFd) -> Result<ControlSegment> {
-    let mem = SharedMemory::attach(fd, Some(ControlSegment::SIZE as u64))
-        .map_err(|e| VdError::violation(format!("control segment refused: {e:?}")))?;
+fn attach_control(fd: std::os::fd::OwnedFd, read_only: bool) -> Result<ControlSegment> {
+    let len = Some(ControlSegment::SIZE as u64);
+    let mem = if read_only {
+        SharedMemory::attach_read_only(fd, len)
+    } else {
+        SharedMemory::attach(fd, len)
+    }
+    .map_err(|e| VdError::violation(format!("control segment refused: {e:?}")))?;
     let control =
         ControlSegment::new(mem).ok_or_else(|| VdError::violation("control segment too small"))?;
     let h: &SetHeader = control.header();

@@ -9,7 +9,7 @@ use crate::config::Timeout;
 use crate::consts::{CommandCode, completion};
 use crate::error::{ErrorCode, Reason, Result, VdError};
 use crate::protocol::event;
-use crate::protocol::layout::{self, DeviceView, NO_BUFFER, dev};
+use crate::protocol::layout::{self, DeviceView, NO_BUFFER, dev, stat};
 use crate::protocol::ring::{Consumer, Producer};
 use crate::shared::{Shared, lock};
 
@@ -281,6 +281,9 @@ impl ClientDevice {
                 return Err(VdError::timeout());
             }
             let ring = d.sub_ring();
+            // Time waiting for the server: a statistic for observers (only this slow
+            // path reads the clock).
+            let waited_from = crate::sys::monotonic_ns();
             let ready = event::wait_until(&d.block.sub_event, deadline, || {
                 let clear = self.clear_pending.load(Ordering::Acquire);
                 sh.ended()
@@ -292,6 +295,10 @@ impl ClientDevice {
                         || clear)
                         && self.outstanding.load(Ordering::Acquire) == 0)
             });
+            d.block.sub_head.counters[stat::CLIENT_WAIT_NS].fetch_add(
+                crate::sys::monotonic_ns().saturating_sub(waited_from),
+                Ordering::Relaxed,
+            );
             if !ready {
                 // One last look, so a command that arrived at the deadline is not lost.
                 let mut cons = lock(&self.consumer);
@@ -437,6 +444,10 @@ impl ClientDevice {
         s.completion_code.store(code, Ordering::Relaxed);
         s.bytes_transferred.store(bytes, Ordering::Relaxed);
         s.out_position.store(pos, Ordering::Relaxed);
+        // Statistics for observers, on the line this side owns anyway.
+        let c = &d.block.comp_tail.counters;
+        c[stat::BYTES].fetch_add(u64::from(bytes), Ordering::Relaxed);
+        c[stat::COMMANDS].fetch_add(1, Ordering::Relaxed);
         let mut p = lock(&self.producer);
         p.push(&d.comp_ring(), idx).map_err(|_| {
             self.set

@@ -182,6 +182,8 @@ impl ClientSet {
             h.client_pid
                 .store(crate::sys::current_pid(), Ordering::Relaxed);
             h.client_uid.store(uid, Ordering::Relaxed);
+            h.created_ns
+                .store(crate::sys::monotonic_ns(), Ordering::Relaxed);
             layout::store_config(&h.client_config, &cfg);
             h.phase.store(phase::CREATED, Ordering::Release);
         }
@@ -433,6 +435,17 @@ impl ClientSet {
     /// Whether the set has been aborted, and why.
     pub fn abort_cause(&self) -> Option<AbortCause> {
         self.inner.shared.abort_cause()
+    }
+
+    /// Every device's statistics so far (bytes and commands completed, the time each
+    /// side waited for the other): what `vdi sets` shows, for this process's own report.
+    /// Empty before the server configured the set, and after `Close`.
+    pub fn device_stats(&self) -> Vec<crate::observe::DeviceStats> {
+        let sh = &self.inner.shared;
+        match sh.queues.get() {
+            Some(q) if !sh.is_closed() => crate::observe::stats_of(q),
+            _ => Vec::new(),
+        }
     }
 
     /// The process id the server wrote into the set when it opened it (`None` before,

@@ -129,9 +129,49 @@ pub(crate) fn run(listener: Listener, stop: Arc<Stopper>, st: Arc<ServiceState>)
     }
 }
 
+/// Sends an admitted observer the control segment and, once the server has sent it, the
+/// queue segment (never a buffer area: the data stays between the roles). Nothing is
+/// waited for: a reply that cannot be sent at once is dropped.
+fn observe(st: &ServiceState, conn: &Conn) {
+    let sh = &st.shared;
+    let Some(control) = sh.control.memory().dup_fd() else {
+        return;
+    };
+    let queues = {
+        let segs = st.segments.lock().unwrap_or_else(|e| e.into_inner());
+        segs.queues.and_then(|(cap, size)| {
+            let fd = sh.queues.get()?.memory().dup_fd()?;
+            Some((cap, size, fd))
+        })
+    };
+    let welcome = Msg::Welcome {
+        process_no: 0,
+        segments: u32::from(queues.is_some()),
+    };
+    if conn
+        .send_nowait(&welcome.encode(), &[control.as_fd()])
+        .is_err()
+    {
+        return;
+    }
+    if let Some((cap, size, fd)) = queues {
+        let _ = conn.send_nowait(
+            &Msg::Segment {
+                kind: SegmentKind::Queues,
+                index: cap,
+                size,
+            }
+            .encode(),
+            &[fd.as_fd()],
+        );
+    }
+}
+
 fn peer_gone(st: &ServiceState, p: &Peer) {
     let sh = &st.shared;
     match p.role {
+        // Never kept as a peer.
+        Role::Observer => {}
         Role::Server => {
             // A server that closes its set says goodbye first; one that just vanishes
             // died, whatever state its devices were in (its last callbacks may never
@@ -353,6 +393,12 @@ fn welcome(st: &ServiceState, conn: Conn) -> Option<Peer> {
         );
         return None;
     };
+    if role == Role::Observer {
+        // Shown whatever state the set is in, aborted included; then the connection is
+        // dropped: an observer takes no part in the set.
+        observe(st, &conn);
+        return None;
+    }
     if st.closing.load(Ordering::Acquire) || sh.abort_cause().is_some() {
         refuse(
             &conn,
@@ -371,6 +417,7 @@ fn welcome(st: &ServiceState, conn: Conn) -> Option<Peer> {
     };
     let control = control.as_fd();
     match role {
+        Role::Observer => None,
         Role::Server => {
             if st.server_attached.swap(true, Ordering::AcqRel) {
                 refuse(

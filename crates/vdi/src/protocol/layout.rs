@@ -71,8 +71,10 @@ pub struct SetHeader {
     pub client_pid: AtomicU32,
     /// The client's user id.
     pub client_uid: AtomicU32,
+    /// `CLOCK_MONOTONIC` nanoseconds when the client created the set (statistics).
+    pub created_ns: AtomicU64,
     /// Reserved.
-    pub _reserved0: [AtomicU32; 10],
+    pub _reserved0: [AtomicU32; 8],
     /// The configuration the client asked for (written once, before anyone attaches).
     pub client_config: [AtomicU32; 11],
     /// Reserved.
@@ -111,16 +113,36 @@ const _: () = assert!(std::mem::offset_of!(SetHeader, phase) == 192);
 const _: () = assert!(std::mem::offset_of!(SetHeader, completion_event) == 256);
 const _: () = assert!(std::mem::offset_of!(SetHeader, area_sizes) == 320);
 
-/// One ring index on a cache line of its own.
+/// One ring index on a cache line of its own, with the counters of the side that writes
+/// that index (statistics an observer reads; see [`DeviceBlock`] for which is which).
 #[repr(C, align(64))]
 pub struct RingIndex {
     /// A free-running position.
     pub pos: AtomicU32,
-    /// Padding to 64 bytes.
-    pub _pad: [AtomicU32; 15],
+    /// Reserved.
+    pub _pad: AtomicU32,
+    /// Statistics of the side that writes `pos` ([`stat`] names the indices).
+    pub counters: [AtomicU64; 7],
 }
 
 const _: () = assert!(std::mem::size_of::<RingIndex>() == 64);
+const _: () = assert!(std::mem::offset_of!(RingIndex, counters) == 8);
+
+/// Indices into [`RingIndex::counters`]: statistics for observers (`vdi sets`), never
+/// read by the protocol. Each is written only by the side that owns the line; a hostile
+/// peer can make them wrong, which only misleads a person looking at them.
+pub mod stat {
+    /// `comp_tail` (client): bytes the client reported transferred, all completions.
+    pub const BYTES: usize = 0;
+    /// `comp_tail` (client): commands completed.
+    pub const COMMANDS: usize = 1;
+    /// `sub_head` (client): nanoseconds the client waited in `GetCommand` for the
+    /// server (the server was the bottleneck).
+    pub const CLIENT_WAIT_NS: usize = 0;
+    /// `comp_head` (server): nanoseconds the server's completion agent waited while
+    /// this device had commands outstanding (the client was the bottleneck).
+    pub const SERVER_WAIT_NS: usize = 0;
+}
 
 /// The head of one device's block in the queue segment (448 bytes).
 #[repr(C, align(64))]

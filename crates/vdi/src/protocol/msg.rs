@@ -24,6 +24,9 @@ pub enum Role {
     Server,
     /// A secondary client process.
     Secondary,
+    /// An observer (`vdi sets`): is sent the control and queue segments to read, and
+    /// takes no part in the set.
+    Observer,
 }
 
 /// Which segment a [`Msg::Segment`] carries.
@@ -125,7 +128,14 @@ impl Msg {
         put(&mut v, self.kind());
         match self {
             Msg::Hello { role, pid } => {
-                put(&mut v, if *role == Role::Server { 1 } else { 2 });
+                put(
+                    &mut v,
+                    match role {
+                        Role::Server => 1,
+                        Role::Secondary => 2,
+                        Role::Observer => 3,
+                    },
+                );
                 put(&mut v, *pid);
             }
             Msg::Welcome {
@@ -176,6 +186,7 @@ impl Msg {
                 role: match r.u32()? {
                     1 => Role::Server,
                     2 => Role::Secondary,
+                    3 => Role::Observer,
                     _ => return Err(BadMessage("unknown role")),
                 },
                 pid: r.u32()?,

@@ -8,6 +8,7 @@ use super::{DeviceLocal, Record, ServerInner, ServerSet, ServerState};
 use crate::consts::completion;
 use crate::error::{AbortCause, Result, VdError};
 use crate::protocol::event;
+use crate::protocol::layout::stat;
 use crate::server::Completion;
 use crate::shared::lock;
 
@@ -132,6 +133,9 @@ impl ServerInner {
             // With a server time-out and nothing outstanding, also wake (at the next
             // re-check) when commands are sent, to start the clock.
             let watch_sends = interval > 0 && outstanding == 0;
+            // Waiting with commands outstanding is waiting for the client: a statistic
+            // for observers, per device that has commands at the client.
+            let waited_from = (outstanding > 0).then(crate::sys::monotonic_ns);
             event::wait_until(&h.completion_event, deadline, || {
                 sh.ended()
                     || self.client_gone.load(Ordering::Acquire)
@@ -147,6 +151,18 @@ impl ServerInner {
                         && (self.closed_devices.load(Ordering::Acquire) == device_count
                             || self.closed.load(Ordering::Acquire)))
             });
+            if let Some(from) = waited_from {
+                let dt = crate::sys::monotonic_ns().saturating_sub(from);
+                for (i, d) in devs.iter().enumerate() {
+                    if let Some(v) = sh.device(i as u32)
+                        && v.block.sub_tail.pos.load(Ordering::Relaxed)
+                            != d.comp_head.load(Ordering::Relaxed)
+                    {
+                        v.block.comp_head.counters[stat::SERVER_WAIT_NS]
+                            .fetch_add(dt, Ordering::Relaxed);
+                    }
+                }
+            }
         }
     }
 

@@ -274,6 +274,15 @@ impl ServerSet {
         self.inner.shared.abort_cause()
     }
 
+    /// Every device's statistics so far (see [`ClientSet::device_stats`](crate::ClientSet::device_stats)).
+    pub fn device_stats(&self) -> Vec<crate::observe::DeviceStats> {
+        let sh = &self.inner.shared;
+        match sh.queues.get() {
+            Some(q) if !sh.is_closed() => crate::observe::stats_of(q),
+            _ => Vec::new(),
+        }
+    }
+
     /// The process id of the client that created the set, as the kernel recorded it when
     /// this process connected (so it cannot be forged through shared memory).
     pub fn client_pid(&self) -> u32 {

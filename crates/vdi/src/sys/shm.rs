@@ -66,7 +66,7 @@ impl SharedMemory {
         rustix::fs::fchmod(&fd, rustix::fs::Mode::from_raw_mode(0o600))?;
         rustix::fs::ftruncate(&fd, len as u64)?;
         rustix::fs::fcntl_add_seals(&fd, SealFlags::SHRINK | SealFlags::GROW | SealFlags::SEAL)?;
-        let ptr = map_aligned(fd.as_fd(), len)?;
+        let ptr = map_aligned(fd.as_fd(), len, ProtFlags::READ | ProtFlags::WRITE)?;
         Ok(SharedMemory {
             fd: Mutex::new(Some(fd)),
             ptr,
@@ -77,6 +77,23 @@ impl SharedMemory {
     /// Maps a segment received from a peer, after checking that it is sealed against
     /// shrinking and growing and that its size is `expected_len` (if given).
     pub fn attach(fd: OwnedFd, expected_len: Option<u64>) -> Result<SharedMemory, AttachError> {
+        SharedMemory::attach_with(fd, expected_len, ProtFlags::READ | ProtFlags::WRITE)
+    }
+
+    /// As [`attach`](SharedMemory::attach), mapped read-only (an observer: a store
+    /// through it would fault, so nothing in this process can change the set).
+    pub fn attach_read_only(
+        fd: OwnedFd,
+        expected_len: Option<u64>,
+    ) -> Result<SharedMemory, AttachError> {
+        SharedMemory::attach_with(fd, expected_len, ProtFlags::READ)
+    }
+
+    fn attach_with(
+        fd: OwnedFd,
+        expected_len: Option<u64>,
+        prot: ProtFlags,
+    ) -> Result<SharedMemory, AttachError> {
         let seals = rustix::fs::fcntl_get_seals(&fd).map_err(|_| AttachError::NotSealed)?;
         if !seals.contains(SealFlags::SHRINK | SealFlags::GROW | SealFlags::SEAL) {
             return Err(AttachError::NotSealed);
@@ -92,7 +109,7 @@ impl SharedMemory {
             return Err(AttachError::WrongSize { found: size });
         }
         let len = size as usize;
-        let ptr = map_aligned(fd.as_fd(), len).map_err(AttachError::Os)?;
+        let ptr = map_aligned(fd.as_fd(), len, prot).map_err(AttachError::Os)?;
         Ok(SharedMemory {
             fd: Mutex::new(Some(fd)),
             ptr,
@@ -181,7 +198,11 @@ fn round_up_page(len: usize) -> usize {
 
 /// Maps `len` bytes of `fd` read-write, shared, pre-faulted, at an address aligned to
 /// [`MAP_ALIGN`].
-fn map_aligned(fd: BorrowedFd<'_>, len: usize) -> Result<NonNull<u8>, rustix::io::Errno> {
+fn map_aligned(
+    fd: BorrowedFd<'_>,
+    len: usize,
+    prot: ProtFlags,
+) -> Result<NonNull<u8>, rustix::io::Errno> {
     let reserve = len + MAP_ALIGN;
     // SAFETY: an anonymous PROT_NONE reservation at an address the kernel picks; it
     // aliases nothing.
@@ -200,7 +221,7 @@ fn map_aligned(fd: BorrowedFd<'_>, len: usize) -> Result<NonNull<u8>, rustix::io
         rustix::mm::mmap(
             aligned as *mut _,
             len,
-            ProtFlags::READ | ProtFlags::WRITE,
+            prot,
             MapFlags::SHARED | MapFlags::FIXED | MapFlags::POPULATE,
             fd,
             0,
