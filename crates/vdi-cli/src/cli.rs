@@ -129,6 +129,20 @@ pub enum Cmd {
         "  vdi soak --runs 1 --seed 1234567   # repeat one run"
     ))]
     Soak(SoakArgs),
+    /// Show the virtual device sets live on this machine: who made them, their state,
+    /// and per device the bytes moved, the commands outstanding and which side waits for
+    /// the other (read-only: a set is never disturbed).
+    #[command(after_help = concat!(
+        "A set another user made shows only its name and owner, unless that user admits\n",
+        "yours (vdi client --allow-group). WAIT shows, per device, the share of the set's\n",
+        "time the backup application waited for the engine (CLIENT) and the engine for the\n",
+        "backup application (ENGINE): the side that waits less is the bottleneck.\n\n",
+        "Examples:\n",
+        "  vdi sets\n",
+        "  vdi sets --watch 2s\n",
+        "  vdi sets --json"
+    ))]
+    Sets(SetsArgs),
 }
 
 /// `vdi soak`.
@@ -219,6 +233,19 @@ pub struct OutputArgs {
     /// Print nothing but errors.
     #[arg(long, short)]
     pub quiet: bool,
+}
+
+/// `vdi sets`.
+#[derive(Debug, Args)]
+pub struct SetsArgs {
+    /// Show this set only.
+    #[arg(value_name = "NAME")]
+    pub name: Option<String>,
+    /// Show again every TIME until interrupted (a terminal's screen is redrawn).
+    #[arg(long, value_name = "TIME", value_parser = parse_duration)]
+    pub watch: Option<Duration>,
+    #[command(flatten)]
+    pub output: OutputArgs,
 }
 
 /// `vdi backup`.

@@ -6,6 +6,7 @@ mod client;
 pub mod demo;
 mod engine;
 mod restore;
+mod sets;
 pub mod soak;
 mod verify;
 
@@ -31,6 +32,7 @@ fn output_of(cmd: &Cmd) -> OutputArgs {
         Cmd::Engine(EngineCmd::Restore(a)) => a.output,
         Cmd::Demo(a) => a.output,
         Cmd::Soak(a) => a.output,
+        Cmd::Sets(a) => a.output,
     }
 }
 
@@ -50,6 +52,7 @@ pub fn main(cli: Cli) -> ExitCode {
         Cmd::Engine(EngineCmd::Restore(_)) => "engine restore",
         Cmd::Demo(_) => "demo",
         Cmd::Soak(_) => "soak",
+        Cmd::Sets(_) => "sets",
     };
     let data_on_stdout = match &cli.cmd {
         Cmd::Backup(a) => a.dest == "-",
@@ -128,5 +131,6 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Engine(EngineCmd::Restore(a)) => engine::restore(&a),
         Cmd::Demo(a) => demo::run(&a),
         Cmd::Soak(a) => soak::run(&a),
+        Cmd::Sets(a) => sets::run(&a),
     }
 }
