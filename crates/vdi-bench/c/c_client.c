@@ -70,3 +70,20 @@ int32_t vdi_bench_serve_device(const struct vdi_bench_libvdi *vdi, VdiClientDevi
     }
     return rc == VD_E_CLOSE ? NOERROR : rc;
 }
+
+int32_t vdi_bench_serve_queued(const struct vdi_bench_libvdi *vdi, VdiClientDevice *dev,
+                               uint32_t n);
+
+/* Fetches (polling: the commands are already queued) and completes `n` commands: the
+ * client's per-command cost without any wait, for benches/c_abi.rs. */
+int32_t vdi_bench_serve_queued(const struct vdi_bench_libvdi *vdi, VdiClientDevice *dev,
+                               uint32_t n) {
+    for (uint32_t i = 0; i < n; i++) {
+        VDC_Command *cmd;
+        int32_t rc = vdi->get_command(dev, 0, &cmd);
+        if (rc != NOERROR) return rc;
+        rc = vdi->complete_command(dev, cmd, ERROR_SUCCESS, 0, 0);
+        if (rc != NOERROR) return rc;
+    }
+    return NOERROR;
+}

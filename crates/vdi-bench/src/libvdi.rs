@@ -68,6 +68,9 @@ unsafe extern "C" {
         ctx: *mut c_void,
         out: *mut Served,
     ) -> i32;
+
+    /// `c/c_client.c`.
+    fn vdi_bench_serve_queued(vdi: *const PerCommand, dev: Handle, n: u32) -> i32;
 }
 
 /// libvdi, loaded. The library is never unloaded (its threads may outlive any object of
@@ -364,5 +367,13 @@ impl CClientDevice<'_> {
         };
         self.lib.check("the C serving loop", rc)?;
         Ok(out)
+    }
+
+    /// Fetches and completes `n` commands that are already queued (polling, in C:
+    /// `vdi_bench_serve_queued`), for the per-call cost without any wait.
+    pub fn serve_queued(&self, n: u32) -> Result<(), CallError> {
+        // SAFETY: the table holds the library's own entry points.
+        let rc = unsafe { vdi_bench_serve_queued(&self.lib.per_command, self.h, n) };
+        self.lib.check("vdi_bench_serve_queued", rc)
     }
 }
