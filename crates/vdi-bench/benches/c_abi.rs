@@ -143,8 +143,9 @@ fn main() {
         let lib = match LibVdi::load(&path) {
             Ok(l) => l,
             Err(e) => {
-                eprintln!("c_abi: {e}");
-                std::process::exit(1);
+                // `cargo bench` of the whole crate still runs on a fresh checkout.
+                println!("C client: skipped ({e})");
+                return;
             }
         };
         let name = format!("vdi-bench-cabi-c-{pid}");
