@@ -63,19 +63,27 @@ pub fn run_all(s: &Settings) -> Result<Results> {
         } else {
             "warm-up".to_owned()
         };
-        if s.wants("vdi") {
-            progress(&format!("{tag}: vdi"));
-            let x = bench::vdi(&hub, s, Client::Rust, s.devices, s.buffers, total)?;
-            if record {
-                r.vdi.push(x);
-            }
-        }
-        // Right after the Rust client's sample, so the two see the same machine.
-        if let (true, Some(lib)) = (s.wants("vdi-c"), &s.libvdi) {
-            progress(&format!("{tag}: vdi, C client"));
-            let x = bench::vdi(&hub, s, Client::C(lib), s.devices, s.buffers, total)?;
-            if record {
-                r.vdi_c.push(x);
+        // The Rust and the C client back to back, so the two see the same machine; which
+        // goes first alternates from round to round, so neither always follows the same
+        // transport.
+        let c_first = round % 2 == 1;
+        for c in [c_first, !c_first] {
+            match (c, &s.libvdi) {
+                (false, _) if s.wants("vdi") => {
+                    progress(&format!("{tag}: vdi"));
+                    let x = bench::vdi(&hub, s, Client::Rust, s.devices, s.buffers, total)?;
+                    if record {
+                        r.vdi.push(x);
+                    }
+                }
+                (true, Some(lib)) if s.wants("vdi-c") => {
+                    progress(&format!("{tag}: vdi, C client"));
+                    let x = bench::vdi(&hub, s, Client::C(lib), s.devices, s.buffers, total)?;
+                    if record {
+                        r.vdi_c.push(x);
+                    }
+                }
+                _ => {}
             }
         }
         if s.wants("vdi4") && s.devices != 4 {
@@ -108,28 +116,28 @@ pub fn run_all(s: &Settings) -> Result<Results> {
                 r.ring.push(x);
             }
         }
-        if s.wants("latency") {
-            progress(&format!("{tag}: latency"));
-            let (busy, idle) = if record {
-                (s.busy_samples, s.idle_samples)
-            } else {
-                (s.busy_samples / 10 + 1, 2)
-            };
-            let x = bench::latency(&hub, s, Client::Rust, busy, idle)?;
-            if record {
-                r.latency.push(x);
-            }
-        }
-        if let (true, Some(lib)) = (s.wants("latency-c"), &s.libvdi) {
-            progress(&format!("{tag}: latency, C client"));
-            let (busy, idle) = if record {
-                (s.busy_samples, s.idle_samples)
-            } else {
-                (s.busy_samples / 10 + 1, 2)
-            };
-            let x = bench::latency(&hub, s, Client::C(lib), busy, idle)?;
-            if record {
-                r.latency_c.push(x);
+        let (busy, idle) = if record {
+            (s.busy_samples, s.idle_samples)
+        } else {
+            (s.busy_samples / 10 + 1, 2)
+        };
+        for c in [c_first, !c_first] {
+            match (c, &s.libvdi) {
+                (false, _) if s.wants("latency") => {
+                    progress(&format!("{tag}: latency"));
+                    let x = bench::latency(&hub, s, Client::Rust, busy, idle)?;
+                    if record {
+                        r.latency.push(x);
+                    }
+                }
+                (true, Some(lib)) if s.wants("latency-c") => {
+                    progress(&format!("{tag}: latency, C client"));
+                    let x = bench::latency(&hub, s, Client::C(lib), busy, idle)?;
+                    if record {
+                        r.latency_c.push(x);
+                    }
+                }
+                _ => {}
             }
         }
     }
