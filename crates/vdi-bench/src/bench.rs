@@ -2,6 +2,7 @@
 //! descriptors, says `go`, collects their stamps and memory figures.
 
 use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
@@ -32,6 +33,10 @@ pub struct Settings {
     pub quick: bool,
     /// Producers on CPU 0, consumers on CPU 1.
     pub pin: bool,
+    /// libvdi.so for the C client rows (`None`: those rows are skipped, see `c_skipped`).
+    pub libvdi: Option<PathBuf>,
+    /// Why the C client rows are skipped (`--quick` without the library).
+    pub c_skipped: Option<String>,
 }
 
 impl Settings {
@@ -151,8 +156,40 @@ fn drive(s: &Settings, total: u64, consumer: Peer, producer: Peer) -> Result<(f6
     Ok((gbps, c, p))
 }
 
+/// Which client serves a vdi sample.
+#[derive(Clone, Copy, Debug)]
+pub enum Client<'a> {
+    /// The Rust library's typed API (`vdi::ClientSet`).
+    Rust,
+    /// libvdi.so's C entry points, driven by the serving loop in C (`c/c_client.c`).
+    C(&'a Path),
+}
+
+impl Client<'_> {
+    fn role(&self) -> &'static str {
+        match self {
+            Client::Rust => "vdi-client",
+            Client::C(_) => "c-client",
+        }
+    }
+
+    fn args(&self) -> Vec<String> {
+        match self {
+            Client::Rust => Vec::new(),
+            Client::C(lib) => vec![format!("libvdi={}", lib.display())],
+        }
+    }
+}
+
 /// vdi: the client (consumer) creates the set, the server (producer) opens it.
-pub fn vdi(hub: &Hub, s: &Settings, devices: u32, buffers: u32, total: u64) -> Result<Sample> {
+pub fn vdi(
+    hub: &Hub,
+    s: &Settings,
+    client: Client<'_>,
+    devices: u32,
+    buffers: u32,
+    total: u64,
+) -> Result<Sample> {
     let name = set_name();
     let args = vec![
         format!("set={name}"),
@@ -162,7 +199,11 @@ pub fn vdi(hub: &Hub, s: &Settings, devices: u32, buffers: u32, total: u64) -> R
         format!("buffers={buffers}"),
         format!("engine={}", s.engine),
     ];
-    let client = hub.spawn("vdi-client", &[args.clone(), s.cpu(true)].concat(), &[])?;
+    let client = hub.spawn(
+        client.role(),
+        &[args.clone(), client.args(), s.cpu(true)].concat(),
+        &[],
+    )?;
     client.expect("created", SETUP)?;
     let server = hub.spawn("vdi-server", &[args, s.cpu(false)].concat(), &[])?;
     let (gbps, c, p) = drive(s, total, client, server)?;
@@ -255,11 +296,17 @@ pub fn ring(hub: &Hub, s: &Settings, total: u64) -> Result<Sample> {
     Ok(Sample::new(gbps, total, &c, &p, size as u64))
 }
 
-/// Command round trips over vdi (one device, no data).
-pub fn latency(hub: &Hub, s: &Settings, busy: u64, idle: u64) -> Result<LatencySample> {
+/// Command round trips over vdi (one device, no data), served by `client`.
+pub fn latency(
+    hub: &Hub,
+    s: &Settings,
+    client: Client<'_>,
+    busy: u64,
+    idle: u64,
+) -> Result<LatencySample> {
     let name = set_name();
     let client = hub.spawn(
-        "vdi-client",
+        client.role(),
         &[
             vec![
                 format!("set={name}"),
@@ -267,6 +314,7 @@ pub fn latency(hub: &Hub, s: &Settings, busy: u64, idle: u64) -> Result<LatencyS
                 "total=0".into(),
                 "transfer=65536".into(),
             ],
+            client.args(),
             s.cpu(true),
         ]
         .concat(),

@@ -15,11 +15,14 @@
 //!
 //! Modules: [`work`] (fill, checksum, how a stream is cut into chunks), [`wait`]
 //! (spin-then-futex waiting on a shared word), [`raw_ring`] (the minimal shared-memory
-//! ring the protocol is compared with), [`clock`] and [`mem`] (what each process reports).
+//! ring the protocol is compared with), [`clock`] and [`mem`] (what each process reports),
+//! [`libvdi`] (the C client: libvdi.so loaded at run time, driven by a loop written in C).
 
 #![deny(unsafe_code)]
 
 pub mod clock;
+#[allow(unsafe_code)] // loads libvdi.so and calls its C entry points
+pub mod libvdi;
 #[allow(unsafe_code)] // one getrusage call
 pub mod mem;
 #[allow(unsafe_code)] // views a mapped segment as the ring's words and slots

@@ -14,6 +14,7 @@ use anyhow::{Result, bail};
 use clap::Parser;
 
 use bench::Settings;
+use vdi_bench::libvdi::LibVdi;
 
 /// Compares vdi with a pipe, a Unix socket and a raw shared-memory ring.
 #[derive(Parser, Debug)]
@@ -47,7 +48,8 @@ struct Cli {
     /// callback) or `threads` (a sender thread per device).
     #[arg(long, default_value = "callback")]
     engine: String,
-    /// Run only these (comma-separated): vdi, vdi4, pipe, unix, ring, latency.
+    /// Run only these (comma-separated): vdi, vdi-c, vdi4, pipe, unix, ring, latency,
+    /// latency-c.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// A few MiB, one round, few round trips: checks that everything works, in seconds.
@@ -63,6 +65,10 @@ struct Cli {
     /// Print one JSON object on stdout (the table goes to stderr).
     #[arg(long)]
     json: bool,
+    /// libvdi.so for the C client rows [default: beside this executable, where
+    /// `cargo build -p vdi-ffi` in the same profile puts it].
+    #[arg(long)]
+    libvdi: Option<std::path::PathBuf>,
 }
 
 /// Parses `4096`, `64K`, `1M`, `4G` (binary units).
@@ -113,12 +119,35 @@ fn settings(cli: &Cli) -> Result<Settings> {
     for o in &cli.only {
         if !matches!(
             o.as_str(),
-            "vdi" | "vdi4" | "pipe" | "unix" | "ring" | "latency"
+            "vdi" | "vdi-c" | "vdi4" | "pipe" | "unix" | "ring" | "latency" | "latency-c"
         ) {
-            bail!("--only takes vdi, vdi4, pipe, unix, ring, latency (not {o})");
+            bail!("--only takes vdi, vdi-c, vdi4, pipe, unix, ring, latency, latency-c (not {o})");
         }
     }
     let q = cli.quick;
+    let wants = |w: &str| cli.only.is_empty() || cli.only.iter().any(|o| o == w);
+    let (mut libvdi, mut c_skipped) = (None, None);
+    if wants("vdi-c") || wants("latency-c") {
+        let path = match &cli.libvdi {
+            Some(p) => p.clone(),
+            None => LibVdi::default_path()
+                .ok_or_else(|| anyhow::anyhow!("cannot tell where this executable is"))?,
+        };
+        if path.exists() {
+            LibVdi::load(&path)?; // every entry point is there: fail now, not mid-run
+            libvdi = Some(path);
+        } else if q && cli.libvdi.is_none() {
+            // A smoke test must run anywhere: say what is missing, run the rest.
+            c_skipped = Some(format!(
+                "{} not built: `{}`",
+                path.display(),
+                LibVdi::build_hint(&path)
+            ));
+        } else {
+            // The error says which command builds it.
+            LibVdi::load(&path)?;
+        }
+    }
     let total = cli.total.unwrap_or(if q { 8 << 20 } else { 2 << 30 });
     if total < t {
         bail!("--total must be at least one transfer");
@@ -140,6 +169,8 @@ fn settings(cli: &Cli) -> Result<Settings> {
         only: cli.only.clone(),
         quick: q,
         pin: cli.pin,
+        libvdi,
+        c_skipped,
     })
 }
 

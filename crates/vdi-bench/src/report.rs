@@ -6,18 +6,22 @@ use anyhow::Result;
 use serde_json::{Value, json};
 use vdi_bench::mem::MemStatus;
 
-use crate::bench::{self, LatencySample, Sample, Settings, StreamSetup};
+use crate::bench::{self, Client, LatencySample, Sample, Settings, StreamSetup};
 use crate::ctl::Hub;
 
 /// Every sample of a run, in the order taken.
 #[derive(Default)]
 pub struct Results {
     pub vdi: Vec<Sample>,
+    /// The same as `vdi`, served by the C client over libvdi.
+    pub vdi_c: Vec<Sample>,
     pub vdi4: Vec<Sample>,
     pub pipe: Vec<Sample>,
     pub unix: Vec<Sample>,
     pub ring: Vec<Sample>,
     pub latency: Vec<LatencySample>,
+    /// The same as `latency`, served by the C client.
+    pub latency_c: Vec<LatencySample>,
     pub pipe_setup: StreamSetup,
     pub unix_setup: StreamSetup,
     pub vdi4_buffers: u32,
@@ -59,16 +63,32 @@ pub fn run_all(s: &Settings) -> Result<Results> {
         } else {
             "warm-up".to_owned()
         };
-        if s.wants("vdi") {
-            progress(&format!("{tag}: vdi"));
-            let x = bench::vdi(&hub, s, s.devices, s.buffers, total)?;
-            if record {
-                r.vdi.push(x);
+        // The Rust and the C client back to back, so the two see the same machine; which
+        // goes first alternates from round to round, so neither always follows the same
+        // transport.
+        let c_first = round % 2 == 1;
+        for c in [c_first, !c_first] {
+            match (c, &s.libvdi) {
+                (false, _) if s.wants("vdi") => {
+                    progress(&format!("{tag}: vdi"));
+                    let x = bench::vdi(&hub, s, Client::Rust, s.devices, s.buffers, total)?;
+                    if record {
+                        r.vdi.push(x);
+                    }
+                }
+                (true, Some(lib)) if s.wants("vdi-c") => {
+                    progress(&format!("{tag}: vdi, C client"));
+                    let x = bench::vdi(&hub, s, Client::C(lib), s.devices, s.buffers, total)?;
+                    if record {
+                        r.vdi_c.push(x);
+                    }
+                }
+                _ => {}
             }
         }
         if s.wants("vdi4") && s.devices != 4 {
             progress(&format!("{tag}: vdi, 4 devices"));
-            let x = bench::vdi(&hub, s, 4, r.vdi4_buffers, total)?;
+            let x = bench::vdi(&hub, s, Client::Rust, 4, r.vdi4_buffers, total)?;
             if record {
                 r.vdi4.push(x);
             }
@@ -96,16 +116,28 @@ pub fn run_all(s: &Settings) -> Result<Results> {
                 r.ring.push(x);
             }
         }
-        if s.wants("latency") {
-            progress(&format!("{tag}: latency"));
-            let (busy, idle) = if record {
-                (s.busy_samples, s.idle_samples)
-            } else {
-                (s.busy_samples / 10 + 1, 2)
-            };
-            let x = bench::latency(&hub, s, busy, idle)?;
-            if record {
-                r.latency.push(x);
+        let (busy, idle) = if record {
+            (s.busy_samples, s.idle_samples)
+        } else {
+            (s.busy_samples / 10 + 1, 2)
+        };
+        for c in [c_first, !c_first] {
+            match (c, &s.libvdi) {
+                (false, _) if s.wants("latency") => {
+                    progress(&format!("{tag}: latency"));
+                    let x = bench::latency(&hub, s, Client::Rust, busy, idle)?;
+                    if record {
+                        r.latency.push(x);
+                    }
+                }
+                (true, Some(lib)) if s.wants("latency-c") => {
+                    progress(&format!("{tag}: latency, C client"));
+                    let x = bench::latency(&hub, s, Client::C(lib), busy, idle)?;
+                    if record {
+                        r.latency_c.push(x);
+                    }
+                }
+                _ => {}
             }
         }
     }
@@ -215,6 +247,37 @@ struct Target {
     met: Option<bool>,
 }
 
+/// The C client's busy p50 minus the Rust client's, in µs (medians over the rounds).
+fn c_minus_rust_busy_p50(r: &Results) -> Option<f64> {
+    Some(
+        median_of(&r.latency_c, |l| l.busy_p50)? / 1e3
+            - median_of(&r.latency, |l| l.busy_p50)? / 1e3,
+    )
+}
+
+/// The median over the rounds of C / Rust throughput and of C - Rust busy p50 (µs),
+/// each round's two samples taken back to back: less sensitive to a noisy machine than
+/// the figures of the targets (ratios of medians), shown beside them in the JSON.
+fn c_paired(r: &Results) -> (Option<f64>, Option<f64>) {
+    let tp: Vec<f64> = r
+        .vdi_c
+        .iter()
+        .zip(&r.vdi)
+        .map(|(c, rust)| c.gbps / rust.gbps)
+        .collect();
+    let lat: Vec<f64> = r
+        .latency_c
+        .iter()
+        .zip(&r.latency)
+        .map(|(c, rust)| (c.busy_p50 - rust.busy_p50) / 1e3)
+        .collect();
+    (stats(&tp).map(|x| x.1), stats(&lat).map(|x| x.1))
+}
+
+/// Bounds of the C client against the Rust client.
+const C_THROUGHPUT_MIN: f64 = 0.95;
+const C_BUSY_P50_MAX_EXTRA_US: f64 = 0.1;
+
 fn targets(r: &Results) -> Vec<Target> {
     let at_least = |name, value: Option<f64>, min: f64| Target {
         name,
@@ -254,6 +317,18 @@ fn targets(r: &Results) -> Vec<Target> {
             median_of(&r.latency, |l| l.busy_p99 / 1e3),
             5.0,
         ),
+        at_least(
+            "C client / Rust client",
+            ratio(&r.vdi_c, &r.vdi),
+            C_THROUGHPUT_MIN,
+        ),
+        Target {
+            name: "C client busy p50 - Rust client's",
+            bound: format!("<= +{C_BUSY_P50_MAX_EXTRA_US} us"),
+            value: c_minus_rust_busy_p50(r),
+            unit: "us",
+            met: c_minus_rust_busy_p50(r).map(|v| v <= C_BUSY_P50_MAX_EXTRA_US),
+        },
         mem("vdi peak RSS", MemCheck::of(&r.vdi)),
         mem("vdi 4 devices peak RSS", MemCheck::of(&r.vdi4)),
     ]
@@ -302,8 +377,12 @@ pub fn table(s: &Settings, r: &Results, elapsed: f64) -> String {
         "throughput (GB/s)", "median", "min", "max", "vdi/this"
     );
     let vdi_med = gbps(&r.vdi).map(|x| x.1);
-    let rows: [(String, &[Sample]); 5] = [
+    let rows: [(String, &[Sample]); 6] = [
         (format!("vdi, {} device{plural}", s.devices), &r.vdi),
+        (
+            format!("vdi, {} device{plural}, C client", s.devices),
+            &r.vdi_c,
+        ),
         (
             format!("vdi, 4 devices ({} buffers)", r.vdi4_buffers),
             &r.vdi4,
@@ -352,35 +431,42 @@ pub fn table(s: &Settings, r: &Results, elapsed: f64) -> String {
         "(CPU milliseconds of the producer and the consumer process, and their voluntary and involuntary context switches)"
     );
     let _ = writeln!(o);
-    if !r.latency.is_empty() {
-        let us = |f: &dyn Fn(&LatencySample) -> f64| {
-            median_of(&r.latency, f).map_or("-".into(), |v| format!("{:.2} us", v / 1e3))
-        };
-        let n_busy: u64 = r.latency.iter().map(|l| l.busy_n).sum();
-        let n_idle: u64 = r.latency.iter().map(|l| l.idle_n).sum();
+    if !r.latency.is_empty() || !r.latency_c.is_empty() {
         let _ = writeln!(
             o,
             "{:<38} {:>9} {:>9} {:>9}",
             "command round trip (no data)", "p50", "p99", "mean"
         );
-        let _ = writeln!(
-            o,
-            "{:<38} {:>9} {:>9} {:>9}",
-            format!("busy, back to back ({n_busy} samples)"),
-            us(&|l| l.busy_p50),
-            us(&|l| l.busy_p99),
-            us(&|l| l.busy_mean)
-        );
-        let _ = writeln!(
-            o,
-            "{:<38} {:>9} {:>9}",
-            format!(
-                "idle, {} ms apart ({n_idle} samples)",
-                s.idle_pause_us / 1000
-            ),
-            us(&|l| l.idle_p50),
-            us(&|l| l.idle_p99)
-        );
+        for (who, v) in [("", &r.latency), (", C client", &r.latency_c)] {
+            if v.is_empty() {
+                continue;
+            }
+            let us = |f: &dyn Fn(&LatencySample) -> f64| {
+                median_of(v, f).map_or("-".into(), |x| format!("{:.2} us", x / 1e3))
+            };
+            let n_busy: u64 = v.iter().map(|l| l.busy_n).sum();
+            let n_idle: u64 = v.iter().map(|l| l.idle_n).sum();
+            let _ = writeln!(
+                o,
+                "{:<38} {:>9} {:>9} {:>9}",
+                format!("busy{who}, back to back ({n_busy})"),
+                us(&|l| l.busy_p50),
+                us(&|l| l.busy_p99),
+                us(&|l| l.busy_mean)
+            );
+            let _ = writeln!(
+                o,
+                "{:<38} {:>9} {:>9}",
+                format!("idle{who}, {} ms apart ({n_idle})", s.idle_pause_us / 1000),
+                us(&|l| l.idle_p50),
+                us(&|l| l.idle_p99)
+            );
+        }
+        let _ = writeln!(o, "(samples in brackets)");
+        let _ = writeln!(o);
+    }
+    if let Some(why) = &s.c_skipped {
+        let _ = writeln!(o, "C client rows skipped: {why}");
         let _ = writeln!(o);
     }
     let mems = [
@@ -500,10 +586,17 @@ fn cpus() -> usize {
 /// Every figure, as one JSON object.
 pub fn json(s: &Settings, r: &Results, elapsed: f64) -> Value {
     let lat = |f: &dyn Fn(&LatencySample) -> f64| median_of(&r.latency, f).map(|v| v / 1e3);
+    let lat_c = |f: &dyn Fn(&LatencySample) -> f64| median_of(&r.latency_c, f).map(|v| v / 1e3);
     let ring_bytes = vdi_bench::raw_ring::segment_size(s.buffers, s.transfer as usize);
     json!({
         "transports": {
             "vdi": transport(&r.vdi, json!({"devices": s.devices, "buffers": s.buffers})),
+            "vdi_c_client": transport(&r.vdi_c, json!({
+                "devices": s.devices,
+                "buffers": s.buffers,
+                "libvdi": s.libvdi.as_ref().map(|p| p.display().to_string()),
+                "skipped": s.c_skipped,
+            })),
             "vdi_4_devices": transport(&r.vdi4, json!({"devices": 4, "buffers": r.vdi4_buffers})),
             "pipe": transport(&r.pipe, json!({"pipe_size_bytes": r.pipe_setup.buffer})),
             "unix": transport(&r.unix, json!({"sndbuf_bytes": r.unix_setup.buffer})),
@@ -514,6 +607,10 @@ pub fn json(s: &Settings, r: &Results, elapsed: f64) -> Value {
             "vdi_over_unix": ratio(&r.vdi, &r.unix),
             "vdi_over_raw_ring": ratio(&r.vdi, &r.ring),
             "vdi4_over_vdi1": ratio(&r.vdi4, &r.vdi),
+            "c_client_over_rust_client": ratio(&r.vdi_c, &r.vdi),
+            "c_client_busy_p50_minus_rust_us": c_minus_rust_busy_p50(r),
+            "c_client_over_rust_client_paired_median": c_paired(r).0,
+            "c_client_busy_p50_minus_rust_us_paired_median": c_paired(r).1,
         },
         "latency_us": {
             "busy_p50": lat(&|l| l.busy_p50),
@@ -525,10 +622,21 @@ pub fn json(s: &Settings, r: &Results, elapsed: f64) -> Value {
             "idle_samples": r.latency.iter().map(|l| l.idle_n).sum::<u64>(),
             "busy_p50_per_round": r.latency.iter().map(|l| l.busy_p50 / 1e3).collect::<Vec<_>>(),
             "idle_p50_per_round": r.latency.iter().map(|l| l.idle_p50 / 1e3).collect::<Vec<_>>(),
+            "c_client": {
+                "busy_p50": lat_c(&|l| l.busy_p50),
+                "busy_p99": lat_c(&|l| l.busy_p99),
+                "busy_mean": lat_c(&|l| l.busy_mean),
+                "idle_p50": lat_c(&|l| l.idle_p50),
+                "idle_p99": lat_c(&|l| l.idle_p99),
+                "busy_samples": r.latency_c.iter().map(|l| l.busy_n).sum::<u64>(),
+                "idle_samples": r.latency_c.iter().map(|l| l.idle_n).sum::<u64>(),
+                "busy_p50_per_round": r.latency_c.iter().map(|l| l.busy_p50 / 1e3).collect::<Vec<_>>(),
+            },
         },
         "memory": {
             "vdi": memcheck_json(MemCheck::of(&r.vdi)),
             "vdi_4_devices": memcheck_json(MemCheck::of(&r.vdi4)),
+            "vdi_c_client": memcheck_json(MemCheck::of(&r.vdi_c)),
             "bytes_moved_per_sample": s.total,
         },
         "targets": targets(r).iter().map(|t| json!({

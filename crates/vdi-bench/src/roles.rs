@@ -14,6 +14,7 @@ use vdi::{
     ServerSet, Timeout, VdConfig, completion, features,
 };
 use vdi_bench::clock::now_ns;
+use vdi_bench::libvdi::LibVdi;
 use vdi_bench::mem::{CpuUsage, MemStatus};
 use vdi_bench::raw_ring::RawRing;
 use vdi_bench::wait;
@@ -25,6 +26,7 @@ use crate::ctl::{Args, Link};
 pub fn run(role: &str, link: &Link, args: &Args, fds: Vec<OwnedFd>) -> Result<()> {
     match role {
         "vdi-client" => vdi_client(link, args),
+        "c-client" => c_client(link, args),
         "vdi-server" => vdi_server(link, args),
         "latency-server" => latency_server(link, args),
         "stream-producer" => stream_producer(link, args, one_fd(fds)?),
@@ -129,17 +131,22 @@ fn vdi_client(link: &Link, args: &Args) -> Result<()> {
             .map(|h| h.join().map_err(|_| anyhow!("a device thread panicked"))?)
             .collect()
     })?;
-    let mem = mem_fields(&usage0.lock().unwrap_or_else(|e| e.into_inner()));
+    let usage0 = *usage0.lock().unwrap_or_else(|e| e.into_inner());
+    report_served(link, &results, cfg.buffer_area_size, &usage0)?;
+    set.close()?;
+    Ok(())
+}
+
+/// The client's `done` message: the last device's end, the sums, the memory figures.
+fn report_served(link: &Link, results: &[Served], area: u32, usage0: &CpuUsage) -> Result<()> {
+    let mem = mem_fields(usage0);
     let end = results.iter().map(|r| r.end_ns).max().unwrap_or(0);
     let bytes: u64 = results.iter().map(|r| r.bytes).sum();
     let commands: u64 = results.iter().map(|r| r.commands).sum();
     let bad: u64 = results.iter().map(|r| r.bad).sum();
     link.send(&format!(
-        "done end_ns={end} bytes={bytes} commands={commands} bad={bad} area={} {mem}",
-        cfg.buffer_area_size
-    ))?;
-    set.close()?;
-    Ok(())
+        "done end_ns={end} bytes={bytes} commands={commands} bad={bad} area={area} {mem}"
+    ))
 }
 
 struct Served {
@@ -147,6 +154,15 @@ struct Served {
     bytes: u64,
     commands: u64,
     bad: u64,
+}
+
+/// Whether the chunk at `position` of device `d` is wrong (its length or its checksum):
+/// the consumer's check, the same for both clients.
+fn bad_chunk(plan: &Plan, d: u32, position: u64, data: &[u8]) -> bool {
+    let k = position / u64::from(plan.transfer.max(1));
+    let n = data.len();
+    work::checksum(data) != work::expected_checksum(n, work::pattern(d, k))
+        || n != plan.chunk_len(d, k)
 }
 
 fn serve_device(
@@ -167,7 +183,6 @@ fn serve_device(
         }
     };
     let want = plan.device_bytes(d);
-    let transfer = u64::from(plan.transfer.max(1));
     let mut r = Served {
         end_ns: 0,
         bytes: 0,
@@ -186,12 +201,9 @@ fn serve_device(
         }
         // The chunk's number travels as its position, so completions may come back in
         // any order without confusing the check.
-        let k = cmd.position() / transfer;
         let data = cmd.buffer().unwrap_or(&[]);
         let n = data.len();
-        if work::checksum(data) != work::expected_checksum(n, work::pattern(d, k))
-            || n != plan.chunk_len(d, k)
-        {
+        if bad_chunk(plan, d, cmd.position(), data) {
             r.bad += 1;
         }
         cmd.complete(completion::ERROR_SUCCESS, n as u32, 0)?;
@@ -202,6 +214,68 @@ fn serve_device(
         }
     }
     Ok(r)
+}
+
+// ---------------------------------------------------------------------------------------
+// vdi: the C client (the same work over libvdi's C entry points)
+
+/// As [`vdi_client`], through libvdi.so: the set is created, configured and opened with
+/// the C functions, and each device's thread runs the serving loop written in C
+/// (`c/c_client.c`: `vdi_client_device_get_command`, the check, `..._complete_command`).
+fn c_client(link: &Link, args: &Args) -> Result<()> {
+    let lib = LibVdi::load(std::path::Path::new(args.str("libvdi")?))?;
+    let name = args.str("set")?;
+    let plan = plan(args)?;
+    let set = lib.client_set()?;
+    set.create(name, plan.devices)?;
+    link.send("created")?;
+    let cfg = set.get_configuration(30_000)?;
+    let (tx, rx) = std::sync::mpsc::channel::<bool>();
+    let usage0 = Mutex::new(CpuUsage::current());
+    let results = std::thread::scope(|s| -> Result<Vec<Served>> {
+        let handles: Vec<_> = (0..plan.devices)
+            .map(|d| {
+                let (set, tx, plan) = (&set, tx.clone(), &plan);
+                s.spawn(move || -> Result<Served> {
+                    let dev = match set.open_device(&device_name(name, d)) {
+                        Ok(dev) => {
+                            let _ = tx.send(true);
+                            dev
+                        }
+                        Err(e) => {
+                            let _ = tx.send(false);
+                            return Err(e.into());
+                        }
+                    };
+                    let r = dev.serve(plan.device_bytes(d), |pos, data| {
+                        bad_chunk(plan, d, pos, data)
+                    })?;
+                    Ok(Served {
+                        end_ns: r.end_ns,
+                        bytes: r.bytes,
+                        commands: r.commands,
+                        bad: r.bad,
+                    })
+                })
+            })
+            .collect();
+        drop(tx);
+        let opened = (0..plan.devices).all(|_| rx.recv().unwrap_or(false));
+        if opened {
+            *usage0.lock().unwrap_or_else(|e| e.into_inner()) = CpuUsage::current();
+            link.send("ready")?;
+        } else {
+            let _ = set.signal_abort();
+        }
+        handles
+            .into_iter()
+            .map(|h| h.join().map_err(|_| anyhow!("a device thread panicked"))?)
+            .collect()
+    })?;
+    let usage0 = *usage0.lock().unwrap_or_else(|e| e.into_inner());
+    report_served(link, &results, cfg.buffer_area_size, &usage0)?;
+    set.close()?;
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------

@@ -22,8 +22,8 @@ use std::ffi::c_char;
 use std::ptr::NonNull;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use vdi::ErrorCode;
 use vdi::object::{ClientVirtualDevice, ClientVirtualDeviceSet};
+use vdi::{Command, ErrorCode};
 
 use crate::abi::{self, VD_E_MEMORY, VDC_Command, VDConfig};
 use crate::fence::{self, CError};
@@ -48,12 +48,18 @@ impl ClientSetObj {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// Where a command block is in its life.
 enum BlockState {
     /// Never handed out, or handed out, completed and then recycled.
     Free,
-    /// Handed out; the object layer's command handle.
-    Outstanding(u64),
+    /// Handed out: the command itself, until `CompleteCommand` takes it.
+    ///
+    /// Its `'static` stands for "as long as the [`ClientDevObj`] that holds this block":
+    /// the command borrows the device of `ClientDevObj::dev`, which does not move (a
+    /// `ClientDevObj` lives in the `Arc` it is created into, in `open_device`, and is
+    /// only ever reached through it) and is not dropped before the command
+    /// (`ClientDevObj`'s `Drop` drops every block's command before its fields).
+    Outstanding(Command<'static>),
     /// Completed: still readable by the caller until the device's next GetCommand.
     Completed,
 }
@@ -64,6 +70,13 @@ struct Block {
 }
 
 /// A client device.
+///
+/// The per-command path holds the typed [`Command`] in the block it hands out, so
+/// `CompleteCommand` finds the command with the block (one look-up among this device's
+/// blocks, which it needs anyway to refuse a foreign `VDC_Command*`) instead of a second,
+/// hashed table of the object layer's ([`ClientVirtualDevice::get_command`] /
+/// `complete_command`): the same calls on the same device, with the object layer's rule
+/// kept (`CompleteCommand` after the normal end is `VD_E_PROTOCOL`).
 pub struct ClientDevObj {
     dev: ClientVirtualDevice,
     blocks: Mutex<Vec<Block>>,
@@ -71,7 +84,8 @@ pub struct ClientDevObj {
 
 // SAFETY: the block pointers are boxes this object owns (allocated in `take_block`, freed
 // only in Drop); the table of them is behind a mutex, and the library writes a block only
-// while it is not handed out (Free, or Completed and being recycled).
+// while it is not handed out (Free, or Completed and being recycled). The commands in it
+// are Send (a command's buffer moves with it).
 unsafe impl Send for ClientDevObj {}
 // SAFETY: as above: every access to the table goes through the mutex.
 unsafe impl Sync for ClientDevObj {}
@@ -79,6 +93,10 @@ unsafe impl Sync for ClientDevObj {}
 impl Drop for ClientDevObj {
     fn drop(&mut self) {
         for b in lock(&self.blocks).drain(..) {
+            // An outstanding command is dropped here, before `dev` (a field, dropped after
+            // this body): it completes itself with ERROR_OPERATION_ABORTED, as the object
+            // layer's device does with its own on drop.
+            drop(b.state);
             // SAFETY: each block came from Box::into_raw in `take_block` and is freed once,
             // here.
             drop(unsafe { Box::from_raw(b.cmd.as_ptr()) });
@@ -92,13 +110,17 @@ impl ClientDevObj {
         &self.dev
     }
 
-    /// A block for a new command: a free one, else a completed one (its readability
-    /// ends now, at the next GetCommand), else a new one.
-    fn take_block(blocks: &mut Vec<Block>, out: u64) -> NonNull<VDC_Command> {
+    /// A block for `cmd`: a free one, else a completed one (its readability ends now, at
+    /// the next GetCommand), else a new one.
+    fn take_block(blocks: &mut Vec<Block>, cmd: Command<'static>) -> NonNull<VDC_Command> {
         let reuse = blocks
             .iter()
-            .position(|b| b.state == BlockState::Free)
-            .or_else(|| blocks.iter().position(|b| b.state == BlockState::Completed));
+            .position(|b| matches!(b.state, BlockState::Free))
+            .or_else(|| {
+                blocks
+                    .iter()
+                    .position(|b| matches!(b.state, BlockState::Completed))
+            });
         let i = match reuse {
             Some(i) => i,
             None => {
@@ -112,7 +134,7 @@ impl ClientDevObj {
                 blocks.len() - 1
             }
         };
-        blocks[i].state = BlockState::Outstanding(out);
+        blocks[i].state = BlockState::Outstanding(cmd);
         blocks[i].cmd
     }
 }
@@ -293,21 +315,27 @@ pub unsafe fn get_command(
     // SAFETY: checked non-null and aligned; writable as the caller promised.
     unsafe { out.write(std::ptr::null_mut()) };
     let dev = handle::client_device(h)?;
-    let c = dev.dev.get_command(abi::timeout(timeout_ms))?;
+    let mut c = dev.dev.device().get_command(abi::timeout(timeout_ms))?;
+    let fields = VDC_Command {
+        commandCode: c.code().value() as i32,
+        size: c.size() as i32,
+        position: c.position() as i64,
+        // Writable: a Read's buffer is for the caller to fill.
+        buffer: c
+            .buffer_mut()
+            .map_or(std::ptr::null_mut(), |b| b.as_mut_ptr()),
+    };
+    // SAFETY: the command borrows the device of `dev.dev`, which stays where it is and
+    // outlives every block of `dev` (see `BlockState::Outstanding`); the command is stored
+    // in one of them and never leaves it but to be completed or dropped.
+    let c = unsafe { std::mem::transmute::<Command<'_>, Command<'static>>(c) };
     let block = {
         let mut blocks = lock(&dev.blocks);
-        let p = ClientDevObj::take_block(&mut blocks, c.handle);
+        let p = ClientDevObj::take_block(&mut blocks, c);
         // SAFETY: the block is ours and not handed out (it was Free, or Completed, whose
         // readability ends at this GetCommand); written through the raw pointer, no
         // reference to memory the caller may also read.
-        unsafe {
-            p.as_ptr().write(VDC_Command {
-                commandCode: c.command_code as i32,
-                size: c.size as i32,
-                position: c.position as i64,
-                buffer: c.buffer,
-            })
-        };
+        unsafe { p.as_ptr().write(fields) };
         p
     };
     // SAFETY: as above.
@@ -324,7 +352,18 @@ pub fn complete_command(
     position: u64,
 ) -> Result<(), CError> {
     let dev = handle::client_device(h)?;
-    let out = {
+    if dev.dev.device().is_terminated() {
+        // The object layer's rule: after VD_E_CLOSE the device has no commands.
+        return Err(vdi::VdError::new(
+            ErrorCode::Protocol,
+            vdi::Reason::WrongState {
+                call: "CompleteCommand",
+                state: "Normally Terminated (the device returned VD_E_CLOSE)",
+            },
+        )
+        .into());
+    }
+    let command = {
         let mut blocks = lock(&dev.blocks);
         let Some(b) = blocks.iter_mut().find(|b| b.cmd.as_ptr() == cmd) else {
             return Err(CError::invalid(if cmd.is_null() {
@@ -333,19 +372,18 @@ pub fn complete_command(
                 format!("{cmd:p} is not a command this device handed out")
             }));
         };
-        match b.state {
-            BlockState::Outstanding(out) => {
-                b.state = BlockState::Completed;
-                out
-            }
-            _ => {
+        match std::mem::replace(&mut b.state, BlockState::Completed) {
+            BlockState::Outstanding(c) => c,
+            other => {
+                b.state = other;
                 return Err(CError::invalid(
                     "the command is not outstanding (it was completed already)",
                 ));
             }
         }
     };
-    dev.dev
-        .complete_command(out, completion_code, bytes_transferred, position)?;
+    // Outside the lock: completing may wake the server, and another thread may fetch
+    // the device's next command meanwhile.
+    command.complete(completion_code, bytes_transferred, position)?;
     Ok(())
 }

@@ -13,6 +13,11 @@
 //! call on the same handle, and freeing a handle while another thread is inside a call
 //! on it only drops the table's reference: the object lives until that call returns.
 //!
+//! Each thread also keeps the last few handles of each kind it looked up, as weak
+//! references checked against the slot's `live` word: a thread calling the same device
+//! over and over (the per-command path) then takes no lock. Weak, so a cache never keeps
+//! a freed object alive; checked, so it never finds a freed or reused handle.
+//!
 //! ```
 //! use std::sync::Arc;
 //! use vdi_ffi_core::handle::{self, Entry};
@@ -26,7 +31,10 @@
 //! assert!(handle::server_set(0).is_err()); // NULL
 //! ```
 
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::cell::RefCell;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::thread::LocalKey;
 
 use crate::client::{ClientDevObj, ClientSetObj};
 use crate::fence::CError;
@@ -50,6 +58,9 @@ pub const CAPACITY: usize = 16384;
 
 struct Slot {
     inner: Mutex<SlotInner>,
+    /// The live handle of this slot (0 when free): written under `inner`'s lock, read
+    /// without it by the per-thread caches.
+    live: AtomicU64,
 }
 
 struct SlotInner {
@@ -64,6 +75,7 @@ impl Slot {
                 generation: 0,
                 entry: None,
             }),
+            live: AtomicU64::new(0),
         }
     }
 
@@ -96,7 +108,9 @@ pub fn insert(entry: Entry) -> Option<u64> {
             s.generation = s.generation.checked_add(1).unwrap_or(1);
             s.entry = Some(entry);
             *cursor = (index + 1) % CAPACITY;
-            return Some((u64::from(s.generation) << 32) | index as u64);
+            let h = (u64::from(s.generation) << 32) | index as u64;
+            SLOTS[index].live.store(h, Ordering::Release);
+            return Some(h);
         }
     }
     None
@@ -120,7 +134,88 @@ pub fn remove(h: u64) -> Option<Entry> {
     if s.generation != generation {
         return None;
     }
+    // Before the entry goes: a cache that still sees the handle live can only upgrade
+    // its weak reference while some call still holds the object.
+    SLOTS[index].live.store(0, Ordering::Release);
     s.entry.take()
+}
+
+// ---------------------------------------------------------------------------------------
+// Per-thread caches
+
+/// Ways of each per-thread cache (direct-mapped by slot index).
+const WAYS: usize = 4;
+
+/// The last handles of one kind this thread looked up, as weak references: a hit costs
+/// a load of the slot's `live` word and an upgrade, instead of the slot's lock and an
+/// `Arc` clone (the C client's GetCommand and CompleteCommand each look their device up).
+/// Weak, so a cache never keeps a freed object alive; checked against `live`, so a freed
+/// or reused handle is not found, as in the table.
+struct Cache<T> {
+    ways: [(u64, Weak<T>); WAYS],
+}
+
+impl<T> Cache<T> {
+    const fn new() -> Cache<T> {
+        Cache {
+            ways: [const { (0, Weak::new()) }; WAYS],
+        }
+    }
+}
+
+type LocalCache<T> = LocalKey<RefCell<Cache<T>>>;
+
+thread_local! {
+    static CLIENT_SETS: RefCell<Cache<ClientSetObj>> = const { RefCell::new(Cache::new()) };
+    static CLIENT_DEVICES: RefCell<Cache<ClientDevObj>> = const { RefCell::new(Cache::new()) };
+    static SERVER_SETS: RefCell<Cache<ServerSetObj>> = const { RefCell::new(Cache::new()) };
+    static SERVER_DEVICES: RefCell<Cache<ServerDevObj>> = const { RefCell::new(Cache::new()) };
+}
+
+fn cached<T>(cache: &'static LocalCache<T>, h: u64) -> Option<Arc<T>> {
+    let (index, _) = split(h)?;
+    // Acquire: pairs with the Release stores of insert/remove.
+    if SLOTS[index].live.load(Ordering::Acquire) != h {
+        return None;
+    }
+    cache
+        .try_with(|c| {
+            let c = c.try_borrow().ok()?;
+            let (k, w) = &c.ways[index % WAYS];
+            if *k == h { w.upgrade() } else { None }
+        })
+        .ok()
+        .flatten()
+}
+
+fn remember<T>(cache: &'static LocalCache<T>, h: u64, obj: &Arc<T>) {
+    if let Some((index, _)) = split(h) {
+        // try_with: a call from a thread being torn down just does not cache.
+        let _ = cache.try_with(|c| {
+            if let Ok(mut c) = c.try_borrow_mut() {
+                c.ways[index % WAYS] = (h, Arc::downgrade(obj));
+            }
+        });
+    }
+}
+
+/// A typed look-up: the thread's cache, else the table (and then the cache remembers).
+fn lookup<T>(
+    cache: &'static LocalCache<T>,
+    h: u64,
+    what: &str,
+    pick: impl FnOnce(Entry) -> Option<Arc<T>>,
+) -> Result<Arc<T>, CError> {
+    if let Some(obj) = cached(cache, h) {
+        return Ok(obj);
+    }
+    match get(h).and_then(pick) {
+        Some(obj) => {
+            remember(cache, h, &obj);
+            Ok(obj)
+        }
+        None => Err(not_a(what, h)),
+    }
 }
 
 fn not_a(what: &str, h: u64) -> CError {
@@ -135,42 +230,46 @@ fn not_a(what: &str, h: u64) -> CError {
 
 /// The client set behind `h`.
 pub fn client_set(h: u64) -> Result<Arc<ClientSetObj>, CError> {
-    match get(h) {
-        Some(Entry::ClientSet(s)) => Ok(s),
-        _ => Err(not_a("client set", h)),
-    }
+    lookup(&CLIENT_SETS, h, "client set", |e| match e {
+        Entry::ClientSet(s) => Some(s),
+        _ => None,
+    })
 }
 
 /// The client device behind `h`.
 pub fn client_device(h: u64) -> Result<Arc<ClientDevObj>, CError> {
-    match get(h) {
-        Some(Entry::ClientDevice(d)) => Ok(d),
-        _ => Err(not_a("client device", h)),
-    }
+    lookup(&CLIENT_DEVICES, h, "client device", |e| match e {
+        Entry::ClientDevice(d) => Some(d),
+        _ => None,
+    })
 }
 
 /// The server set behind `h`.
 pub fn server_set(h: u64) -> Result<Arc<ServerSetObj>, CError> {
-    match get(h) {
-        Some(Entry::ServerSet(s)) => Ok(s),
-        _ => Err(not_a("server set", h)),
-    }
+    lookup(&SERVER_SETS, h, "server set", |e| match e {
+        Entry::ServerSet(s) => Some(s),
+        _ => None,
+    })
 }
 
 /// The server device behind `h`.
 pub fn server_device(h: u64) -> Result<Arc<ServerDevObj>, CError> {
-    match get(h) {
-        Some(Entry::ServerDevice(d)) => Ok(d),
-        _ => Err(not_a("server device", h)),
-    }
+    lookup(&SERVER_DEVICES, h, "server device", |e| match e {
+        Entry::ServerDevice(d) => Some(d),
+        _ => None,
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    /// One test at a time uses the (process-wide) table: one of them fills it.
+    static TABLE: Mutex<()> = Mutex::new(());
+
     #[test]
     fn stale_handles_miss_the_reused_slot() {
+        let _t = TABLE.lock().unwrap_or_else(|e| e.into_inner());
         let a = insert(Entry::ServerSet(Arc::default())).unwrap();
         assert!(remove(a).is_some());
         // Take every slot once more: one of them is a's, with a new generation.
@@ -186,6 +285,28 @@ mod tests {
         for h in all {
             assert!(remove(h).is_some());
         }
+    }
+
+    #[test]
+    fn cached_lookups_follow_the_table() {
+        let _t = TABLE.lock().unwrap_or_else(|e| e.into_inner());
+        let a = insert(Entry::ServerSet(Arc::default())).unwrap();
+        let first = server_set(a).unwrap(); // from the table, now cached
+        let again = server_set(a).unwrap(); // from the cache
+        assert!(Arc::ptr_eq(&first, &again));
+        assert!(client_set(a).is_err(), "the wrong kind, cached or not");
+        drop((first, again));
+        assert!(remove(a).is_some());
+        assert!(server_set(a).is_err(), "freed: the cache does not answer");
+        // The slot again, with a new generation: the old handle still misses.
+        let b = insert(Entry::ServerSet(Arc::default())).unwrap();
+        assert!(server_set(b).is_ok());
+        assert!(server_set(a).is_err());
+        // Freed while a call holds the object: the cache does not bring it back.
+        let held = server_set(b).unwrap();
+        assert!(remove(b).is_some());
+        assert!(server_set(b).is_err());
+        drop(held);
     }
 
     #[test]

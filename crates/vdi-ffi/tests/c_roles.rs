@@ -1,7 +1,9 @@
 //! Both roles in C over libvdi, in real processes over real shared memory: the C client
 //! (`tests/c/vdi_client.c`, the Linux sample's shape) against `vdi engine`, the C engine
 //! (`tests/c/vdi_engine.c`, completion routines, 4 devices) against `vdi client` and
-//! against the C client; aborts from each side and SIGKILL of each peer.
+//! against the C client; aborts from each side and SIGKILL of each peer. The C engine
+//! also asks QueryAvailableBuffers in every state it passes through (its report's
+//! `query=` field).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -196,6 +198,13 @@ fn c_engine_stripes_over_4_devices_to_vdi_client_and_to_the_c_client() {
     e.ok();
     assert_eq!(e.field("result"), "NOERROR");
     assert_eq!(e.num("bytes"), (7 << 20) + 4097);
+    // QueryAvailableBuffers from C, in each state: refused before BeginConfiguration
+    // (DNE, Connected) and after the end; the 12 requested buffers (4 devices x depth 3)
+    // while Configurable and Initializing; none once all are allocated (Active).
+    assert_eq!(
+        e.field("query"),
+        "VD_E_PROTOCOL,VD_E_PROTOCOL,12,12,0,VD_E_PROTOCOL"
+    );
     wait(client, Duration::from_secs(60), "vdi client backup").ok();
     let out = p.dir.path().join("out-tool");
     let set = set_name("ceng-r");
@@ -206,6 +215,10 @@ fn c_engine_stripes_over_4_devices_to_vdi_client_and_to_the_c_client() {
     );
     let e = run(&p.engine, &["restore", &set, &s(&out), "--depth", "3"]);
     e.ok();
+    assert_eq!(
+        e.field("query"),
+        "VD_E_PROTOCOL,VD_E_PROTOCOL,12,12,0,VD_E_PROTOCOL"
+    );
     wait(client, Duration::from_secs(60), "vdi client restore").ok();
     assert!(
         digest(&src) == digest(&out),
@@ -283,6 +296,11 @@ fn assert_aborted_cleanly(engine: &str) {
         field(engine, "in_flight"),
         "0",
         "a routine never ran: {engine}"
+    );
+    // QueryAvailableBuffers after the abort (Abnormally Terminated) is refused.
+    assert!(
+        field(engine, "query").ends_with(",VD_E_PROTOCOL"),
+        "{engine}"
     );
 }
 

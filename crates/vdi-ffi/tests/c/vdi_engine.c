@@ -13,7 +13,12 @@
  * client answers ERROR_HANDLE_EOF, then ClearError, then CloseDevice.
  * --abort-after N calls SignalAbort after N completions; --stall-after N stops sending
  * after N completions and waits (for a test to kill the client or this process).
- * Prints "result=NAME callbacks=N aborted=N twice=N bytes=N" and exits 0 on success.
+ * QueryAvailableBuffers is asked in every state the set passes through (refused before
+ * BeginConfiguration and after the end; in Configurable and Initializing every requested
+ * buffer is available, once they are allocated none is).
+ * Prints "result=NAME callbacks=N aborted=N twice=N bytes=N
+ * query=DNE,CONNECTED,CONFIGURABLE,INITIALIZING,ACTIVE,ENDED" (codes, or counts where
+ * the call is allowed) and exits 0 on success.
  */
 #define _POSIX_C_SOURCE 200809L
 #include <vdi/vdi_c.h>
@@ -72,6 +77,30 @@ static void fail(const char *what, int32_t rc) {
 }
 
 static void routine(VDS_Command *cmd);
+
+/* QueryAvailableBuffers in each state the engine passes through: its code, and in the
+ * states where it is allowed (Configurable, Initializing, Active) the count. */
+static int32_t query_rc[6];
+static uint32_t query_count[6];
+enum { Q_DNE, Q_CONNECTED, Q_CONFIGURABLE, Q_INITIALIZING, Q_ACTIVE, Q_ENDED };
+
+static void query(int state) {
+    uint32_t n = 0xFFFFFFFFu;
+    query_rc[state] = vdi_server_set_query_available_buffers(set, chunk, 0, &n);
+    query_count[state] = n;
+}
+
+static void check_query(int state, int32_t want_rc, uint32_t want_count) {
+    static const char *names[] = {"DNE", "Connected", "Configurable", "Initializing",
+                                  "Active", "ended"};
+    int ok = query_rc[state] == want_rc && (want_rc != NOERROR || query_count[state] == want_count);
+    if (!ok) {
+        fprintf(stderr, "vdi_engine: QueryAvailableBuffers while %s gave %s and %u, not %s and %u\n",
+                names[state], vdi_error_name(query_rc[state]), query_count[state],
+                vdi_error_name(want_rc), want_count);
+        atomic_store(&failed, 1);
+    }
+}
 
 /* Sends cmd (already filled); a failed send has run the routine already. */
 static void send(struct block *b, int32_t code, int32_t size) {
@@ -266,6 +295,7 @@ int main(int argc, char **argv) {
     total_chunks = ((uint64_t)file_size + chunk - 1) / chunk;
 
     set = vdi_server_set_new();
+    query(Q_DNE);
     int32_t rc = VD_E_INVALID;
     /* The client creates the set first; give it a few seconds to appear. */
     for (int tries = 0; tries < 100; tries++) {
@@ -279,6 +309,7 @@ int main(int argc, char **argv) {
         vdi_server_set_free(set);
         return 1;
     }
+    query(Q_CONNECTED);
     VDConfig cfg;
     rc = vdi_server_set_get_configuration(set, &cfg);
     if (rc != NOERROR) {
@@ -292,7 +323,18 @@ int main(int argc, char **argv) {
     uint32_t max_transfer = (chunk + 65535) / 65536 * 65536;
     rc = vdi_server_set_begin_configuration(set, features, 512, 0, max_transfer, 10000);
     if (rc == NOERROR) rc = vdi_server_set_request_buffers(set, chunk, 0, devices * depth);
+    if (rc == NOERROR) {
+        query(Q_CONFIGURABLE);
+        /* Bad arguments: no count to write, a zero size. */
+        uint32_t n;
+        if (vdi_server_set_query_available_buffers(set, chunk, 0, NULL) != VD_E_INVALID ||
+            vdi_server_set_query_available_buffers(set, 0, 0, &n) != VD_E_INVALID) {
+            fprintf(stderr, "vdi_engine: QueryAvailableBuffers took a bad argument\n");
+            atomic_store(&failed, 1);
+        }
+    }
     if (rc == NOERROR) rc = vdi_server_set_end_configuration(set);
+    if (rc == NOERROR) query(Q_INITIALIZING);
     if (rc != NOERROR) {
         fail("configuration", rc);
         vdi_server_set_free(set);
@@ -322,12 +364,22 @@ int main(int argc, char **argv) {
         }
     }
     if (rc != NOERROR) vdi_server_set_signal_abort(set);
-    else
+    else {
+        query(Q_ACTIVE); /* every requested buffer allocated: none left */
         for (unsigned i = 0; i < devices * depth; i++) next(&blocks[i]);
+    }
     pthread_mutex_lock(&lock);
     while (devices_done < devices) pthread_cond_wait(&all_done, &lock);
     pthread_mutex_unlock(&lock);
     pthread_join(agent_thread, NULL);
+    query(Q_ENDED); /* Normally or Abnormally Terminated: refused either way */
+    uint32_t requested = devices * depth;
+    check_query(Q_DNE, VD_E_PROTOCOL, 0);
+    check_query(Q_CONNECTED, VD_E_PROTOCOL, 0);
+    check_query(Q_CONFIGURABLE, NOERROR, requested);
+    check_query(Q_INITIALIZING, NOERROR, requested);
+    if (rc == NOERROR) check_query(Q_ACTIVE, NOERROR, 0);
+    check_query(Q_ENDED, VD_E_PROTOCOL, 0);
     /* Buffers still held here belong to an aborted run: FreeBuffer answers VD_E_ABORT
      * (the state table's Abnormally Terminated cell) and Close releases them. */
     for (unsigned i = 0; i < devices * depth; i++)
@@ -337,14 +389,23 @@ int main(int argc, char **argv) {
         }
     int32_t crc = vdi_server_set_close(set);
     if (crc != NOERROR && agent_rc == NOERROR) fail("Close", crc);
+    uint32_t after_close = 0;
+    if (vdi_server_set_query_available_buffers(set, chunk, 0, &after_close) != VD_E_PROTOCOL) {
+        fprintf(stderr, "vdi_engine: QueryAvailableBuffers after Close was not VD_E_PROTOCOL\n");
+        atomic_store(&failed, 1);
+    }
     int32_t frc = vdi_server_set_free(set);
     if (frc != NOERROR) fail("vdi_server_set_free", frc);
     if (fsync(fd) != 0 || close(fd) != 0) atomic_store(&failed, 1);
     long in_flight = 0;
     for (unsigned i = 0; i < devices * depth; i++) in_flight += atomic_load(&blocks[i].in_flight);
-    printf("result=%s callbacks=%ld aborted=%ld twice=%ld in_flight=%ld bytes=%ld\n",
+    printf("result=%s callbacks=%ld aborted=%ld twice=%ld in_flight=%ld bytes=%ld "
+           "query=%s,%s,%u,%u,%u,%s\n",
            vdi_error_name(agent_rc), atomic_load(&callbacks), atomic_load(&aborted),
-           atomic_load(&twice), in_flight, atomic_load(&bytes_moved));
+           atomic_load(&twice), in_flight, atomic_load(&bytes_moved),
+           vdi_error_name(query_rc[Q_DNE]), vdi_error_name(query_rc[Q_CONNECTED]),
+           query_count[Q_CONFIGURABLE], query_count[Q_INITIALIZING], query_count[Q_ACTIVE],
+           vdi_error_name(query_rc[Q_ENDED]));
     fflush(stdout);
     free(devs);
     free(blocks);
