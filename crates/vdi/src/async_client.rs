@@ -9,8 +9,9 @@
 //! end of a device (returned once every fetched command has been completed, so complete
 //! them from other tasks while one task awaits the next command), `VD_E_ABORT` ends every
 //! wait when either side aborts or the server dies, `VD_E_TIMEOUT` when the time-out
-//! passes, and after [`ClientSet::close`] every wait ends at once with `VD_E_PROTOCOL`
-//! (`VD_E_ABORT` if devices were still open, since that `Close` aborts the set).
+//! passes, and [`ClientSet::close`] ends every wait in progress at once with
+//! `VD_E_PROTOCOL` (the set is closed; a `Close` with devices still open also aborts the
+//! set, so the engine sees `VD_E_ABORT`).
 //!
 //! **How it waits.** [`AsyncClientDevice::get_command`] first takes a queued command on
 //! the calling task, with no system call and no thread hop: a busy device costs what the
@@ -205,10 +206,10 @@ impl AsyncClientSet {
         self.set.signal_abort()
     }
 
-    /// `Close`, as [`ClientSet::close`] (it does not wait): releases everything; waits in
-    /// progress on any task end at once (`VD_E_PROTOCOL`, or `VD_E_ABORT` when devices
-    /// were still open and the set was therefore aborted). Devices parked by cancelled
-    /// `open_device` calls are dropped with it.
+    /// `Close`, as [`ClientSet::close`] (it does not wait): releases everything, and
+    /// waits in progress on any task end at once with `VD_E_PROTOCOL`. With devices still
+    /// open (not yet at `VD_E_CLOSE`) it aborts the set and returns `VD_E_OPEN`. Devices
+    /// parked by cancelled `open_device` calls are dropped with it.
     pub fn close(&self) -> Result<()> {
         let r = self.set.close();
         lock(&self.parked).clear();
