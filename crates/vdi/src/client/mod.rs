@@ -370,9 +370,9 @@ impl ClientSet {
         Ok(cfg)
     }
 
-    /// Wakes the waits on `set_event` in this process (`GetConfiguration`,
-    /// `OpenDevice`), so that one whose `stop` was set ends at once; the others find
-    /// nothing changed and sleep again.
+    /// Wakes the waits on `set_event` (`GetConfiguration`, `OpenDevice`), so that one
+    /// whose `stop` was set ends at once; any other waiter of the word, in this process or
+    /// the peer's, finds nothing changed and sleeps again (a spare wake is harmless).
     #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
     pub(crate) fn wake_set_waiters(&self) {
         event::notify(&self.inner.shared.header().set_event);
