@@ -276,6 +276,9 @@ pub enum Reason {
     },
     /// Devices were still open when the set was closed; the set was aborted.
     DevicesStillOpen,
+    /// The async client could not wait on the tokio runtime (called outside one, or it is
+    /// shutting down); the text says which.
+    AsyncRuntime(String),
 }
 
 impl fmt::Display for Reason {
@@ -291,7 +294,8 @@ impl fmt::Display for Reason {
             | Reason::AccessDenied(s)
             | Reason::NoSuchSet(s)
             | Reason::NameInUse { message: s, .. }
-            | Reason::OutOfMemory(s) => f.write_str(s),
+            | Reason::OutOfMemory(s)
+            | Reason::AsyncRuntime(s) => f.write_str(s),
             Reason::ProtocolViolation(s) => write!(f, "protocol violation by the peer: {s}"),
             Reason::AllDevicesOpen => f.write_str("all devices are already open"),
             Reason::DeviceClosed => f.write_str("the server closed the device"),

@@ -29,6 +29,9 @@
 //! Layers: [`sys`] (system calls only), [`protocol`] (shared layout, rings, event
 //! counts, socket messages), the role APIs ([`ClientSet`], [`ServerSet`]), and
 //! [`object`], the reference's objects with their states (what the C ABI wraps).
+//!
+//! Feature `tokio`: `async_client`, the client role for async code (an async
+//! `get_command` whose owned commands are completed from any task).
 
 #![deny(unsafe_code)]
 // Unsafe code is allowed back only in the files that need it, each saying so at its top:
@@ -36,6 +39,8 @@
 // `server/buffer.rs` (a server buffer's bytes as slices), `client/command.rs` (a lent
 // buffer as slices) and `client/handles.rs` (a mapped handle's bytes).
 
+#[cfg(feature = "tokio")]
+pub mod async_client;
 pub mod client;
 pub mod config;
 pub mod consts;
@@ -47,7 +52,9 @@ pub mod server;
 mod shared;
 pub mod sys;
 
-pub use client::{ClientDevice, ClientOptions, ClientSet, Command, MappedBuffer};
+#[cfg(feature = "tokio")]
+pub use async_client::{AsyncClientDevice, AsyncClientSet};
+pub use client::{ClientDevice, ClientOptions, ClientSet, Command, MappedBuffer, OwnedCommand};
 pub use config::{INFINITE, Timeout, VdConfig};
 pub use consts::{CommandCode, CompletionCode, Features, completion, features, whence};
 pub use error::{AbortCause, ErrorCode, NOERROR, NameHolder, Reason, Result, VdError};

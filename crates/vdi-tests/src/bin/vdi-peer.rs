@@ -405,7 +405,10 @@ fn gap_server(plan: &Plan) -> i32 {
                 offset += 65536;
                 let (tx, rx) = std::sync::mpsc::channel();
                 let sent = dev.send_command(ServerCommand::write(b, 65536), move |c| {
-                    let _ = tx.send(c.completion_code);
+                    // The buffer goes back first: the next `write` line allocates it again.
+                    let code = c.completion_code;
+                    drop(c);
+                    let _ = tx.send(code);
                 });
                 let code = rx.recv().unwrap_or(u32::MAX);
                 say(&format!("CALLBACK {code}"));

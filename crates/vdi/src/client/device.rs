@@ -4,7 +4,7 @@
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
-use super::{ClientInner, ClientSet, Command, RawCommand, wrong_state};
+use super::{ClientInner, ClientSet, Command, OwnedCommand, RawCommand, wrong_state};
 use crate::config::Timeout;
 use crate::consts::{CommandCode, completion};
 use crate::error::{ErrorCode, Reason, Result, VdError};
@@ -22,6 +22,17 @@ impl ClientSet {
     /// is already open), `VD_E_OPEN` (every device is already open), `VD_E_INVALID` (no
     /// device has that name), `VD_E_ABORT`.
     pub fn open_device(&self, name: &str) -> Result<ClientDevice> {
+        self.open_device_until(name, None)
+    }
+
+    /// `OpenDevice` whose wait for the server ends when `stop` is set: then, if the device
+    /// cannot be opened yet, `VD_E_TIMEOUT` (a `stop` set beforehand makes it a poll).
+    /// Whoever sets `stop` while it waits notifies `set_event` to end the wait at once.
+    pub(crate) fn open_device_until(
+        &self,
+        name: &str,
+        stop: Option<&AtomicBool>,
+    ) -> Result<ClientDevice> {
         self.check_open("OpenDevice")?;
         let inner = &self.inner;
         let sh = &inner.shared;
@@ -43,6 +54,7 @@ impl ClientSet {
             return Err(VdError::new(ErrorCode::Open, Reason::AllDevicesOpen));
         }
         let mut found = None;
+        let mut all_open = false;
         let h = sh.header();
         event::wait_until(&h.set_event, None, || {
             if sh.ended() {
@@ -50,14 +62,18 @@ impl ClientSet {
             }
             // "All open" first, then the name: a device the server opens between the two
             // looks is then found, never reported missing.
-            let all_open = (0..n).all(|i| {
+            all_open = (0..n).all(|i| {
                 sh.device(i)
                     .is_some_and(|d| d.block.state.load(Ordering::Acquire) & dev::SERVER_OPEN != 0)
             });
             found = find_device(sh, name);
-            found.is_some() || all_open
+            found.is_some() || all_open || stop.is_some_and(|s| s.load(Ordering::Acquire))
         });
         sh.check_live("OpenDevice")?;
+        if found.is_none() && !all_open {
+            // Stopped while the server has not yet opened a device of that name.
+            return Err(VdError::timeout());
+        }
         let Some(index) = found else {
             return Err(VdError::invalid(format!(
                 "no device of set '{}' is named '{name}'",
@@ -235,11 +251,19 @@ impl ClientDevice {
     /// closed, or the server broke the protocol).
     pub fn get_command(&self, timeout: impl Into<Timeout>) -> Result<Command<'_>> {
         let raw = self.get_raw(timeout.into())?;
-        Ok(Command {
-            dev: self,
-            raw,
-            done: false,
-        })
+        Ok(Command::new(self, raw))
+    }
+
+    /// `GetCommand`, returning an [`OwnedCommand`]: the same command as
+    /// [`get_command`](ClientDevice::get_command) gives, holding the device by `Arc`
+    /// instead of borrowing it, so that it can be moved into a spawned task or another
+    /// thread and completed there. Same waits and errors as `get_command`.
+    pub fn get_owned_command(
+        self: &Arc<ClientDevice>,
+        timeout: impl Into<Timeout>,
+    ) -> Result<OwnedCommand> {
+        let raw = self.get_raw(timeout.into())?;
+        Ok(OwnedCommand::new(self.clone(), raw))
     }
 
     /// `GetCommand` without the borrow: the object layer keeps commands in a table.
@@ -280,26 +304,7 @@ impl ClientDevice {
             if deadline.is_some_and(|d| std::time::Instant::now() >= d) {
                 return Err(VdError::timeout());
             }
-            let ring = d.sub_ring();
-            // Time waiting for the server: a statistic for observers (only this slow
-            // path reads the clock).
-            let waited_from = crate::sys::monotonic_ns();
-            let ready = event::wait_until(&d.block.sub_event, deadline, || {
-                let clear = self.clear_pending.load(Ordering::Acquire);
-                sh.ended()
-                    // Nothing queued behind a held-back ClearError can be delivered
-                    // before it, so new submissions do not count then (note N19).
-                    || (!clear
-                        && ring.tail.load(Ordering::Acquire) != self.head.load(Ordering::Relaxed))
-                    || ((d.block.state.load(Ordering::Acquire) & dev::SERVER_CLOSED != 0
-                        || clear)
-                        && self.outstanding.load(Ordering::Acquire) == 0)
-            });
-            d.block.sub_head.counters[stat::CLIENT_WAIT_NS].fetch_add(
-                crate::sys::monotonic_ns().saturating_sub(waited_from),
-                Ordering::Relaxed,
-            );
-            if !ready {
+            if !self.wait_fetchable(&d, deadline, None) {
                 // One last look, so a command that arrived at the deadline is not lost.
                 let mut cons = lock(&self.consumer);
                 if let Some(cmd) = self.try_next(&d, &mut cons)? {
@@ -309,6 +314,40 @@ impl ClientDevice {
                 return Err(VdError::timeout());
             }
         }
+    }
+
+    /// Waits on the device's `sub_event` until a fetch may deliver something (a command,
+    /// a held-back ClearError, `VD_E_CLOSE`), the set ends, `stop` is set, or `deadline`
+    /// passes (false). It fetches nothing itself: the async client waits here on a
+    /// blocking thread and fetches on its task, so a cancelled wait cannot take a command.
+    /// Whoever sets `stop` then notifies `sub_event` to end the wait at once.
+    pub(super) fn wait_fetchable(
+        &self,
+        d: &DeviceView<'_>,
+        deadline: Option<std::time::Instant>,
+        stop: Option<&AtomicBool>,
+    ) -> bool {
+        let sh = &self.set.shared;
+        let ring = d.sub_ring();
+        // Time waiting for the server: a statistic for observers (only this slow path
+        // reads the clock).
+        let waited_from = crate::sys::monotonic_ns();
+        let ready = event::wait_until(&d.block.sub_event, deadline, || {
+            let clear = self.clear_pending.load(Ordering::Acquire);
+            sh.ended()
+                || stop.is_some_and(|s| s.load(Ordering::Acquire))
+                // Nothing queued behind a held-back ClearError can be delivered
+                // before it, so new submissions do not count then (note N19).
+                || (!clear
+                    && ring.tail.load(Ordering::Acquire) != self.head.load(Ordering::Relaxed))
+                || ((d.block.state.load(Ordering::Acquire) & dev::SERVER_CLOSED != 0 || clear)
+                    && self.outstanding.load(Ordering::Acquire) == 0)
+        });
+        d.block.sub_head.counters[stat::CLIENT_WAIT_NS].fetch_add(
+            crate::sys::monotonic_ns().saturating_sub(waited_from),
+            Ordering::Relaxed,
+        );
+        ready
     }
 
     pub(super) fn try_next(
@@ -520,6 +559,31 @@ impl ClientDevice {
 }
 
 impl ClientDevice {
+    /// [`wait_fetchable`](ClientDevice::wait_fetchable) for the async client, which then
+    /// fetches with a poll on its own task.
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+    pub(crate) fn wait_for_fetch(
+        &self,
+        deadline: Option<std::time::Instant>,
+        stop: &AtomicBool,
+    ) -> bool {
+        match self.view() {
+            Ok(d) => self.wait_fetchable(&d, deadline, Some(stop)),
+            // Nothing to wait on: the fetch that follows reports the error.
+            Err(_) => true,
+        }
+    }
+
+    /// Wakes the waits on this device's `sub_event`, so that a
+    /// [`wait_for_fetch`](ClientDevice::wait_for_fetch) whose `stop` was set ends at once
+    /// (other waiters of the device find nothing changed and sleep again).
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+    pub(crate) fn wake_fetch_waiters(&self) {
+        if let Ok(d) = self.view() {
+            event::notify(&d.block.sub_event);
+        }
+    }
+
     /// `CompleteCommand` on a detached command.
     pub(crate) fn complete_raw(
         &self,

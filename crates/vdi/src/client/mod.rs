@@ -47,8 +47,8 @@ mod handles;
 mod segments;
 mod service;
 
-pub use command::Command;
 pub(crate) use command::RawCommand;
+pub use command::{Command, OwnedCommand};
 pub use device::ClientDevice;
 pub use handles::MappedBuffer;
 use segments::{areas_received, receive_segment};
@@ -332,6 +332,16 @@ impl ClientSet {
     /// Errors: `VD_E_TIMEOUT`, `VD_E_ABORT` (the set was aborted, the server died),
     /// `VD_E_PROTOCOL` (closed, or the server published an invalid configuration).
     pub fn get_configuration(&self, timeout: impl Into<Timeout>) -> Result<VdConfig> {
+        self.get_configuration_until(timeout.into(), None)
+    }
+
+    /// `GetConfiguration` whose wait also ends (with `VD_E_TIMEOUT`) when `stop` is set;
+    /// whoever sets it while the call waits then calls [`ClientSet::wake_set_waiters`].
+    pub(crate) fn get_configuration_until(
+        &self,
+        timeout: Timeout,
+        stop: Option<&AtomicBool>,
+    ) -> Result<VdConfig> {
         self.check_open("GetConfiguration")?;
         let sh = &self.inner.shared;
         sh.check_abort()?;
@@ -339,16 +349,20 @@ impl ClientSet {
             return Ok(c);
         }
         let h = sh.header();
-        let ready = || {
-            sh.ended()
-                || (h.phase.load(Ordering::Acquire) >= phase::CONFIGURED
-                    && sh.queues.get().is_some()
-                    && areas_received(sh))
+        let configured = || {
+            h.phase.load(Ordering::Acquire) >= phase::CONFIGURED
+                && sh.queues.get().is_some()
+                && areas_received(sh)
         };
-        if !event::wait_until(&h.set_event, timeout.into().deadline(), ready) {
+        let stopped = || stop.is_some_and(|s| s.load(Ordering::Acquire));
+        let ready = || sh.ended() || configured() || stopped();
+        if !event::wait_until(&h.set_event, timeout.deadline(), ready) {
             return Err(VdError::timeout());
         }
         sh.check_live("GetConfiguration")?;
+        if !configured() {
+            return Err(VdError::timeout());
+        }
         let cfg = self.read_final_config()?;
         *lock(&self.inner.config) = Some(cfg);
         self.inner.configured.store(true, Ordering::Release);
@@ -356,6 +370,14 @@ impl ClientSet {
             state.configured.store(true, Ordering::Release);
         }
         Ok(cfg)
+    }
+
+    /// Wakes the waits on `set_event` (`GetConfiguration`, `OpenDevice`), so that one
+    /// whose `stop` was set ends at once; any other waiter of the word, in this process or
+    /// the peer's, finds nothing changed and sleeps again (a spare wake is harmless).
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+    pub(crate) fn wake_set_waiters(&self) {
+        event::notify(&self.inner.shared.header().set_event);
     }
 
     fn read_final_config(&self) -> Result<VdConfig> {
