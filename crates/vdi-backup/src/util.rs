@@ -261,3 +261,12 @@ mod disk_tests {
         assert!(!is_disk_full(&io::Error::from_raw_os_error(5)));
     }
 }
+
+/// This machine's host name (`unknown` if it cannot be read).
+pub fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "unknown".into())
+}

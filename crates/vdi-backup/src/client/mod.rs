@@ -830,6 +830,7 @@ pub fn commit_backup(mut served: ServedBackup) -> Result<BackupDone> {
         stream_id: served.stream_id.clone(),
         set_name: plan.set.clone(),
         tool: format!("vdi {}", env!("CARGO_PKG_VERSION")),
+        host: Some(crate::util::host_name()),
         started: served.prep.started,
         completed: now_secs(),
         source: source_info(&plan.source, served.header.as_ref()),

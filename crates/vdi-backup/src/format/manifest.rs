@@ -135,6 +135,9 @@ pub struct Manifest {
     pub set_name: String,
     /// The tool that wrote it (`vdi 0.1.0`).
     pub tool: String,
+    /// The machine it was made on (absent in manifests written before this field).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
     /// When the backup started and ended, seconds since the Unix epoch.
     pub started: u64,
     /// When the backup completed.
