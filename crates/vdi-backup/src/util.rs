@@ -251,6 +251,15 @@ pub fn is_disk_full(e: &io::Error) -> bool {
     matches!(e.raw_os_error(), Some(28) | Some(122)) || e.kind() == io::ErrorKind::StorageFull
 }
 
+/// This machine's host name (`unknown` if it cannot be read).
+pub fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "unknown".into())
+}
+
 #[cfg(test)]
 mod disk_tests {
     use super::*;
@@ -260,13 +269,4 @@ mod disk_tests {
         assert!(is_disk_full(&io::Error::from_raw_os_error(28)));
         assert!(!is_disk_full(&io::Error::from_raw_os_error(5)));
     }
-}
-
-/// This machine's host name (`unknown` if it cannot be read).
-pub fn host_name() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
-        .map(|s| s.trim().to_owned())
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| "unknown".into())
 }

@@ -18,7 +18,6 @@ use vdi_backup::engine::{EngineReport, REPORT_PREFIX};
 use vdi_backup::error::{Kind, fail};
 use vdi_backup::fault::{Fault, Injector, Role};
 use vdi_backup::source::Spec;
-use vdi_backup::store;
 use vdi_backup::util::new_set_name;
 
 /// The engine child process.
@@ -50,6 +49,8 @@ impl EngineProc {
         let mut cmd = Command::new(&exe);
         cmd.args(args)
             .env(vdi_backup::source::SCRATCH_ENV, scratch.path())
+            // The engine takes everything it needs from its arguments.
+            .env("VDI_CONFIG", "none")
             .stdin(if stdin_inherit {
                 Stdio::inherit()
             } else {
@@ -345,6 +346,8 @@ pub struct BackupOutcome {
     pub dest: String,
     /// What the engine reported.
     pub engine: EngineReport,
+    /// The backup's id, when DEST is a repository.
+    pub repo_id: Option<String>,
 }
 
 /// `vdi backup`.
@@ -354,11 +357,14 @@ pub fn backup(req: &BackupRequest<'_>) -> Result<BackupOutcome> {
     let size = spec.probe()?;
     let set = req.set.clone().unwrap_or_else(|| new_set_name("backup"));
     let inject = Arc::new(Injector::new(Role::Client, req.faults));
+    // A repository gets a new backup under a new id (leased until it is recorded);
+    // anything else is one plain backup, as before repositories.
+    let dest = vdi_backup::repo::Dest::locate(req.dest, req.modes)?;
     let plan = BackupPlan {
         set: set.clone(),
         devices: req.devices,
         compression: req.compression,
-        store: store::locate(req.dest, req.modes),
+        store: dest.store(),
         force: req.force,
         source: SourceInfo {
             kind: spec.kind().name().into(),
@@ -397,12 +403,21 @@ pub fn backup(req: &BackupRequest<'_>) -> Result<BackupOutcome> {
     let end = engine.finish(grace);
     let (served, report) = judge(served, end)?;
     let done = client::commit_backup(served)?;
+    let repo_id = match dest {
+        vdi_backup::repo::Dest::Repo(rb) => {
+            let id = rb.id.clone();
+            rb.record(&done.manifest)?;
+            Some(id)
+        }
+        vdi_backup::repo::Dest::Plain(_) => None,
+    };
     warn_unfired(&inject, &report);
     Ok(BackupOutcome {
         done,
         engine: report,
         total: t0.elapsed(),
         dest: req.dest.to_owned(),
+        repo_id,
     })
 }
 
@@ -446,10 +461,9 @@ pub struct RestoreRequest<'a> {
 pub fn restore(req: &RestoreRequest<'_>) -> Result<RestoreOutcome> {
     let t0 = Instant::now();
     let target = Spec::parse(req.target)?;
-    let opened = client::open_backup(
-        store::locate(req.backup, store::dir::Modes::DEFAULT).as_ref(),
-        req.devices,
-    )?;
+    // BACKUP may name a repository (its latest backup), REPO:ID, or one backup.
+    let located = vdi_backup::repo::locate_backup(req.backup)?;
+    let opened = client::open_backup(located.store.as_ref(), req.devices)?;
     target.check_target(req.force)?;
     let set = req.set.clone().unwrap_or_else(|| new_set_name("restore"));
     let label = format!(

@@ -409,8 +409,11 @@ impl Repo {
     /// imports): picks an id not in use and takes its lease before anything is stored.
     pub fn begin_at(&self, secs: u64) -> Result<RepoBackup> {
         let holder = holder_here();
+        // Backups started one after the other within a second still sort in order: the
+        // suffix is drawn above the largest one of that second.
+        let existing = self.loc.list().unwrap_or_default();
         for _ in 0..32 {
-            let id = new_id(secs);
+            let id = time::new_id_after(secs, &existing);
             if let Some(lease) = self.loc.lease(&id, &holder)? {
                 return Ok(RepoBackup {
                     store: self.loc.store(&id),
@@ -469,11 +472,11 @@ impl Repo {
             }
             listing.entries.push(e);
         }
-        if catalog != before || listing.rebuilt {
-            if let Ok(b) = Catalog::bytes(&catalog) {
-                // Best effort: a read-only repository is still listed.
-                let _ = self.loc.write_catalog(&b);
-            }
+        if (catalog != before || listing.rebuilt)
+            && let Ok(b) = Catalog::bytes(&catalog)
+        {
+            // Best effort: a read-only repository is still listed.
+            let _ = self.loc.write_catalog(&b);
         }
         Ok(listing)
     }

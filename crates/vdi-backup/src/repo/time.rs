@@ -77,6 +77,25 @@ pub fn new_id(secs: u64) -> String {
     )
 }
 
+/// A new id for a backup started at `secs` that sorts after every id of `existing` of
+/// the same second (a random suffix above theirs, while there is room).
+pub fn new_id_after(secs: u64, existing: &[String]) -> String {
+    let id = new_id(secs);
+    let prefix = &id[..17];
+    let top = existing
+        .iter()
+        .filter(|e| e.starts_with(prefix) && parse_id(e).is_some())
+        .filter_map(|e| u16::from_str_radix(&e[17..], 16).ok())
+        .max();
+    match top {
+        Some(t) if t < 0xffff => format!(
+            "{prefix}{:04x}",
+            fastrand::u16(t + 1..=t.saturating_add(256))
+        ),
+        _ => id,
+    }
+}
+
 /// What `id` says, if it is an id (`YYYYMMDDTHHMMSSZ-xxxx`, lower-case hex).
 pub fn parse_id(id: &str) -> Option<BackupIdTime> {
     let b = id.as_bytes();
@@ -114,6 +133,12 @@ mod tests {
         for t in [0u64, 951_782_400, 1_796_664_900, 4_102_444_799] {
             let id = new_id(t);
             assert_eq!(parse_id(&id).map(|x| x.secs), Some(t), "{id}");
+        }
+        let mut ids = vec!["20261207T171500Z-0000".to_owned()];
+        for _ in 0..20 {
+            let next = new_id_after(1_796_664_900, &ids);
+            assert!(ids.iter().all(|i| *i < next), "{next}");
+            ids.push(next);
         }
         let a = new_id(1_796_664_900);
         let b = new_id(1_796_664_901);

@@ -783,7 +783,7 @@ impl NewBackup {
             Old::Nothing => false,
             Old::Backup { backup_id, .. } if !force => {
                 return Err(DestError::Refused(format!(
-                    "destination {shown} already holds a backup (backup id {backup_id}); use --force to replace it (the new backup is written beside it and replaces it only once it is complete)"
+                    "destination {shown} already holds a backup (backup id {backup_id}); use --force to replace it (the new backup is written beside it and replaces it only once it is complete), or keep many backups in a repository (vdi init REPO, then vdi backup SOURCE REPO)"
                 )));
             }
             Old::Leftovers(files) if !force => {

@@ -10,9 +10,15 @@ use crate::progress::Mode;
 use crate::spawn::{self, BackupOutcome};
 
 pub(super) fn run(a: &BackupArgs) -> Result<()> {
+    let dest = crate::config::repository(a.dest.as_deref()).ok_or_else(|| {
+        vdi_backup::fail(
+            vdi_backup::Kind::Usage,
+            "name DEST (a repository, a directory or -), or set repository = \"PATH\" in the configuration file (vdi config) or VDI_REPOSITORY",
+        )
+    })?;
     let o = spawn::backup(&spawn::BackupRequest {
         source: &a.source,
-        dest: &a.dest,
+        dest: &dest,
         devices: a.devices,
         compression: a.compress,
         set: a.set.clone(),
@@ -56,11 +62,16 @@ fn report_backup(o: &BackupOutcome, json: bool, quiet: bool) {
                 "bytes_per_second": bytes_per_sec(o.engine.source_bytes, o.total),
                 "engine_pid": o.engine.pid,
                 "replaced": o.done.commit.replaced,
+                "repository_id": o.repo_id,
                 "streams": m.streams,
             }),
             to_stdout,
         );
     } else if !quiet {
+        let dest = match &o.repo_id {
+            Some(id) => format!("repository {dest} as {id}"),
+            None => dest.clone(),
+        };
         tracing::info!(
             "backed up {} ({}) to {dest} through {} device(s) in {secs:.2} s ({}); stored {} ({}); backup id {}",
             m.source.name,
