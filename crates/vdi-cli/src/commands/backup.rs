@@ -64,6 +64,7 @@ fn report_backup(o: &BackupOutcome, json: bool, quiet: bool) {
                 "replaced": o.done.commit.replaced,
                 "repository_id": o.repo_id,
                 "streams": m.streams,
+                "device_metrics": o.done.devices,
             }),
             to_stdout,
         );

@@ -60,6 +60,7 @@ pub(super) fn backup(a: &ClientBackupArgs) -> Result<()> {
                 "stored_bytes": m.total_stored_bytes,
                 "seconds": done.elapsed.as_secs_f64(),
                 "streams": m.streams,
+                "device_metrics": done.devices,
             }),
             a.dest == "-",
         );
@@ -113,6 +114,7 @@ pub(super) fn restore(a: &ClientRestoreArgs) -> Result<()> {
                 "devices": served.stream_bytes.len(),
                 "stream_bytes": bytes,
                 "seconds": served.elapsed.as_secs_f64(),
+                "device_metrics": served.devices,
             }),
             false,
         );

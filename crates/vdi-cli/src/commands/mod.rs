@@ -54,6 +54,9 @@ pub fn main(cli: Cli) -> ExitCode {
     let out = output_of(&cli.cmd);
     output::init_logging(out.quiet, cli.verbose);
     interrupt::install();
+    if matches!(cli.cmd, Cmd::Backup(_) | Cmd::Restore(_) | Cmd::Client(_)) {
+        interrupt::stop_quickly();
+    }
     let name = match &cli.cmd {
         Cmd::Backup(_) => "backup",
         Cmd::Restore(_) => "restore",

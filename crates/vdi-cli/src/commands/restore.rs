@@ -48,6 +48,7 @@ fn report_restore(o: &RestoreOutcome, json: bool, quiet: bool) {
                 "transfer_seconds": o.served.elapsed.as_secs_f64(),
                 "bytes_per_second": bytes_per_sec(o.engine.source_bytes, o.total),
                 "engine_pid": o.engine.pid,
+                "device_metrics": o.served.devices,
             }),
             to_stdout,
         );
