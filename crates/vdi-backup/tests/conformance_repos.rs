@@ -112,6 +112,7 @@ fn manifest_of(secs: u64, data: &[u8]) -> Manifest {
             name: "file:data".into(),
             bytes: Some(data.len() as u64),
             checked: true,
+            mode: None,
         },
         device_count: 1,
         block_size: 4096,

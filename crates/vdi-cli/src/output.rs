@@ -128,3 +128,18 @@ pub fn print_json(v: &serde_json::Value, data_on_stdout: bool) {
         super::print_line(format_args!("{s}"));
     }
 }
+
+/// Refuses to write a binary stream to standard output when it is a terminal (as gzip
+/// does): it would fill the screen with bytes and be lost. `example` shows the redirect.
+pub fn refuse_binary_on_terminal(example: &str) -> vdi_backup::Result<()> {
+    use std::io::IsTerminal as _;
+    if std::io::stdout().is_terminal() {
+        return Err(vdi_backup::fail(
+            vdi_backup::Kind::Usage,
+            format!(
+                "standard output is a terminal: vdi does not write a binary stream to it; redirect it to a file or a pipe ({example}), or name a directory instead of -"
+            ),
+        ));
+    }
+    Ok(())
+}

@@ -354,7 +354,23 @@ pub struct BackupOutcome {
 pub fn backup(req: &BackupRequest<'_>) -> Result<BackupOutcome> {
     let t0 = Instant::now();
     let spec = Spec::parse(req.source)?;
+    if spec.kind() == vdi_backup::format::stream::SourceKind::File
+        && let Some(p) = spec.path().filter(|p| p.is_dir())
+    {
+        let p = p.display();
+        return Err(fail(
+            Kind::Usage,
+            format!(
+                "SOURCE {p} is a directory: vdi backs up a file (file:PATH), a SQLite database (sqlite:PATH) or standard input (-); back up a directory with dir:{p}, or as a tar stream: tar -C {p} -c . | vdi backup - DEST"
+            ),
+        ));
+    }
     let size = spec.probe()?;
+    // The source file's mode, which a restore gives back.
+    let mode = spec.path().and_then(|p| std::fs::metadata(p).ok()).map(|m| {
+        use std::os::unix::fs::PermissionsExt;
+        m.permissions().mode() & 0o7777
+    });
     let set = req.set.clone().unwrap_or_else(|| new_set_name("backup"));
     let inject = Arc::new(Injector::new(Role::Client, req.faults));
     // A repository gets a new backup under a new id (leased until it is recorded);
@@ -371,6 +387,7 @@ pub fn backup(req: &BackupRequest<'_>) -> Result<BackupOutcome> {
             name: spec.label(),
             bytes: size,
             checked: !spec.is_stdio(),
+            mode,
         },
         display: req.display.clone(),
         wait: None,
@@ -457,6 +474,68 @@ pub struct RestoreRequest<'a> {
     pub faults: &'a [Fault],
 }
 
+/// Refuses, before a set is made and a byte is moved, a `sqlite:` TARGET for a backup
+/// whose source was not a SQLite database (what its stream header said, as the manifest
+/// records it).
+fn refuse_mismatched_target(
+    target: &Spec,
+    m: Option<&vdi_backup::format::manifest::Manifest>,
+    backup: &str,
+) -> Result<()> {
+    let Some(m) = m else { return Ok(()) };
+    if target.kind() == vdi_backup::format::stream::SourceKind::Sqlite
+        && m.source.kind != "sqlite"
+        && m.source.kind != "unknown"
+    {
+        let path = target.path().map_or_else(|| "PATH".into(), |p| p.display().to_string());
+        return Err(fail(
+            Kind::Usage,
+            format!(
+                "backup {backup} holds {} ({}), not a SQLite database: a sqlite: target would be refused only after the whole restore; restore it into file:{path} instead",
+                match m.source.kind.as_str() {
+                    "file" => "a file".to_owned(),
+                    "stdin" => "what standard input carried".to_owned(),
+                    k => format!("a {k} source"),
+                },
+                m.source.name,
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Refuses to replace a SQLite database that another process has open (its `-wal` and
+/// `-shm` would be removed under it).
+pub fn refuse_open_database(target: &Spec) -> Result<()> {
+    if target.kind() != vdi_backup::format::stream::SourceKind::Sqlite {
+        return Ok(());
+    }
+    let Some(p) = target.path() else {
+        return Ok(());
+    };
+    let files: Vec<std::path::PathBuf> = ["", "-wal", "-shm", "-journal"]
+        .iter()
+        .map(|x| std::path::PathBuf::from(format!("{}{x}", p.display())))
+        .collect();
+    let users = vdi_backup::util::opened_by_others(&files);
+    if let Some((pid, cmd)) = users.first() {
+        return Err(fail(
+            Kind::TargetExists,
+            format!(
+                "the database {} is open in process {pid}{}{}: replacing it would pull it (and its -wal and -shm) from under that process; stop it first, or restore elsewhere",
+                p.display(),
+                if cmd.is_empty() { String::new() } else { format!(" ({cmd})") },
+                if users.len() > 1 {
+                    format!(" and {} other(s)", users.len() - 1)
+                } else {
+                    String::new()
+                }
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// `vdi restore`.
 pub fn restore(req: &RestoreRequest<'_>) -> Result<RestoreOutcome> {
     let t0 = Instant::now();
@@ -464,13 +543,18 @@ pub fn restore(req: &RestoreRequest<'_>) -> Result<RestoreOutcome> {
     // BACKUP may name a repository (its latest backup), REPO:ID, or one backup.
     let located = vdi_backup::repo::locate_backup(req.backup)?;
     let opened = client::open_backup(located.store.as_ref(), req.devices)?;
+    refuse_mismatched_target(&target, opened.manifest.as_ref(), req.backup)?;
+    if req.force {
+        refuse_open_database(&target)?;
+    }
     target.check_target(req.force)?;
+    let mode = opened.manifest.as_ref().and_then(|m| m.source.mode);
     let set = req.set.clone().unwrap_or_else(|| new_set_name("restore"));
     let label = format!(
-        "restore {} to {} through {} device(s)",
+        "restore {} to {} through {}",
         req.backup,
         target.label(),
-        opened.devices()
+        vdi_backup::util::devices(opened.devices())
     );
     let inject = Arc::new(Injector::new(Role::Client, req.faults));
     let prep = client::prepare_restore(
@@ -519,6 +603,16 @@ pub fn restore(req: &RestoreRequest<'_>) -> Result<RestoreOutcome> {
         vdi_backup::source::file::remove_partial(p, pid);
     }
     let (served, report) = judge(served, end)?;
+    if let (Some(m), Some(p)) = (mode, target.path()) {
+        // The restored file gets the source's mode back.
+        use std::os::unix::fs::PermissionsExt;
+        if let Err(e) = std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)) {
+            tracing::warn!(
+                "{} was restored, but its mode could not be set to {m:o} as the source had it: {e}",
+                p.display()
+            );
+        }
+    }
     warn_unfired(&inject, &report);
     Ok(RestoreOutcome {
         served,

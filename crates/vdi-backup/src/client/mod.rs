@@ -832,8 +832,9 @@ pub fn serve_backup(
         media: features::WRITE_MEDIA,
         display: plan.display.as_ref(),
         label: format!(
-            "backup {} through {} device(s)",
-            plan.source.name, plan.devices
+            "backup {} through {}",
+            plan.source.name,
+            crate::util::devices(plan.devices)
         ),
         total: plan.source.bytes,
     };
@@ -1005,9 +1006,9 @@ pub fn open_backup(store: &dyn Store, devices: Option<u32>) -> Result<OpenedBack
         // One bare stream (standard input): no manifest to check it against.
         if let Some(n) = devices.filter(|&n| n != 1) {
             return Err(fail(
-                Kind::Damaged,
+                Kind::Usage,
                 format!(
-                    "mismatched device count: a stream on standard input is one device, not {n}"
+                    "mismatched device count: a stream on standard input is one device, not {n}: leave out --devices"
                 ),
             ));
         }
@@ -1035,10 +1036,11 @@ pub fn open_backup(store: &dyn Store, devices: Option<u32>) -> Result<OpenedBack
         && n != m.device_count
     {
         return Err(fail(
-            Kind::Damaged,
+            Kind::Usage,
             format!(
-                "mismatched device count: backup {place} was made with {} devices; it must be restored with {} devices, not {n}",
-                m.device_count, m.device_count
+                "mismatched device count: backup {place} was made with {}; it must be restored with {}, not {n} (leave out --devices)",
+                crate::util::devices(m.device_count),
+                crate::util::devices(m.device_count)
             ),
         ));
     }

@@ -16,6 +16,9 @@ pub(super) fn run(a: &BackupArgs) -> Result<()> {
             "name DEST (a repository, a directory or -), or set repository = \"PATH\" in the configuration file (vdi config) or VDI_REPOSITORY",
         )
     })?;
+    if dest == "-" {
+        crate::output::refuse_binary_on_terminal("vdi backup SOURCE - > FILE")?;
+    }
     let o = spawn::backup(&spawn::BackupRequest {
         source: &a.source,
         dest: &dest,
@@ -74,10 +77,10 @@ fn report_backup(o: &BackupOutcome, json: bool, quiet: bool) {
             None => dest.clone(),
         };
         tracing::info!(
-            "backed up {} ({}) to {dest} through {} device(s) in {secs:.2} s ({}); stored {} ({}); backup id {}",
+            "backed up {} ({}) to {dest} through {} in {secs:.2} s ({}); stored {} ({}); backup id {}",
             m.source.name,
             human_bytes(o.engine.source_bytes),
-            m.device_count,
+            vdi_backup::util::devices(m.device_count),
             human_rate(o.engine.source_bytes, o.total),
             human_bytes(m.total_stored_bytes),
             m.compression.label(),

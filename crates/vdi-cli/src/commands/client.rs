@@ -15,6 +15,9 @@ use crate::output;
 use crate::progress::Mode;
 
 pub(super) fn backup(a: &ClientBackupArgs) -> Result<()> {
+    if a.dest == "-" {
+        crate::output::refuse_binary_on_terminal("vdi client backup --set NAME - > FILE")?;
+    }
     only_role(&a.inject.faults, Role::Client, "client backup")?;
     let inject = std::sync::Arc::new(Injector::new(Role::Client, &a.inject.faults));
     let plan = BackupPlan {
@@ -29,6 +32,7 @@ pub(super) fn backup(a: &ClientBackupArgs) -> Result<()> {
             name: format!("an engine on set {}", a.set),
             bytes: None,
             checked: false,
+            mode: None,
         },
         display: std::sync::Arc::new(Mode::pick(a.output.quiet || a.output.json)),
         wait: wait_opt(a.wait),
