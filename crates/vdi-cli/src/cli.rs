@@ -19,23 +19,7 @@ use vdi_backup::fault::Fault;
     name = "vdi",
     version = crate::LONG_VERSION,
     propagate_version = true,
-    after_help = concat!(
-        "Examples:\n",
-        "  vdi demo\n",
-        "  vdi backup sqlite:shop.db backups/shop --devices 4 --compress zstd\n",
-        "  vdi verify backups/shop\n",
-        "  vdi restore backups/shop sqlite:shop-restored.db\n",
-        "  vdi backup file:disk.img - > disk.vdis\n",
-        "  vdi soak --duration 10m   # back up, verify, restore, compare, in a loop\n\n",
-        "SOURCE and TARGET: sqlite:PATH (a live SQLite database), file:PATH (a plain file;\n",
-        "a path without a prefix is a file too), - (standard input or output).\n\n",
-        "Exit codes:\n",
-        "  0 success, 1 other error, 2 wrong command line, 3 source or backup missing or\n",
-        "  unreadable, 4 target exists (use --force), 5 backup damaged or incomplete,\n",
-        "  6 disk full, 7 set name in use or DEST locked by another backup, 8 the engine or\n",
-        "  backup application died, aborted or stalled (--stall-timeout), 130 interrupted\n",
-        "  (SIGINT, SIGTERM or SIGHUP)"
-    )
+    after_help = main_after_help(),
 )]
 pub struct Cli {
     /// The command.
@@ -49,6 +33,15 @@ pub struct Cli {
     /// debugging detail (or set RUST_LOG, e.g. RUST_LOG=vdi_backup=debug).
     #[arg(long, short, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
+}
+
+/// `vdi --help`'s closing part: the examples and the exit-code table (the one table the
+/// README shows too).
+pub fn main_after_help() -> String {
+    format!(
+        "Examples:\n  vdi demo\n  vdi init /backups/shop\n  vdi backup sqlite:shop.db /backups/shop --devices 4 --compress zstd\n  vdi list /backups/shop\n  vdi restore /backups/shop:latest sqlite:shop-restored.db\n  vdi expire /backups/shop --keep-daily 7\n  vdi backup file:disk.img - > disk.vdis\n  vdi soak --duration 10m   # back up, verify, restore, compare, in a loop\n\nSOURCE and TARGET: sqlite:PATH (a live SQLite database), file:PATH (a plain file;\na path without a prefix is a file too), - (standard input or output).\nDEST and BACKUP: a repository (vdi init REPO; REPO:latest, REPO:ID), a directory\nholding one plain backup, or - (standard output or input).\n\nExit codes:\n{}",
+        vdi_backup::Kind::exit_code_table(80).trim_end()
+    )
 }
 
 /// The commands.
