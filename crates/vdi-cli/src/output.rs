@@ -22,6 +22,13 @@ where
         } else if level == tracing::Level::ERROR {
             write!(writer, "error: ")?;
         }
+        // The phases it happened in (with -v: configure, stream, device, commit).
+        if let Some(scope) = ctx.event_scope() {
+            let names: Vec<&str> = scope.from_root().map(|s| s.name()).collect();
+            if !names.is_empty() {
+                write!(writer, "{}: ", names.join(":"))?;
+            }
+        }
         ctx.field_format().format_fields(writer.by_ref(), event)?;
         writeln!(writer)
     }
@@ -82,6 +89,7 @@ pub fn init_logging(quiet: bool, verbose: u8) {
         // A failed write (a standard error nobody reads any more) is dropped; the
         // default reports it with `eprintln!`, which panics on the same broken pipe.
         .log_internal_errors(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_span_events(if spans { FmtSpan::CLOSE } else { FmtSpan::NONE })
         .event_format(LineFormat);
     let _ = tracing_subscriber::registry()

@@ -367,10 +367,13 @@ pub fn backup(req: &BackupRequest<'_>) -> Result<BackupOutcome> {
     }
     let size = spec.probe()?;
     // The source file's mode, which a restore gives back.
-    let mode = spec.path().and_then(|p| std::fs::metadata(p).ok()).map(|m| {
-        use std::os::unix::fs::PermissionsExt;
-        m.permissions().mode() & 0o7777
-    });
+    let mode = spec
+        .path()
+        .and_then(|p| std::fs::metadata(p).ok())
+        .map(|m| {
+            use std::os::unix::fs::PermissionsExt;
+            m.permissions().mode() & 0o7777
+        });
     let set = req.set.clone().unwrap_or_else(|| new_set_name("backup"));
     let inject = Arc::new(Injector::new(Role::Client, req.faults));
     // A repository gets a new backup under a new id (leased until it is recorded);
@@ -487,7 +490,9 @@ fn refuse_mismatched_target(
         && m.source.kind != "sqlite"
         && m.source.kind != "unknown"
     {
-        let path = target.path().map_or_else(|| "PATH".into(), |p| p.display().to_string());
+        let path = target
+            .path()
+            .map_or_else(|| "PATH".into(), |p| p.display().to_string());
         return Err(fail(
             Kind::Usage,
             format!(
@@ -524,7 +529,11 @@ pub fn refuse_open_database(target: &Spec) -> Result<()> {
             format!(
                 "the database {} is open in process {pid}{}{}: replacing it would pull it (and its -wal and -shm) from under that process; stop it first, or restore elsewhere",
                 p.display(),
-                if cmd.is_empty() { String::new() } else { format!(" ({cmd})") },
+                if cmd.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({cmd})")
+                },
                 if users.len() > 1 {
                     format!(" and {} other(s)", users.len() - 1)
                 } else {

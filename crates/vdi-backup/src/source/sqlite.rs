@@ -194,9 +194,11 @@ pub fn snapshot_sqlite(db: &Path, into: &Path) -> Result<u64> {
             .with_context(|| format!("starting a snapshot of {}", db.display()))?;
         let deadline = Instant::now() + Duration::from_secs(120);
         loop {
-            match b.step(-1).map_err(|e| scratch_full(e, into)).with_context(|| {
-                format!("taking a snapshot of {}", db.display())
-            })? {
+            match b
+                .step(-1)
+                .map_err(|e| scratch_full(e, into))
+                .with_context(|| format!("taking a snapshot of {}", db.display()))?
+            {
                 rusqlite::backup::StepResult::Done => break,
                 _ if Instant::now() > deadline => {
                     return Err(fail(
