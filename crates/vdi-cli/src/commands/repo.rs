@@ -75,6 +75,18 @@ fn entry_json(e: &Entry) -> Value {
     v
 }
 
+/// Cuts `s` to its last `n` characters (with `…` first): the end of a path names it best.
+fn cut_left(s: &str, n: usize) -> String {
+    let len = s.chars().count();
+    if len <= n {
+        s.to_owned()
+    } else {
+        std::iter::once('…')
+            .chain(s.chars().skip(len - n + 1))
+            .collect()
+    }
+}
+
 /// Cuts `s` to `n` characters (with `…`).
 fn cut(s: &str, n: usize) -> String {
     if s.chars().count() <= n {
@@ -117,15 +129,15 @@ pub(super) fn list(a: &ListArgs) -> Result<()> {
         return Ok(());
     }
     crate::print_line(format_args!(
-        "{:<21}  {:<19}  {:<16}  {:>3}  {:>9}  {:>9}  {:<7}  {:>6}  {}",
+        "{:<21}  {:<19}  {:<20}  {:>3}  {:>9}  {:>9}  {:<7}  {:>6}  {}",
         "ID", "STARTED (UTC)", "SOURCE", "DEV", "ORIGINAL", "STORED", "COMPR", "TIME", "STATE"
     ));
     for e in &l.entries {
         crate::print_line(format_args!(
-            "{:<21}  {:<19}  {:<16}  {:>3}  {:>9}  {:>9}  {:<7}  {:>6}  {}",
+            "{:<21}  {:<19}  {:<20}  {:>3}  {:>9}  {:>9}  {:<7}  {:>6}  {}",
             e.id,
             format_utc(e.started),
-            cut(e.source.as_deref().unwrap_or("-"), 16),
+            cut_left(e.source.as_deref().unwrap_or("-"), 20),
             e.devices.map_or_else(|| "-".into(), |d| d.to_string()),
             size(e.original_bytes.or(e.stream_bytes)),
             size(e.stored_bytes),
