@@ -81,10 +81,10 @@ impl Kind {
         match self {
             Kind::Other => "other error (the message says what went wrong)",
             Kind::Usage => {
-                "wrong command line: an unknown option or a bad value, a --devices count other than the backup's, a directory as SOURCE, a binary stream into a terminal, a sqlite: target for a backup that holds no database, - with standard input or output closed"
+                "wrong command line: an unknown option or a bad value, a --devices count other than the backup's, a binary stream into a terminal, a sqlite: target for a backup that holds no database, - with standard input or output closed"
             }
             Kind::Input => {
-                "the source, the backup, the repository or a backup id is missing or unreadable (also: permission denied, a set that does not admit this user)"
+                "the source, the backup, the repository or a backup id is missing or unreadable (also: a directory as SOURCE, permission denied, a set that does not admit this user)"
             }
             Kind::TargetExists => {
                 "the target or destination exists (use --force), or is something vdi will not replace (a device, a FIFO, a link, a database another process has open)"

@@ -36,10 +36,8 @@ pub fn install() {
             for sig in signals.forever() {
                 // Signals arrive here one at a time, on this one thread.
                 let quick = STOP_QUICKLY.load(Ordering::Acquire);
-                if quick {
-                    // No progress bar stays behind the messages.
-                    crate::progress::clear_now();
-                }
+                // No progress bar stays behind the messages.
+                crate::progress::clear_now();
                 if !cancel::interrupt(name_of(sig)) {
                     crate::eprint_line(format_args!(
                         "error: {} again; exiting at once (removing what this operation wrote)",

@@ -87,11 +87,52 @@ static ACTIVE: std::sync::Mutex<Option<MultiProgress>> = std::sync::Mutex::new(N
 /// Clears the bars now (before a message, or an exit that skips the drawing thread's
 /// own clean-up): nothing stale stays on the terminal.
 pub fn clear_now() {
+    // The drawing thread updates the bars only while it holds this lock and they are
+    // still here: once taken, nothing draws them again.
     if let Some(mp) = ACTIVE.lock().unwrap_or_else(|e| e.into_inner()).take() {
-        mp.set_draw_target(ProgressDrawTarget::hidden());
         let _ = mp.clear();
+        mp.set_draw_target(ProgressDrawTarget::hidden());
+    }
+    restore_echo();
+}
+
+/// The terminal's settings before the bars turned off the echo of control characters.
+static SAVED_TERMIOS: std::sync::Mutex<Option<rustix::termios::Termios>> =
+    std::sync::Mutex::new(None);
+
+/// While bars are drawn, a Ctrl-C is not echoed as `^C`: the echo would move the cursor
+/// to a new line below the bars (they end at the last column), so that clearing them
+/// would leave the first one on the screen.
+fn quiet_echo() {
+    use rustix::termios::{LocalModes, OptionalActions, tcgetattr, tcsetattr};
+    let err = std::io::stderr();
+    let Ok(t) = tcgetattr(&err) else { return };
+    if !t.local_modes.contains(LocalModes::ECHOCTL) {
+        return;
+    }
+    let mut quiet = t.clone();
+    quiet.local_modes.remove(LocalModes::ECHOCTL);
+    if tcsetattr(&err, OptionalActions::Now, &quiet).is_ok() {
+        *SAVED_TERMIOS.lock().unwrap_or_else(|e| e.into_inner()) = Some(t);
     }
 }
+
+fn restore_echo() {
+    if let Some(t) = SAVED_TERMIOS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .take()
+    {
+        let _ = rustix::termios::tcsetattr(
+            std::io::stderr(),
+            rustix::termios::OptionalActions::Now,
+            &t,
+        );
+    }
+}
+
+/// The columns of a bar line before its text: the prefix (6), ` [`, the bar (16), `] `.
+const BAR_COLUMNS: usize = 6 + 2 + 16 + 2;
 
 /// How far back the rate (and so the ETA) looks.
 const WINDOW: Duration = Duration::from_secs(5);
@@ -173,8 +214,10 @@ fn bar_text(pos: u64, len: Option<u64>, rate: Option<f64>, stored: Option<u64>) 
 fn bars(inner: &Meter, stop: &AtomicBool) {
     let mp = MultiProgress::with_draw_target(ProgressDrawTarget::stderr_with_hz(10));
     // A fixed bar and the text in what is left of the line, cut to fit: a line never
-    // wraps, whatever the terminal's width.
-    let style = ProgressStyle::with_template("{prefix:>6} [{bar:16.cyan/blue}] {wide_msg}")
+    // wraps, whatever the terminal's width. A few columns stay free, so that the
+    // terminal's "^C" echo does not wrap the last line either (the bars would then be
+    // cleared one line short).
+    let style = ProgressStyle::with_template("{prefix:>6} [{bar:16.cyan/blue}] {msg}")
         .unwrap_or_else(|_| ProgressStyle::default_bar())
         .progress_chars("=> ");
     let n = u64::from(inner.devices());
@@ -188,6 +231,7 @@ fn bars(inner: &Meter, stop: &AtomicBool) {
         .collect();
     let width = console_width();
     let _ = mp.println(cut(inner.label(), width));
+    quiet_echo();
     *ACTIVE.lock().unwrap_or_else(|e| e.into_inner()) = Some(mp.clone());
     let mut recent: Vec<Recent> = (0..n).map(|_| Recent::default()).collect();
     loop {
@@ -199,6 +243,11 @@ fn bars(inner: &Meter, stop: &AtomicBool) {
         let done = inner.per_device();
         let stored = inner.stored_per_device();
         let sum: u64 = done.iter().sum();
+        let active = ACTIVE.lock().unwrap_or_else(|e| e.into_inner());
+        if active.is_none() {
+            // Cleared (a signal): draw no more.
+            break;
+        }
         for (i, (b, &pos)) in bars.iter().zip(&done).enumerate() {
             let rate = recent[i].rate(now, pos);
             // Devices take what they can (dynamic distribution): each is expected to
@@ -206,13 +255,12 @@ fn bars(inner: &Meter, stop: &AtomicBool) {
             let len = total.map(|t| pos + t.saturating_sub(sum) / n.max(1));
             b.set_length(len.unwrap_or(pos.max(1)));
             b.set_position(pos);
-            b.set_message(bar_text(
-                pos,
-                len,
-                rate,
-                inner.compressed().then(|| stored[i]),
+            b.set_message(cut(
+                &bar_text(pos, len, rate, inner.compressed().then(|| stored[i])),
+                width.saturating_sub(BAR_COLUMNS + 4),
             ));
         }
+        drop(active);
         if !pause(stop, Duration::from_millis(100)) {
             break;
         }
@@ -324,8 +372,8 @@ mod tests {
             Some(998 << 30),
         );
         assert!(t.contains("stored 998.0GiB"), "{t}");
-        // prefix (6) + " [" + bar (16) + "] " + text
-        let line = 6 + 2 + 16 + 2 + t.chars().count();
+        // prefix, bar and text, and the 4 columns kept free.
+        let line = BAR_COLUMNS + t.chars().count() + 4;
         assert!(line <= 80, "{line}: {t}");
         assert!(!bar_text(1, Some(2), None, None).contains("stored"));
     }

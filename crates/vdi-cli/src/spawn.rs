@@ -359,9 +359,9 @@ pub fn backup(req: &BackupRequest<'_>) -> Result<BackupOutcome> {
     {
         let p = p.display();
         return Err(fail(
-            Kind::Usage,
+            Kind::Input,
             format!(
-                "SOURCE {p} is a directory: vdi backs up a file (file:PATH), a SQLite database (sqlite:PATH) or standard input (-); back up a directory with dir:{p}, or as a tar stream: tar -C {p} -c . | vdi backup - DEST"
+                "SOURCE {p} is a directory, which vdi cannot read as one stream: vdi backs up a file (file:PATH), a SQLite database (sqlite:PATH) or standard input (-); back up a directory with dir:{p}, or as a tar stream: tar -C {p} -c . | vdi backup - DEST"
             ),
         ));
     }

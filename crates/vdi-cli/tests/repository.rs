@@ -368,3 +368,44 @@ fn repository_commands_refuse_what_they_cannot_do() {
     let j = run(&["info", &repo, "--json"]).ok().json();
     assert_eq!(j["backups"], 0);
 }
+
+#[test]
+fn the_single_role_commands_use_a_repository_too() {
+    let d = tempfile::tempdir().unwrap();
+    let f = d.path().join("data");
+    write_pattern(&f, 5, 1 << 20);
+    let repo = s(&d.path().join("repo"));
+    run(&["init", &repo]).ok();
+    let name = set_name("repo-client");
+    let client = spawn(&[
+        "client",
+        "backup",
+        "--set",
+        &name,
+        &repo,
+        "--devices",
+        "2",
+        "--wait",
+        "60",
+        "--json",
+    ]);
+    run(&["engine", "backup", "--set", &name, &s(&f)]).ok();
+    let c = wait_output(client, Duration::from_secs(60));
+    c.ok();
+    let id = c.json()["repository_id"].as_str().unwrap().to_owned();
+    assert_eq!(ids(&repo), [id.clone()]);
+    let name = set_name("repo-client-r");
+    let out = d.path().join("out");
+    let client = spawn(&[
+        "client",
+        "restore",
+        "--set",
+        &name,
+        &format!("{repo}:{id}"),
+        "--wait",
+        "60",
+    ]);
+    run(&["engine", "restore", "--set", &name, &s(&out)]).ok();
+    wait_output(client, Duration::from_secs(60)).ok();
+    assert_eq!(digest(&out), digest(&f));
+}

@@ -84,7 +84,7 @@ fn a_second_ctrl_c_leaves_nothing_that_blocks_the_next_backup() {
     signal(child.id(), "INT");
     signal(child.id(), "INT");
     let r = wait_output(child, Duration::from_secs(60));
-    r.fails(130, &["interrupted"]);
+    r.fails(130, &["SIGINT (Ctrl-C)"]);
     assert!(!bk.exists(), "{:?}", names_in(d.path()));
     run(&["backup", &s(&src), &s(&bk)]).ok();
 }
@@ -262,8 +262,10 @@ fn messages_that_used_to_mislead() {
     // A directory as SOURCE points to dir:PATH and to tar.
     let dir = d.path().join("adir");
     std::fs::create_dir(&dir).unwrap();
-    run(&["backup", &s(&dir), &s(&d.path().join("b2"))])
-        .fails(2, &[&format!("dir:{}", s(&dir)), "tar -C"]);
+    run(&["backup", &s(&dir), &s(&d.path().join("b2"))]).fails(
+        3,
+        &["is a directory", &format!("dir:{}", s(&dir)), "tar -C"],
+    );
 }
 
 #[test]
@@ -417,4 +419,105 @@ fn json_summaries_carry_per_device_metrics_and_v_shows_the_phases() {
     let r = run(&["backup", &s(&src), &s(&d.path().join("bk3"))]);
     r.ok();
     assert!(!r.stderr.contains("time.busy"), "{}", r.stderr);
+}
+
+/// A tmux server of its own, on an 80-column terminal; killed when dropped.
+struct Tmux(String);
+
+impl Tmux {
+    fn start(cmd: &str) -> Option<Tmux> {
+        if std::process::Command::new("tmux")
+            .arg("-V")
+            .output()
+            .is_err()
+        {
+            eprintln!("SKIPPED: no tmux to show the bars on a terminal");
+            return None;
+        }
+        let t = Tmux(format!("vdi-test-{}", std::process::id()));
+        let st = std::process::Command::new("tmux")
+            .args([
+                "-L",
+                &t.0,
+                "-f",
+                "/dev/null",
+                "new-session",
+                "-d",
+                "-x",
+                "80",
+                "-y",
+                "30",
+                cmd,
+            ])
+            .env_remove("TMUX")
+            .status()
+            .unwrap();
+        assert!(st.success());
+        Some(t)
+    }
+    /// The screen, row by row.
+    fn screen(&self) -> String {
+        let o = std::process::Command::new("tmux")
+            .args(["-L", &self.0, "capture-pane", "-p"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+    fn keys(&self, k: &str) {
+        std::process::Command::new("tmux")
+            .args(["-L", &self.0, "send-keys", k])
+            .status()
+            .unwrap();
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("tmux")
+            .args(["-L", &self.0, "kill-server"])
+            .status();
+    }
+}
+
+#[test]
+fn bars_fit_80_columns_show_what_is_stored_and_go_at_ctrl_c() {
+    let d = tempfile::tempdir().unwrap();
+    let src = d.path().join("src");
+    write_pattern(&src, 13, 96 << 20);
+    let bk = d.path().join("bk");
+    let cmd = format!(
+        "{} backup {} {} --compress zstd:19 --devices 2; echo EXIT=$?; sleep 60",
+        env!("CARGO_BIN_EXE_vdi"),
+        s(&src),
+        s(&bk)
+    );
+    let Some(t) = Tmux::start(&cmd) else { return };
+    wait_until(Duration::from_secs(60), "the bars", || {
+        let sc = t.screen();
+        sc.contains("dev 0 [") && sc.contains("dev 1 [") && sc.contains("stored")
+    });
+    let shown = t.screen();
+    // A bar that wrapped would leave the end of its text on a row of its own.
+    for l in shown
+        .lines()
+        .filter(|l| l.contains("ETA") || l.contains("stored"))
+    {
+        assert!(
+            l.trim_start().starts_with("dev "),
+            "a bar wrapped: {l:?} in\n{shown}"
+        );
+        assert!(
+            l.contains("ETA") && l.contains("stored"),
+            "a bar wrapped: {l:?} in\n{shown}"
+        );
+    }
+    assert!(shown.contains("ETA"), "{shown}");
+    t.keys("C-c");
+    wait_until(Duration::from_secs(30), "the exit", || {
+        t.screen().contains("EXIT=130")
+    });
+    let after = t.screen();
+    assert!(after.contains("stopping"), "{after}");
+    assert!(!after.contains("dev 0 ["), "a stale bar stayed: {after}");
+    assert!(!bk.exists());
 }
