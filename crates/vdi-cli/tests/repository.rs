@@ -393,7 +393,7 @@ fn the_single_role_commands_use_a_repository_too() {
     let c = wait_output(client, Duration::from_secs(60));
     c.ok();
     let id = c.json()["repository_id"].as_str().unwrap().to_owned();
-    assert_eq!(ids(&repo), [id.clone()]);
+    assert_eq!(ids(&repo), std::slice::from_ref(&id));
     let name = set_name("repo-client-r");
     let out = d.path().join("out");
     let client = spawn(&[
