@@ -131,8 +131,8 @@ fn restore_echo() {
     }
 }
 
-/// The columns of a bar line before its text: the prefix (6), ` [`, the bar (16), `] `.
-const BAR_COLUMNS: usize = 6 + 2 + 16 + 2;
+/// The columns of a bar line before its text: the prefix (6), ` [`, the bar (14), `] `.
+const BAR_COLUMNS: usize = 6 + 2 + 14 + 2;
 
 /// How far back the rate (and so the ETA) looks.
 const WINDOW: Duration = Duration::from_secs(5);
@@ -217,7 +217,7 @@ fn bars(inner: &Meter, stop: &AtomicBool) {
     // wraps, whatever the terminal's width. A few columns stay free, so that the
     // terminal's "^C" echo does not wrap the last line either (the bars would then be
     // cleared one line short).
-    let style = ProgressStyle::with_template("{prefix:>6} [{bar:16.cyan/blue}] {msg}")
+    let style = ProgressStyle::with_template("{prefix:>6} [{bar:14.cyan/blue}] {msg}")
         .unwrap_or_else(|_| ProgressStyle::default_bar())
         .progress_chars("=> ");
     let n = u64::from(inner.devices());

@@ -3,10 +3,10 @@
 //!
 //! ```
 //! use vdi_backup::repo::time::{format_utc, new_id, parse_id};
-//! let id = new_id(1_796_664_900);
+//! let id = new_id(1_796_663_700);
 //! assert!(id.starts_with("20261207T171500Z-"));
-//! assert_eq!(parse_id(&id).map(|t| t.secs), Some(1_796_664_900));
-//! assert_eq!(format_utc(1_796_664_900), "2026-12-07 17:15:00");
+//! assert_eq!(parse_id(&id).map(|t| t.secs), Some(1_796_663_700));
+//! assert_eq!(format_utc(1_796_663_700), "2026-12-07 17:15:00");
 //! ```
 
 /// What an id says.
@@ -130,17 +130,17 @@ mod tests {
 
     #[test]
     fn ids_round_trip_and_sort() {
-        for t in [0u64, 951_782_400, 1_796_664_900, 4_102_444_799] {
+        for t in [0u64, 951_782_400, 1_796_663_700, 4_102_444_799] {
             let id = new_id(t);
             assert_eq!(parse_id(&id).map(|x| x.secs), Some(t), "{id}");
         }
         let mut ids = vec!["20261207T171500Z-0000".to_owned()];
         for _ in 0..20 {
-            let next = new_id_after(1_796_664_900, &ids);
+            let next = new_id_after(1_796_663_700, &ids);
             assert!(ids.iter().all(|i| *i < next), "{next}");
             ids.push(next);
         }
-        let a = new_id(1_796_664_900);
+        let a = new_id(1_796_663_700);
         let b = new_id(1_796_664_901);
         assert!(a < b);
         assert_eq!(format_utc(951_782_400), "2000-02-29 00:00:00");
