@@ -25,7 +25,7 @@ static SIGNAL: Mutex<&'static str> = Mutex::new("a signal");
 static STOPPING: AtomicBool = AtomicBool::new(false);
 static NEXT: AtomicU64 = AtomicU64::new(0);
 static HOOKS: Mutex<Vec<(u64, Hook)>> = Mutex::new(Vec::new());
-static BEFORE_EXIT: Mutex<Vec<Hook>> = Mutex::new(Vec::new());
+static BEFORE_EXIT: Mutex<Vec<(u64, Hook)>> = Mutex::new(Vec::new());
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -50,12 +50,32 @@ pub fn interrupt(signal: &'static str) -> bool {
 /// Runs `hook` before a second interrupt exits the process at once (no destructor runs
 /// then).
 pub fn before_exit(hook: impl Fn() + Send + 'static) {
-    lock(&BEFORE_EXIT).push(Box::new(hook));
+    let id = NEXT.fetch_add(1, Ordering::Relaxed);
+    lock(&BEFORE_EXIT).push((id, Box::new(hook)));
+}
+
+/// Runs `hook` before a front end exits at once (as [`before_exit`]) while the returned
+/// guard lives: a backup being written removes what it wrote, even when the process does
+/// not wait for its threads.
+pub fn before_exit_while(hook: impl Fn() + Send + 'static) -> ExitGuard {
+    let id = NEXT.fetch_add(1, Ordering::Relaxed);
+    lock(&BEFORE_EXIT).push((id, Box::new(hook)));
+    ExitGuard(id)
+}
+
+/// Unregisters its [`before_exit_while`] hook when dropped.
+#[derive(Debug)]
+pub struct ExitGuard(u64);
+
+impl Drop for ExitGuard {
+    fn drop(&mut self) {
+        lock(&BEFORE_EXIT).retain(|(id, _)| *id != self.0);
+    }
 }
 
 /// Runs the [`before_exit`] hooks (a front end calls it just before it exits at once).
 pub fn run_before_exit() {
-    for h in lock(&BEFORE_EXIT).iter() {
+    for (_, h) in lock(&BEFORE_EXIT).iter() {
         h();
     }
 }

@@ -75,6 +75,54 @@ impl Kind {
             .unwrap_or(Kind::Other)
     }
 
+    /// What the exit code means, as the documented table says it (`vdi --help`, the
+    /// README).
+    pub fn meaning(self) -> &'static str {
+        match self {
+            Kind::Other => "other error (the message says what went wrong)",
+            Kind::Usage => {
+                "wrong command line: an unknown option or a bad value, a --devices count other than the backup's, a binary stream into a terminal, a sqlite: target for a backup that holds no database, - with standard input or output closed"
+            }
+            Kind::Input => {
+                "the source, the backup, the repository or a backup id is missing or unreadable (also: a directory as SOURCE, permission denied, a set that does not admit this user)"
+            }
+            Kind::TargetExists => {
+                "the target or destination exists (use --force), or is something vdi will not replace (a device, a FIFO, a link, a database another process has open)"
+            }
+            Kind::Damaged => "the backup is damaged or incomplete",
+            Kind::DiskFull => {
+                "disk full: the destination, the target, or the scratch space of a SQLite snapshot ($TMPDIR)"
+            }
+            Kind::SetBusy => "the set name is in use, or DEST is locked by another backup",
+            Kind::PeerFailed => {
+                "the engine or the backup application died, aborted, stalled (--stall-timeout) or never came (--wait)"
+            }
+            Kind::Interrupted => "interrupted (SIGINT, SIGTERM or SIGHUP)",
+        }
+    }
+
+    /// The exit-code table: `  CODE  meaning` lines, wrapped at `width` columns.
+    pub fn exit_code_table(width: usize) -> String {
+        let mut out = String::from("   0  success\n");
+        for k in Kind::ALL {
+            let mut line = format!("{:>4}  ", k.exit_code());
+            let indent = line.len();
+            for w in k.meaning().split(' ') {
+                let cur = line.rsplit('\n').next().map_or(0, str::len);
+                if cur + 1 + w.len() > width && cur > indent {
+                    line.push('\n');
+                    line.push_str(&" ".repeat(indent));
+                } else if cur > indent {
+                    line.push(' ');
+                }
+                line.push_str(w);
+            }
+            out.push_str(&line);
+            out.push('\n');
+        }
+        out
+    }
+
     /// A short name for JSON output.
     pub fn name(self) -> &'static str {
         match self {

@@ -27,6 +27,7 @@ pub mod error;
 pub mod fault;
 pub mod format;
 pub mod meter;
+pub mod repo;
 pub mod source;
 pub mod store;
 pub mod units;

@@ -23,6 +23,9 @@ const UNKNOWN: u64 = u64::MAX;
 pub struct Meter {
     label: String,
     bytes: Vec<AtomicU64>,
+    stored: Vec<AtomicU64>,
+    retries: Vec<AtomicU64>,
+    compressed: std::sync::atomic::AtomicBool,
     total: AtomicU64,
     started: Instant,
 }
@@ -33,6 +36,9 @@ impl Meter {
         Arc::new(Meter {
             label: label.to_owned(),
             bytes: (0..devices).map(|_| AtomicU64::new(0)).collect(),
+            stored: (0..devices).map(|_| AtomicU64::new(0)).collect(),
+            retries: (0..devices).map(|_| AtomicU64::new(0)).collect(),
+            compressed: std::sync::atomic::AtomicBool::new(false),
             total: AtomicU64::new(total.unwrap_or(UNKNOWN)),
             started: Instant::now(),
         })
@@ -48,6 +54,47 @@ impl Meter {
         if let Some(b) = self.bytes.get(device as usize) {
             b.fetch_add(n, Ordering::Relaxed);
         }
+    }
+
+    /// Adds `n` bytes stored (after compression) to device `device`.
+    pub fn add_stored(&self, device: u32, n: u64) {
+        if let Some(b) = self.stored.get(device as usize) {
+            b.fetch_add(n, Ordering::Relaxed);
+        }
+    }
+
+    /// Counts a retry on device `device` (a `VDC_ClearError` after a failed command, a
+    /// device opened again).
+    pub fn add_retry(&self, device: u32) {
+        if let Some(b) = self.retries.get(device as usize) {
+            b.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Says that what is stored is compressed (a front end shows both counts).
+    pub fn set_compressed(&self) {
+        self.compressed.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether what is stored is compressed.
+    pub fn compressed(&self) -> bool {
+        self.compressed.load(Ordering::Relaxed)
+    }
+
+    /// The bytes stored of each device so far (what reached the store, compressed).
+    pub fn stored_per_device(&self) -> Vec<u64> {
+        self.stored
+            .iter()
+            .map(|b| b.load(Ordering::Relaxed))
+            .collect()
+    }
+
+    /// The retries of each device so far.
+    pub fn retries_per_device(&self) -> Vec<u64> {
+        self.retries
+            .iter()
+            .map(|b| b.load(Ordering::Relaxed))
+            .collect()
     }
 
     /// The bytes of each device so far.

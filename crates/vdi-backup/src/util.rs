@@ -166,11 +166,14 @@ pub fn abort_sentence(cause: AbortCause, me: &str) -> String {
         AbortCause::ServerDied => {
             "the engine process went away in the middle of the operation".into()
         }
+        AbortCause::ClientDied if me == "engine" => {
+            "the backup application ended the operation (it closed the set or its process ended) before it was done; its own output says why (one started for a backup refuses a restore, and the reverse)".into()
+        }
         AbortCause::ClientDied => {
             "the backup application process went away in the middle of the operation".into()
         }
         AbortCause::ClientSignalled if me == "engine" => {
-            "the backup application aborted the operation".into()
+            "the backup application aborted the operation; its own output says why (one started for a backup refuses a restore, and the reverse)".into()
         }
         AbortCause::ServerSignalled if me != "engine" => "the engine aborted the operation".into(),
         AbortCause::ClientSignalled | AbortCause::ServerSignalled => {
@@ -198,12 +201,75 @@ pub fn vd_fail(e: &VdError, me: &str, what: &str) -> crate::Error {
         ErrorCode::Security => Kind::Input,
         _ => Kind::Other,
     };
-    let hint = if e.code() == ErrorCode::Security {
-        " (with vdi: start the backup application with --allow-group GROUP, or the engine with --trust-owner USER)"
-    } else {
-        ""
+    let hint = match (e.code() == ErrorCode::Security, me) {
+        (false, _) => "",
+        // The engine is refused: by the set (the backup application admits only its own
+        // user unless it was started with --allow-group), or by its own rule (it opens a
+        // set of another user only with --trust-owner).
+        (true, "engine") => {
+            " (a set made by another user is opened only with --trust-owner THAT-USER; an engine of another user is admitted only if the backup application was started with --allow-group GROUP)"
+        }
+        (true, _) => {
+            " (an engine of another user is admitted only if this backup application is started with --allow-group GROUP)"
+        }
     };
     fail(kind, format!("{what}: {e}{hint}"))
+}
+
+/// The other processes that have any of `paths` open (pid and command line), from
+/// `/proc/*/fd` (those this user may look at): a database another process has open must
+/// not be replaced under it.
+pub fn opened_by_others(paths: &[std::path::PathBuf]) -> Vec<(u32, String)> {
+    use std::os::unix::fs::MetadataExt;
+    let want: Vec<(u64, u64)> = paths
+        .iter()
+        .filter_map(|p| std::fs::symlink_metadata(p).ok())
+        .map(|m| (m.dev(), m.ino()))
+        .collect();
+    if want.is_empty() {
+        return Vec::new();
+    }
+    let me = std::process::id();
+    let mut out = Vec::new();
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for p in procs.flatten() {
+        let Some(pid) = p.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        if pid == me {
+            continue;
+        }
+        let Ok(fds) = std::fs::read_dir(p.path().join("fd")) else {
+            continue;
+        };
+        let hit = fds.flatten().any(|fd| {
+            std::fs::metadata(fd.path()).is_ok_and(|m| want.contains(&(m.dev(), m.ino())))
+        });
+        if hit {
+            let cmd = std::fs::read(p.path().join("cmdline"))
+                .map(|c| {
+                    c.split(|&b| b == 0)
+                        .filter(|a| !a.is_empty())
+                        .map(|a| String::from_utf8_lossy(a).into_owned())
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                })
+                .unwrap_or_default();
+            out.push((pid, cmd));
+        }
+    }
+    out
+}
+
+/// `1 device`, `4 devices`.
+pub fn devices(n: u32) -> String {
+    if n == 1 {
+        "1 device".into()
+    } else {
+        format!("{n} devices")
+    }
 }
 
 /// A new set name, unique on this machine.
@@ -249,6 +315,15 @@ pub fn sync_dir(dir: &Path) -> io::Result<()> {
 /// Whether an error means the disk (or quota) is full.
 pub fn is_disk_full(e: &io::Error) -> bool {
     matches!(e.raw_os_error(), Some(28) | Some(122)) || e.kind() == io::ErrorKind::StorageFull
+}
+
+/// This machine's host name (`unknown` if it cannot be read).
+pub fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "unknown".into())
 }
 
 #[cfg(test)]

@@ -69,6 +69,7 @@ fn backup(src: &std::path::Path, store: Arc<dyn Store>, devices: u32, force: boo
             name: spec.label(),
             bytes: spec.probe()?,
             checked: true,
+            mode: None,
         },
         display: Arc::new(Hidden),
         wait: Some(Duration::from_secs(30)),

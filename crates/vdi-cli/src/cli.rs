@@ -17,30 +17,31 @@ use vdi_backup::fault::Fault;
 #[derive(Debug, Parser)]
 #[command(
     name = "vdi",
-    version,
+    version = crate::LONG_VERSION,
     propagate_version = true,
-    after_help = concat!(
-        "Examples:\n",
-        "  vdi demo\n",
-        "  vdi backup sqlite:shop.db backups/shop --devices 4 --compress zstd\n",
-        "  vdi verify backups/shop\n",
-        "  vdi restore backups/shop sqlite:shop-restored.db\n",
-        "  vdi backup file:disk.img - > disk.vdis\n",
-        "  vdi soak --duration 10m   # back up, verify, restore, compare, in a loop\n\n",
-        "SOURCE and TARGET: sqlite:PATH (a live SQLite database), file:PATH (a plain file;\n",
-        "a path without a prefix is a file too), - (standard input or output).\n\n",
-        "Exit codes:\n",
-        "  0 success, 1 other error, 2 wrong command line, 3 source or backup missing or\n",
-        "  unreadable, 4 target exists (use --force), 5 backup damaged or incomplete,\n",
-        "  6 disk full, 7 set name in use or DEST locked by another backup, 8 the engine or\n",
-        "  backup application died, aborted or stalled (--stall-timeout), 130 interrupted\n",
-        "  (SIGINT, SIGTERM or SIGHUP)"
-    )
+    after_help = main_after_help(),
 )]
 pub struct Cli {
     /// The command.
     #[command(subcommand)]
     pub cmd: Cmd,
+    /// Read this configuration file instead of ~/.config/vdi/config.toml (also:
+    /// VDI_CONFIG; none reads none).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<std::path::PathBuf>,
+    /// Say more: -v shows each phase (configure, stream, commit) with its duration, -vv
+    /// debugging detail (or set RUST_LOG, e.g. RUST_LOG=vdi_backup=debug).
+    #[arg(long, short, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+}
+
+/// `vdi --help`'s closing part: the examples and the exit-code table (the one table the
+/// README shows too).
+pub fn main_after_help() -> String {
+    format!(
+        "Examples:\n  vdi demo\n  vdi init /backups/shop\n  vdi backup sqlite:shop.db /backups/shop --devices 4 --compress zstd\n  vdi list /backups/shop\n  vdi restore /backups/shop:latest sqlite:shop-restored.db\n  vdi expire /backups/shop --keep-daily 7\n  vdi backup file:disk.img - > disk.vdis\n  vdi soak --duration 10m   # back up, verify, restore, compare, in a loop\n\nSOURCE and TARGET: sqlite:PATH (a live SQLite database), file:PATH (a plain file;\na path without a prefix is a file too), - (standard input or output).\nDEST and BACKUP: a repository (vdi init REPO; REPO:latest, REPO:ID), a directory\nholding one plain backup, or - (standard output or input).\n\nExit codes:\n{}",
+        vdi_backup::Kind::exit_code_table(80).trim_end()
+    )
 }
 
 /// The commands.
@@ -143,6 +144,181 @@ pub enum Cmd {
         "  vdi sets --json"
     ))]
     Sets(SetsArgs),
+    // -- repositories (issue 15) -------------------------------------------------------
+    /// Make a repository: a directory that keeps many backups, each under a time-ordered
+    /// id, with a catalog (vdi backup SOURCE REPO adds one; list, info, restore, expire).
+    #[command(after_help = concat!(
+        "A directory that is not a repository keeps one plain backup, as before: vdi backup\n",
+        "SOURCE DIR writes its manifest and streams into DIR itself, and every command reads\n",
+        "such a DIR as a one-backup repository.\n\n",
+        "Examples:\n",
+        "  vdi init /backups/shop\n",
+        "  vdi backup sqlite:shop.db /backups/shop     # daily\n",
+        "  vdi list /backups/shop\n",
+        "  vdi restore /backups/shop:latest sqlite:shop-copy.db\n",
+        "  vdi expire /backups/shop --keep-daily 7"
+    ))]
+    Init(InitArgs),
+    /// List the backups of a repository: id, start, source, devices, sizes, compression,
+    /// duration and state (complete, running, incomplete).
+    #[command(after_help = concat!(
+        "The catalog (REPO/catalog.json) is checked against the backups on every listing and\n",
+        "rebuilt from their manifests if it is missing or wrong; a backup without a manifest is\n",
+        "never listed as complete.\n\n",
+        "Examples:\n",
+        "  vdi list /backups/shop\n",
+        "  vdi list /backups/shop --json"
+    ))]
+    List(ListArgs),
+    /// Show a repository (REPO) or one backup in it (REPO:ID, REPO:latest or REPO/ID).
+    #[command(after_help = concat!(
+        "Examples:\n",
+        "  vdi info /backups/shop\n",
+        "  vdi info /backups/shop:latest\n",
+        "  vdi info /backups/shop/20261207T171500Z-3fa9 --json"
+    ))]
+    Info(InfoArgs),
+    /// Remove the backups of a repository that no rule keeps (and what interrupted
+    /// backups left), printing each; a running backup is never touched.
+    #[command(after_help = concat!(
+        "A backup kept by any rule stays. --keep-last N: the newest N complete backups;\n",
+        "--keep-daily N: the newest backup of each of the last N days (UTC) that have one;\n",
+        "--keep-within D: every backup started within D of the newest one (7d, 36h).\n",
+        "The newest complete backup is always kept unless --force. A removal takes the\n",
+        "manifest first, then the stream files, so one cut short leaves an incomplete\n",
+        "backup (removed by the next expire), never a complete-looking one.\n\n",
+        "Examples:\n",
+        "  vdi expire /backups/shop --keep-daily 7 --dry-run\n",
+        "  vdi expire /backups/shop --keep-last 3 --keep-within 30d"
+    ))]
+    Expire(ExpireArgs),
+    /// Print the shell completions of vdi for bash, zsh or fish.
+    #[command(after_help = concat!(
+        "Examples:\n",
+        "  vdi completions bash > /etc/bash_completion.d/vdi\n",
+        "  vdi completions zsh > \"${fpath[1]}/_vdi\"\n",
+        "  vdi completions fish > ~/.config/fish/completions/vdi.fish"
+    ))]
+    Completions(CompletionsArgs),
+    /// Print the manual page of vdi, or of one of its commands (roff).
+    #[command(after_help = concat!(
+        "Examples:\n",
+        "  vdi man | man -l -\n",
+        "  vdi man > /usr/local/share/man/man1/vdi.1\n",
+        "  vdi man backup > /usr/local/share/man/man1/vdi-backup.1"
+    ))]
+    Man(ManArgs),
+    /// Show the configuration in force: which file was read, the repository and where
+    /// it came from, the store profile, and the defaults it sets.
+    #[command(after_help = concat!(
+        "The file is ~/.config/vdi/config.toml ($XDG_CONFIG_HOME/vdi/config.toml), or\n",
+        "--config FILE, or VDI_CONFIG. What wins: the command line, then VDI_REPOSITORY and\n",
+        "VDI_STORE_PROFILE, then the file, then vdi's defaults. Example file:\n\n",
+        "  repository = \"/backups/shop\"\n",
+        "  [store]\n",
+        "  profile = \"backup\"\n",
+        "  [backup]\n",
+        "  devices = 4\n",
+        "  compress = \"zstd:3\"\n",
+        "  [expire]\n",
+        "  keep_daily = 7"
+    ))]
+    Config(ConfigArgs),
+}
+
+/// `vdi init`.
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    /// The directory to make the repository in (new or empty; default: the configured
+    /// repository).
+    #[arg(value_name = "REPO")]
+    pub repo: Option<String>,
+    /// The modes of what the repository and its backups are made with (as vdi backup
+    /// --mode).
+    #[arg(long, value_name = "MODE", default_value = "600", value_parser = Modes::parse)]
+    pub mode: Modes,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+/// `vdi list`.
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// The repository (default: the configured one).
+    #[arg(value_name = "REPO")]
+    pub repo: Option<String>,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+/// `vdi info`.
+#[derive(Debug, Args)]
+pub struct InfoArgs {
+    /// REPO, REPO:ID, REPO:latest, REPO/ID or a plain backup directory (default: the
+    /// configured repository).
+    #[arg(value_name = "REPO[/ID]")]
+    pub what: Option<String>,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+/// `vdi expire`.
+#[derive(Debug, Args)]
+pub struct ExpireArgs {
+    /// The repository (default: the configured one).
+    #[arg(value_name = "REPO")]
+    pub repo: Option<String>,
+    /// Keep the newest N complete backups.
+    #[arg(long, value_name = "N")]
+    pub keep_last: Option<u32>,
+    /// Keep the newest backup of each of the last N days (UTC) that have one.
+    #[arg(long, value_name = "N")]
+    pub keep_daily: Option<u32>,
+    /// Keep every backup started within this long of the newest one (7d, 36h, 90m).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub keep_within: Option<Duration>,
+    /// Print what would be removed; remove nothing.
+    #[arg(long, short = 'n')]
+    pub dry_run: bool,
+    /// Also remove the newest complete backup if no rule keeps it.
+    #[arg(long)]
+    pub force: bool,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+/// `vdi completions`.
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell.
+    #[arg(value_name = "SHELL")]
+    pub shell: Shell,
+}
+
+/// The shells completions are made for.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum Shell {
+    /// bash
+    Bash,
+    /// zsh
+    Zsh,
+    /// fish
+    Fish,
+}
+
+/// `vdi man`.
+#[derive(Debug, Args)]
+pub struct ManArgs {
+    /// The command whose page to print (default: vdi's own, which lists them all).
+    #[arg(value_name = "COMMAND")]
+    pub command: Option<String>,
+}
+
+/// `vdi config`.
+#[derive(Debug, Args)]
+pub struct ConfigArgs {
+    #[command(flatten)]
+    pub output: OutputArgs,
 }
 
 /// `vdi soak`.
@@ -254,9 +430,11 @@ pub struct BackupArgs {
     /// What to back up: sqlite:PATH, file:PATH or - (standard input).
     #[arg(value_name = "SOURCE")]
     pub source: String,
-    /// Where to store it: a directory, or - (standard output, one device).
+    /// Where to store it: a repository (vdi init REPO; a new backup under a new id), a
+    /// directory (one plain backup), or - (standard output, one device). Default: the
+    /// configured repository.
     #[arg(value_name = "DEST")]
-    pub dest: String,
+    pub dest: Option<String>,
     /// Virtual devices to stripe the backup over (1 to 64).
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
     pub devices: u32,

@@ -13,6 +13,7 @@
 
 mod cli;
 mod commands;
+mod config;
 mod interrupt;
 mod output;
 mod progress;
@@ -20,10 +21,25 @@ mod spawn;
 
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches};
 
 pub use output::{eprint_line, print_line};
 
+/// `vdi --version`: the version and the build id (commit and date).
+pub const LONG_VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("VDI_BUILD_ID"), ")");
+
 fn main() -> ExitCode {
-    commands::main(cli::Cli::parse())
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    // The configuration file gives defaults: read before the command line is parsed.
+    if let Err(e) = config::load(&args) {
+        eprint_line(format_args!(
+            "error: {e} (fix it, or name another with --config FILE; --config none reads none)"
+        ));
+        return ExitCode::from(vdi_backup::Kind::Usage.exit_code());
+    }
+    let matches = config::apply_defaults(cli::Cli::command()).get_matches_from(args);
+    match cli::Cli::from_arg_matches(&matches) {
+        Ok(c) => commands::main(c),
+        Err(e) => e.exit(),
+    }
 }

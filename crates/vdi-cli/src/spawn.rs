@@ -18,7 +18,6 @@ use vdi_backup::engine::{EngineReport, REPORT_PREFIX};
 use vdi_backup::error::{Kind, fail};
 use vdi_backup::fault::{Fault, Injector, Role};
 use vdi_backup::source::Spec;
-use vdi_backup::store;
 use vdi_backup::util::new_set_name;
 
 /// The engine child process.
@@ -50,6 +49,8 @@ impl EngineProc {
         let mut cmd = Command::new(&exe);
         cmd.args(args)
             .env(vdi_backup::source::SCRATCH_ENV, scratch.path())
+            // The engine takes everything it needs from its arguments.
+            .env("VDI_CONFIG", "none")
             .stdin(if stdin_inherit {
                 Stdio::inherit()
             } else {
@@ -345,26 +346,51 @@ pub struct BackupOutcome {
     pub dest: String,
     /// What the engine reported.
     pub engine: EngineReport,
+    /// The backup's id, when DEST is a repository.
+    pub repo_id: Option<String>,
 }
 
 /// `vdi backup`.
 pub fn backup(req: &BackupRequest<'_>) -> Result<BackupOutcome> {
     let t0 = Instant::now();
     let spec = Spec::parse(req.source)?;
+    if spec.kind() == vdi_backup::format::stream::SourceKind::File
+        && let Some(p) = spec.path().filter(|p| p.is_dir())
+    {
+        let p = p.display();
+        return Err(fail(
+            Kind::Input,
+            format!(
+                "SOURCE {p} is a directory, which vdi cannot read as one stream: vdi backs up a file (file:PATH), a SQLite database (sqlite:PATH) or standard input (-); back up a directory with dir:{p}, or as a tar stream: tar -C {p} -c . | vdi backup - DEST"
+            ),
+        ));
+    }
     let size = spec.probe()?;
+    // The source file's mode, which a restore gives back.
+    let mode = spec
+        .path()
+        .and_then(|p| std::fs::metadata(p).ok())
+        .map(|m| {
+            use std::os::unix::fs::PermissionsExt;
+            m.permissions().mode() & 0o7777
+        });
     let set = req.set.clone().unwrap_or_else(|| new_set_name("backup"));
     let inject = Arc::new(Injector::new(Role::Client, req.faults));
+    // A repository gets a new backup under a new id (leased until it is recorded);
+    // anything else is one plain backup, as before repositories.
+    let dest = vdi_backup::repo::Dest::locate(req.dest, req.modes)?;
     let plan = BackupPlan {
         set: set.clone(),
         devices: req.devices,
         compression: req.compression,
-        store: store::locate(req.dest, req.modes),
+        store: dest.store(),
         force: req.force,
         source: SourceInfo {
             kind: spec.kind().name().into(),
             name: spec.label(),
             bytes: size,
             checked: !spec.is_stdio(),
+            mode,
         },
         display: req.display.clone(),
         wait: None,
@@ -397,12 +423,21 @@ pub fn backup(req: &BackupRequest<'_>) -> Result<BackupOutcome> {
     let end = engine.finish(grace);
     let (served, report) = judge(served, end)?;
     let done = client::commit_backup(served)?;
+    let repo_id = match dest {
+        vdi_backup::repo::Dest::Repo(rb) => {
+            let id = rb.id.clone();
+            rb.record(&done.manifest)?;
+            Some(id)
+        }
+        vdi_backup::repo::Dest::Plain(_) => None,
+    };
     warn_unfired(&inject, &report);
     Ok(BackupOutcome {
         done,
         engine: report,
         total: t0.elapsed(),
         dest: req.dest.to_owned(),
+        repo_id,
     })
 }
 
@@ -442,21 +477,93 @@ pub struct RestoreRequest<'a> {
     pub faults: &'a [Fault],
 }
 
+/// Refuses, before a set is made and a byte is moved, a `sqlite:` TARGET for a backup
+/// whose source was not a SQLite database (what its stream header said, as the manifest
+/// records it).
+fn refuse_mismatched_target(
+    target: &Spec,
+    m: Option<&vdi_backup::format::manifest::Manifest>,
+    backup: &str,
+) -> Result<()> {
+    let Some(m) = m else { return Ok(()) };
+    if target.kind() == vdi_backup::format::stream::SourceKind::Sqlite
+        && m.source.kind != "sqlite"
+        && m.source.kind != "unknown"
+    {
+        let path = target
+            .path()
+            .map_or_else(|| "PATH".into(), |p| p.display().to_string());
+        return Err(fail(
+            Kind::Usage,
+            format!(
+                "backup {backup} holds {} ({}), not a SQLite database: a sqlite: target would be refused only after the whole restore; restore it into file:{path} instead",
+                match m.source.kind.as_str() {
+                    "file" => "a file".to_owned(),
+                    "stdin" => "what standard input carried".to_owned(),
+                    k => format!("a {k} source"),
+                },
+                m.source.name,
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Refuses to replace a SQLite database that another process has open (its `-wal` and
+/// `-shm` would be removed under it).
+pub fn refuse_open_database(target: &Spec) -> Result<()> {
+    if target.kind() != vdi_backup::format::stream::SourceKind::Sqlite {
+        return Ok(());
+    }
+    let Some(p) = target.path() else {
+        return Ok(());
+    };
+    let files: Vec<std::path::PathBuf> = ["", "-wal", "-shm", "-journal"]
+        .iter()
+        .map(|x| std::path::PathBuf::from(format!("{}{x}", p.display())))
+        .collect();
+    let users = vdi_backup::util::opened_by_others(&files);
+    if let Some((pid, cmd)) = users.first() {
+        return Err(fail(
+            Kind::TargetExists,
+            format!(
+                "the database {} is open in process {pid}{}{}: replacing it would pull it (and its -wal and -shm) from under that process; stop it first, or restore elsewhere",
+                p.display(),
+                if cmd.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({cmd})")
+                },
+                if users.len() > 1 {
+                    format!(" and {} other(s)", users.len() - 1)
+                } else {
+                    String::new()
+                }
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// `vdi restore`.
 pub fn restore(req: &RestoreRequest<'_>) -> Result<RestoreOutcome> {
     let t0 = Instant::now();
     let target = Spec::parse(req.target)?;
-    let opened = client::open_backup(
-        store::locate(req.backup, store::dir::Modes::DEFAULT).as_ref(),
-        req.devices,
-    )?;
+    // BACKUP may name a repository (its latest backup), REPO:ID, or one backup.
+    let located = vdi_backup::repo::locate_backup(req.backup)?;
+    let opened = client::open_backup(located.store.as_ref(), req.devices)?;
+    refuse_mismatched_target(&target, opened.manifest.as_ref(), req.backup)?;
+    if req.force {
+        refuse_open_database(&target)?;
+    }
     target.check_target(req.force)?;
+    let mode = opened.manifest.as_ref().and_then(|m| m.source.mode);
     let set = req.set.clone().unwrap_or_else(|| new_set_name("restore"));
     let label = format!(
-        "restore {} to {} through {} device(s)",
+        "restore {} to {} through {}",
         req.backup,
         target.label(),
-        opened.devices()
+        vdi_backup::util::devices(opened.devices())
     );
     let inject = Arc::new(Injector::new(Role::Client, req.faults));
     let prep = client::prepare_restore(
@@ -505,6 +612,16 @@ pub fn restore(req: &RestoreRequest<'_>) -> Result<RestoreOutcome> {
         vdi_backup::source::file::remove_partial(p, pid);
     }
     let (served, report) = judge(served, end)?;
+    if let (Some(m), Some(p)) = (mode, target.path()) {
+        // The restored file gets the source's mode back.
+        use std::os::unix::fs::PermissionsExt;
+        if let Err(e) = std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)) {
+            tracing::warn!(
+                "{} was restored, but its mode could not be set to {m:o} as the source had it: {e}",
+                p.display()
+            );
+        }
+    }
     warn_unfired(&inject, &report);
     Ok(RestoreOutcome {
         served,

@@ -146,7 +146,9 @@ fn corrupted_stream() {
     let t = dir.path().join("t.db");
     // Whichever role notices first names the stream: the backup application (its blake3
     // digest) or the engine (the chunk's crc32c).
-    let r = run(&["restore", &s(&bk), &format!("sqlite:{}", s(&t))]);
+    // (Into file:, what the backup holds: a file backup into sqlite: is refused before
+    // any byte moves, issue 15.)
+    let r = run(&["restore", &s(&bk), &format!("file:{}", s(&t))]);
     r.fails(5, &["device 1"]);
     assert!(
         r.stderr.contains("crc32c") || r.stderr.contains("blake3"),
@@ -206,8 +208,8 @@ fn mismatched_device_count() {
     let (_, bk) = backup_of(dir.path(), 2, "none");
     let t = dir.path().join("t");
     run(&["restore", &s(&bk), &s(&t), "--devices", "3"])
-        .fails(5, &["mismatched device count", "2 devices", "not 3"]);
-    run(&["restore", "-", &s(&t), "--devices", "2"]).fails(5, &["mismatched device count"]);
+        .fails(2, &["mismatched device count", "2 devices", "not 3"]);
+    run(&["restore", "-", &s(&t), "--devices", "2"]).fails(2, &["mismatched device count"]);
     // Streams of two different backups mixed in one directory.
     let (_, other) = backup_of(dir.path(), 2, "zstd");
     let _ = other;

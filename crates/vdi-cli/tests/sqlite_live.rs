@@ -205,7 +205,18 @@ fn restoring_over_a_database_drops_its_old_wal() {
     }
     let wal = dir.path().join("t.db-wal");
     assert!(std::fs::metadata(&wal).unwrap().len() > 0);
-    std::mem::forget(t); // as if its process had crashed: the WAL stays
+    // As if its process had crashed: the WAL stays, and no process has the database
+    // open any more (one that has it open is refused, issue 15). A copy taken while it is
+    // open, put back once it is closed (closing checkpoints and removes the WAL).
+    let keep_db = dir.path().join("t.db.kept");
+    let keep_wal = dir.path().join("t.db-wal.kept");
+    std::fs::copy(&target, &keep_db).unwrap();
+    std::fs::copy(&wal, &keep_wal).unwrap();
+    drop(t);
+    let _ = std::fs::remove_file(dir.path().join("t.db-shm"));
+    std::fs::rename(&keep_db, &target).unwrap();
+    std::fs::rename(&keep_wal, &wal).unwrap();
+    assert!(std::fs::metadata(&wal).unwrap().len() > 0);
     run(&["restore", &s(&bk), &format!("sqlite:{}", s(&target))]).fails(4, &["already exists"]);
     run(&[
         "restore",

@@ -31,7 +31,7 @@ pub const MAX_ALIGNMENT: u32 = 64 * 1024;
 pub const MAX_TRANSFER_SIZE: u32 = 4 * 1024 * 1024;
 /// Largest prefix zone a client may ask for.
 pub const MAX_PREFIX_ZONE: u32 = 64 * 1024;
-/// `maxIODepth` is always returned as 4 (reference §4.1).
+/// `maxIODepth` is always returned as 4.
 pub const MAX_IO_DEPTH: u32 = 4;
 /// `INFINITE` as the C API spells it.
 pub const INFINITE: u32 = u32::MAX;

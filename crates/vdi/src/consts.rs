@@ -1,6 +1,6 @@
 //! The protocol's numbers: command codes, feature bits, Win32 completion codes.
 //!
-//! The values are those of `vdi.h` (reference §4.4, §4.5, §4.7), so that logs and the C
+//! The values are those of `vdi.h`, so that logs and the C
 //! ABI show the same numbers as the system we model.
 //!
 //! The C interface passes them as plain integers (the [`features`] and [`completion`]
@@ -159,7 +159,7 @@ pub mod whence {
     pub const END: u32 = 2;
 }
 
-/// Feature bits (`VDF_*`, reference §4.5).
+/// Feature bits (`VDF_*`).
 pub mod features {
     /// Removable media.
     pub const REMOVABLE: u32 = 0x0000_0001;
@@ -218,7 +218,7 @@ pub mod features {
     pub const SERVER_MASK: u32 = WRITE_MEDIA | READ_MEDIA | COMPLETE_ENABLED;
 }
 
-/// Win32 completion codes used by the protocol (reference §4.7).
+/// Win32 completion codes used by the protocol.
 pub mod completion {
     /// Success.
     pub const ERROR_SUCCESS: u32 = 0;

@@ -125,7 +125,7 @@ impl ErrorCode {
     }
 
     /// The Win32 completion code a `SendCommand` callback receives when sending fails
-    /// with this code (reference §2.4).
+    /// with this code.
     pub const fn send_completion_code(self) -> u32 {
         match self {
             ErrorCode::QueueFull => crate::completion::ERROR_NO_SYSTEM_RESOURCES,

@@ -1,11 +1,11 @@
-//! The reference's four objects, states included: [`ClientVirtualDeviceSet`],
+//! VDI's four objects, states included: [`ClientVirtualDeviceSet`],
 //! [`ClientVirtualDevice`], [`ServerVirtualDeviceSet`], [`ServerVirtualDevice`].
 //!
 //! The typed API ([`ClientSet`], [`ServerSet`]) makes most misuse impossible: a set only
 //! exists once created, a command's buffer is borrowed until it is completed. The C
 //! interface cannot do that: its set object exists before `Create` and after `Close`,
 //! commands and buffers are addresses. These objects model that interface exactly (every
-//! call in every state of the reference's state tables returns the documented code) on
+//! call in every state of VDI's state tables returns the documented code) on
 //! top of the typed API; the C ABI wraps them.
 //!
 //! ```

@@ -31,6 +31,31 @@ use crate::util::{
 };
 use crate::watchdog;
 
+/// What one device moved, as the `--json` summaries report it: bytes (and, for a backup,
+/// bytes stored), throughput, commands, the time each side waited for the other (from
+/// the set's shared statistics, [`ClientSet::device_stats`]) and retries.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct DeviceMetrics {
+    /// The device index.
+    pub device: u32,
+    /// Stream bytes the device moved.
+    pub bytes: u64,
+    /// Bytes stored (after compression), for a backup.
+    pub stored_bytes: Option<u64>,
+    /// Bytes per second over the transfer.
+    pub bytes_per_second: f64,
+    /// Commands the backup application completed on it.
+    pub commands: u64,
+    /// Seconds the backup application waited for the engine's commands.
+    pub client_waited_seconds: f64,
+    /// Seconds the engine waited for the backup application's completions.
+    pub engine_waited_seconds: f64,
+    /// The side the other waited for most (`engine`, `client`, `-`).
+    pub bottleneck: String,
+    /// `VDC_ClearError`s received (the engine retrying after a failed command).
+    pub retries: u64,
+}
+
 /// A failure of the client role: its own root cause, or the echo of an abort whose cause
 /// the other role knows better.
 #[derive(Debug)]
@@ -261,6 +286,8 @@ pub struct ServedBackup {
     header: Option<StreamHeader>,
     /// Time spent moving data.
     pub elapsed: Duration,
+    /// What each device moved.
+    pub devices: Vec<DeviceMetrics>,
 }
 
 struct DeviceOutcome {
@@ -351,6 +378,34 @@ fn hash_and_complete(
     Ok(h)
 }
 
+/// An object writer that counts what reaches the store (after compression) on the meter.
+#[derive(Debug)]
+struct CountStored {
+    inner: Box<dyn ObjectWriter>,
+    meter: Arc<Meter>,
+    index: u32,
+}
+
+impl std::io::Write for CountStored {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.meter.add_stored(self.index, n as u64);
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+impl ObjectWriter for CountStored {
+    fn sync(&mut self) -> std::io::Result<()> {
+        self.inner.sync()
+    }
+    fn finish(&mut self) -> std::io::Result<()> {
+        self.inner.finish()
+    }
+}
+
 fn serve_backup_device(
     set: &ClientSet,
     index: u32,
@@ -358,7 +413,7 @@ fn serve_backup_device(
     where_: String,
     plan: &BackupPlan,
     complete_enabled: bool,
-    progress: &Meter,
+    progress: &Arc<Meter>,
 ) -> Result<DeviceOutcome, ClientErr> {
     let dev = open_device(set, index)?;
     let store_err = |e: &std::io::Error| -> (u32, crate::Error) {
@@ -380,13 +435,29 @@ fn serve_backup_device(
             )
         }
     };
+    if plan.compression != Compression::None {
+        progress.set_compressed();
+    }
+    let media: Box<dyn ObjectWriter> = Box::new(CountStored {
+        inner: media,
+        meter: progress.clone(),
+        index,
+    });
     let mut w = StreamWriter::new_unhashed(media, plan.compression)
         .map_err(|e| ClientErr::Root(store_err(&e).1))?;
     let dev = &dev;
     std::thread::scope(|s| {
         let (tx, rx) = mpsc::channel::<Command<'_>>();
         let hasher = s.spawn(move || hash_and_complete(rx, index, progress));
-        let served = store_loop(dev, index, &mut w, &tx, &store_err, (set, &plan.inject));
+        let served = store_loop(
+            dev,
+            index,
+            &mut w,
+            &tx,
+            &store_err,
+            (set, &plan.inject),
+            progress,
+        );
         drop(tx);
         let hashed = hasher.join().unwrap_or_else(|_| {
             Err(ClientErr::Root(crate::Error::other(
@@ -474,6 +545,7 @@ fn store_loop<'d>(
     tx: &mpsc::Sender<Command<'d>>,
     store_err: &dyn Fn(&std::io::Error) -> (u32, crate::Error),
     (set, inj): (&ClientSet, &Injector),
+    progress: &Meter,
 ) -> Result<(Option<Written>, Option<StreamHeader>), ClientErr> {
     let mut failed: Option<crate::Error> = None;
     let mut finished: Option<Written> = None;
@@ -549,7 +621,10 @@ fn store_loop<'d>(
                     }
                 }
             }
-            CommandCode::CLEAR_ERROR => complete(cmd, completion::ERROR_SUCCESS, 0)?,
+            CommandCode::CLEAR_ERROR => {
+                progress.add_retry(index);
+                complete(cmd, completion::ERROR_SUCCESS, 0)?
+            }
             CommandCode::READ => {
                 failed.get_or_insert(fail(
                     Kind::PeerFailed,
@@ -618,8 +693,8 @@ impl Session<'_> {
         &self,
         per_device: Vec<I>,
         on_config: impl FnOnce(&VdConfig),
-        device: impl Fn(u32, I, &Meter) -> Result<T, ClientErr> + Sync,
-    ) -> Result<(VdConfig, Vec<T>, Duration), ClientErr> {
+        device: impl Fn(u32, I, &Arc<Meter>) -> Result<T, ClientErr> + Sync,
+    ) -> Result<(VdConfig, Vec<T>, Duration, Vec<DeviceMetrics>), ClientErr> {
         let set = self.set;
         let _guard = {
             let s = set.clone();
@@ -628,7 +703,8 @@ impl Session<'_> {
             })
         };
         let result = (|| {
-            let cfg = wait_config(set, self.alive, self.wait, self.hint)?;
+            let cfg = tracing::debug_span!("configure", set = set.name())
+                .in_scope(|| wait_config(set, self.alive, self.wait, self.hint))?;
             if cfg.features & self.media == 0 {
                 let (opened, started) = if self.op == "backup" {
                     ("a restore", "a backup")
@@ -646,13 +722,16 @@ impl Session<'_> {
             let watch = watch_engine(set, self.stall, self.engine_pid, self.op);
             let progress = Meter::new(&self.label, per_device.len() as u32, self.total);
             let shown = self.display.show(progress.clone());
+            let stream = tracing::debug_span!("stream", devices = per_device.len(), op = self.op);
             let results: Vec<Result<T, ClientErr>> = std::thread::scope(|s| {
                 let hs: Vec<_> = per_device
                     .into_iter()
                     .enumerate()
                     .map(|(i, x)| {
                         let (device, progress) = (&device, &progress);
+                        let span = tracing::debug_span!(parent: &stream, "device", index = i);
                         s.spawn(move || {
+                            let _in = span.entered();
                             let r = device(i as u32, x, progress);
                             if matches!(r, Err(ClientErr::Root(_))) {
                                 // A failure here fails the whole operation: stop the
@@ -674,18 +753,51 @@ impl Session<'_> {
                     .collect()
             });
             drop(shown);
+            drop(stream);
             let elapsed = progress.elapsed();
             drop(watch);
             if let Some(e) = watchdog::take_failure() {
                 return Err(ClientErr::Root(e));
             }
-            Ok((cfg, first_error(results)?, elapsed))
+            let metrics = device_metrics(set, &progress, elapsed, self.op == "backup");
+            Ok((cfg, first_error(results)?, elapsed, metrics))
         })();
         let closed = set.close();
         let r = result?;
         closed.map_err(|e| vd_err(&e, "closing the set"))?;
         Ok(r)
     }
+}
+
+/// Each device's metrics: what the meter counted here, and what the set's shared
+/// statistics say of the commands and of each side's waiting.
+fn device_metrics(
+    set: &ClientSet,
+    progress: &Meter,
+    elapsed: Duration,
+    backup: bool,
+) -> Vec<DeviceMetrics> {
+    let stats = set.device_stats();
+    let bytes = progress.per_device();
+    let stored = progress.stored_per_device();
+    let retries = progress.retries_per_device();
+    let secs = elapsed.as_secs_f64().max(1e-9);
+    (0..bytes.len())
+        .map(|i| {
+            let st = stats.iter().find(|d| d.index == i as u32);
+            DeviceMetrics {
+                device: i as u32,
+                bytes: bytes[i],
+                stored_bytes: backup.then(|| stored[i]),
+                bytes_per_second: bytes[i] as f64 / secs,
+                commands: st.map_or(0, |d| d.commands),
+                client_waited_seconds: st.map_or(0.0, |d| d.client_waited.as_secs_f64()),
+                engine_waited_seconds: st.map_or(0.0, |d| d.engine_waited.as_secs_f64()),
+                bottleneck: st.map_or("-", |d| d.bottleneck()).to_owned(),
+                retries: retries[i],
+            }
+        })
+        .collect()
 }
 
 /// Serves the engine's backup until every device ends; `alive` is asked while waiting
@@ -720,12 +832,13 @@ pub fn serve_backup(
         media: features::WRITE_MEDIA,
         display: plan.display.as_ref(),
         label: format!(
-            "backup {} through {} device(s)",
-            plan.source.name, plan.devices
+            "backup {} through {}",
+            plan.source.name,
+            crate::util::devices(plan.devices)
         ),
         total: plan.source.bytes,
     };
-    let (cfg, outcomes, elapsed) = session.serve(
+    let (cfg, outcomes, elapsed, metrics) = session.serve(
         devices,
         |cfg| {
             let on = cfg.features & features::COMPLETE_ENABLED != 0;
@@ -750,6 +863,7 @@ pub fn serve_backup(
         stream_id,
         header,
         elapsed,
+        devices: metrics,
     })
 }
 
@@ -762,6 +876,8 @@ pub struct BackupDone {
     pub elapsed: Duration,
     /// What storing it did besides (replaced a backup, moved files).
     pub commit: Commit,
+    /// What each device moved.
+    pub devices: Vec<DeviceMetrics>,
 }
 
 impl BackupDone {
@@ -830,6 +946,7 @@ pub fn commit_backup(mut served: ServedBackup) -> Result<BackupDone> {
         stream_id: served.stream_id.clone(),
         set_name: plan.set.clone(),
         tool: format!("vdi {}", env!("CARGO_PKG_VERSION")),
+        host: Some(crate::util::host_name()),
         started: served.prep.started,
         completed: now_secs(),
         source: source_info(&plan.source, served.header.as_ref()),
@@ -850,11 +967,13 @@ pub fn commit_backup(mut served: ServedBackup) -> Result<BackupDone> {
         .take()
         .ok_or_else(|| crate::Error::other("the backup is already committed"))?;
     // The manifest last: the store refuses it while any stream is not finished.
-    let commit = writer.commit(&bytes)?;
+    let commit = tracing::debug_span!("commit", backup_id = %manifest.backup_id)
+        .in_scope(|| writer.commit(&bytes))?;
     Ok(BackupDone {
         manifest,
         elapsed: served.elapsed,
         commit,
+        devices: served.devices,
     })
 }
 
@@ -887,9 +1006,9 @@ pub fn open_backup(store: &dyn Store, devices: Option<u32>) -> Result<OpenedBack
         // One bare stream (standard input): no manifest to check it against.
         if let Some(n) = devices.filter(|&n| n != 1) {
             return Err(fail(
-                Kind::Damaged,
+                Kind::Usage,
                 format!(
-                    "mismatched device count: a stream on standard input is one device, not {n}"
+                    "mismatched device count: a stream on standard input is one device, not {n}: leave out --devices"
                 ),
             ));
         }
@@ -917,10 +1036,11 @@ pub fn open_backup(store: &dyn Store, devices: Option<u32>) -> Result<OpenedBack
         && n != m.device_count
     {
         return Err(fail(
-            Kind::Damaged,
+            Kind::Usage,
             format!(
-                "mismatched device count: backup {place} was made with {} devices; it must be restored with {} devices, not {n}",
-                m.device_count, m.device_count
+                "mismatched device count: backup {place} was made with {}; it must be restored with {}, not {n} (leave out --devices)",
+                crate::util::devices(m.device_count),
+                crate::util::devices(m.device_count)
             ),
         ));
     }
@@ -995,6 +1115,8 @@ pub struct ServedRestore {
     pub elapsed: Duration,
     /// The manifest, if any.
     pub manifest: Option<Manifest>,
+    /// What each device moved.
+    pub devices: Vec<DeviceMetrics>,
 }
 
 /// What the hashing thread of a restore does with a filled Read.
@@ -1073,7 +1195,7 @@ fn serve_restore_device(
         let (tx, rx) = mpsc::channel::<Filled<'_>>();
         let file = file.as_str();
         let hasher = s.spawn(move || hash_and_serve(rx, index, entry, file, progress));
-        let served = read_loop(dev, index, &mut r, &tx, file, (set, inj));
+        let served = read_loop(dev, index, &mut r, &tx, file, (set, inj), progress);
         drop(tx);
         let hashed = hasher.join().unwrap_or_else(|_| {
             Err(ClientErr::Root(crate::Error::other(
@@ -1104,6 +1226,7 @@ fn read_loop<'d>(
     tx: &mpsc::Sender<Filled<'d>>,
     file: &str,
     (set, inj): (&ClientSet, &Injector),
+    progress: &Meter,
 ) -> Result<(), ClientErr> {
     let mut failed: Option<crate::Error> = None;
     loop {
@@ -1148,7 +1271,11 @@ fn read_loop<'d>(
             // the engine: it would put the target in place (a Read failed after the
             // stream's end is otherwise lost in the reads the engine expects to fail).
             CommandCode::COMPLETE if failed.is_some() => complete(cmd, ERROR_READ_FAULT, 0)?,
-            CommandCode::CLEAR_ERROR | CommandCode::FLUSH | CommandCode::COMPLETE => {
+            CommandCode::CLEAR_ERROR => {
+                progress.add_retry(index);
+                complete(cmd, completion::ERROR_SUCCESS, 0)?;
+            }
+            CommandCode::FLUSH | CommandCode::COMPLETE => {
                 complete(cmd, completion::ERROR_SUCCESS, 0)?;
             }
             CommandCode::WRITE => {
@@ -1189,7 +1316,7 @@ pub fn serve_restore(
         total: manifest.as_ref().map(|m| m.total_stream_bytes),
     };
     let inj = &*prep.inject;
-    let (_, stream_bytes, elapsed) = session.serve(
+    let (_, stream_bytes, elapsed, metrics) = session.serve(
         prep.backup.readers,
         |_| {},
         |i, (r, e), progress| serve_restore_device(&prep.set, i, r, e.as_ref(), progress, inj),
@@ -1198,5 +1325,6 @@ pub fn serve_restore(
         stream_bytes,
         elapsed,
         manifest,
+        devices: metrics,
     })
 }

@@ -114,6 +114,10 @@ pub struct SourceInfo {
     /// (Absent in manifests written before this field: true.)
     #[serde(default = "yes")]
     pub checked: bool,
+    /// The source file's permission bits (`0o640`), when it is a file: a restore gives
+    /// them back to what it rebuilds. (Absent in manifests written before this field.)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<u32>,
 }
 
 fn yes() -> bool {
@@ -135,6 +139,9 @@ pub struct Manifest {
     pub set_name: String,
     /// The tool that wrote it (`vdi 0.1.0`).
     pub tool: String,
+    /// The machine it was made on (absent in manifests written before this field).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
     /// When the backup started and ended, seconds since the Unix epoch.
     pub started: u64,
     /// When the backup completed.

@@ -196,6 +196,7 @@ pub fn snapshot_sqlite(db: &Path, into: &Path) -> Result<u64> {
         loop {
             match b
                 .step(-1)
+                .map_err(|e| scratch_full(e, into))
                 .with_context(|| format!("taking a snapshot of {}", db.display()))?
             {
                 rusqlite::backup::StepResult::Done => break,
@@ -225,6 +226,21 @@ pub fn snapshot_sqlite(db: &Path, into: &Path) -> Result<u64> {
         }
     }
     Ok(std::fs::metadata(into)?.len())
+}
+
+/// A failure writing the snapshot: disk full (exit 6) when SQLite says so (the scratch
+/// space, `$TMPDIR`, is full), else as it is.
+fn scratch_full(e: rusqlite::Error, into: &Path) -> crate::Error {
+    match &e {
+        rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::DiskFull => fail(
+            Kind::DiskFull,
+            format!(
+                "disk full: the scratch space for the database snapshot ({}) has no room for it; free space there, or point TMPDIR at a larger file system ({e})",
+                crate::store::dir::parent_of(into).display()
+            ),
+        ),
+        _ => e.into(),
+    }
 }
 
 /// A `file:` URI for `path` (percent-encoding what a URI may not hold).

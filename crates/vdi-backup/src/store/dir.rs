@@ -29,6 +29,7 @@ use std::io::{self, Read, Write};
 use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use rustix::fs::{
     self as rfs, AtFlags, CWD, FileType, FlockOperation, Mode, OFlags, RenameFlags, Stat,
@@ -626,6 +627,38 @@ pub struct NewBackup {
     modes: Modes,
     made: Vec<String>,
     committed: bool,
+    /// What a process that exits at once (a second Ctrl-C; a stop that cannot wait for
+    /// a slow compression) removes: the same as a drop.
+    pending: Arc<Mutex<Pending>>,
+    _on_exit: crate::cancel::ExitGuard,
+}
+
+/// What an uncommitted backup made, by path, for a cleanup that runs without the
+/// destructor (the process is exiting).
+#[derive(Debug, Default)]
+struct Pending {
+    /// The directory the files are in.
+    dir: PathBuf,
+    files: Vec<String>,
+    /// The directory itself goes too (made by this backup), if it is empty then.
+    remove_dir: bool,
+    /// Committed or cleaned up already: nothing to do.
+    done: bool,
+}
+
+impl Pending {
+    fn clean(&mut self) {
+        if self.done {
+            return;
+        }
+        self.done = true;
+        for f in self.files.iter().map(String::as_str).chain([MANIFEST_TMP]) {
+            let _ = std::fs::remove_file(self.dir.join(f));
+        }
+        if self.remove_dir {
+            let _ = std::fs::remove_dir(&self.dir);
+        }
+    }
 }
 
 /// What [`NewBackup::commit`] did.
@@ -766,6 +799,15 @@ impl NewBackup {
                 }
             }
         };
+        let pending = Arc::new(Mutex::new(Pending {
+            dir: dest.to_owned(),
+            remove_dir: created_dest,
+            ..Pending::default()
+        }));
+        let p2 = pending.clone();
+        let on_exit = crate::cancel::before_exit_while(move || {
+            p2.lock().unwrap_or_else(|e| e.into_inner()).clean();
+        });
         let mut nb = NewBackup {
             dest: dest.to_owned(),
             parent,
@@ -777,13 +819,15 @@ impl NewBackup {
             modes,
             made: Vec::new(),
             committed: false,
+            pending,
+            _on_exit: on_exit,
         };
         nb.old = classify(&nb.dest_dir)?;
         let replace = match &nb.old {
             Old::Nothing => false,
             Old::Backup { backup_id, .. } if !force => {
                 return Err(DestError::Refused(format!(
-                    "destination {shown} already holds a backup (backup id {backup_id}); use --force to replace it (the new backup is written beside it and replaces it only once it is complete)"
+                    "destination {shown} already holds a backup (backup id {backup_id}); use --force to replace it (the new backup is written beside it and replaces it only once it is complete), or keep many backups in a repository (vdi init REPO, then vdi backup SOURCE REPO)"
                 )));
             }
             Old::Leftovers(files) if !force => {
@@ -796,6 +840,9 @@ impl NewBackup {
         };
         if replace {
             nb.into = nb.staging()?;
+            let mut p = nb.pending.lock().unwrap_or_else(|e| e.into_inner());
+            p.dir = nb.target().path().to_owned();
+            p.remove_dir = true;
         }
         Ok(nb)
     }
@@ -874,6 +921,11 @@ impl NewBackup {
                 self.dest.display()
             )))?;
         self.made.push(name.to_owned());
+        self.pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .files
+            .push(name.to_owned());
         Ok(f)
     }
 
@@ -882,6 +934,18 @@ impl NewBackup {
     /// the destination's place and only then removes the old backup's files (those vdi
     /// wrote; any other file there is moved into the new destination, or kept).
     pub fn commit(mut self, manifest: &[u8]) -> Result<Committed, DestError> {
+        // A process exiting at once waits for the commit, and then leaves a committed
+        // backup alone.
+        let pending = self.pending.clone();
+        let mut pending = pending.lock().unwrap_or_else(|e| e.into_inner());
+        let r = self.commit_inner(manifest);
+        if self.committed {
+            pending.done = true;
+        }
+        r
+    }
+
+    fn commit_inner(&mut self, manifest: &[u8]) -> Result<Committed, DestError> {
         let shown = self.dest.display().to_string();
         let io = |what: &str| DestError::io(format!("{what} in {shown}"));
         let target = self.target();
@@ -1009,6 +1073,13 @@ impl NewBackup {
 
 impl Drop for NewBackup {
     fn drop(&mut self) {
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        if pending.done && !self.committed {
+            // The exit hook cleaned up already.
+            return;
+        }
+        pending.done = true;
+        drop(pending);
         if self.committed {
             return;
         }

@@ -52,6 +52,30 @@ impl MemStore {
             .collect()
     }
 
+    /// Whether it holds nothing: no backup, no object, no writer.
+    pub fn is_empty(&self) -> bool {
+        let st = self.lock();
+        st.manifest.is_none() && st.objects.is_empty() && !st.writing
+    }
+
+    /// Whether a writer holds it.
+    pub fn is_writing(&self) -> bool {
+        self.lock().writing
+    }
+
+    /// Removes the committed backup: its manifest first, then its objects; returns the
+    /// names removed.
+    pub fn clear(&self) -> Vec<String> {
+        let mut st = self.lock();
+        let mut names = Vec::new();
+        if st.manifest.take().is_some() {
+            names.push(crate::format::manifest::MANIFEST.to_owned());
+        }
+        names.extend(std::mem::take(&mut st.objects).into_keys());
+        st.generation += 1;
+        names
+    }
+
     /// Replaces committed object `name` (for tests that tamper with a backup).
     pub fn tamper(&self, name: &str, bytes: Vec<u8>) {
         let mut st = self.lock();

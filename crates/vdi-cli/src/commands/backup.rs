@@ -10,9 +10,18 @@ use crate::progress::Mode;
 use crate::spawn::{self, BackupOutcome};
 
 pub(super) fn run(a: &BackupArgs) -> Result<()> {
+    let dest = crate::config::repository(a.dest.as_deref()).ok_or_else(|| {
+        vdi_backup::fail(
+            vdi_backup::Kind::Usage,
+            "name DEST (a repository, a directory or -), or set repository = \"PATH\" in the configuration file (vdi config) or VDI_REPOSITORY",
+        )
+    })?;
+    if dest == "-" {
+        crate::output::refuse_binary_on_terminal("vdi backup SOURCE - > FILE")?;
+    }
     let o = spawn::backup(&spawn::BackupRequest {
         source: &a.source,
-        dest: &a.dest,
+        dest: &dest,
         devices: a.devices,
         compression: a.compress,
         set: a.set.clone(),
@@ -56,16 +65,22 @@ fn report_backup(o: &BackupOutcome, json: bool, quiet: bool) {
                 "bytes_per_second": bytes_per_sec(o.engine.source_bytes, o.total),
                 "engine_pid": o.engine.pid,
                 "replaced": o.done.commit.replaced,
+                "repository_id": o.repo_id,
                 "streams": m.streams,
+                "device_metrics": o.done.devices,
             }),
             to_stdout,
         );
     } else if !quiet {
+        let dest = match &o.repo_id {
+            Some(id) => format!("repository {dest} as {id}"),
+            None => dest.clone(),
+        };
         tracing::info!(
-            "backed up {} ({}) to {dest} through {} device(s) in {secs:.2} s ({}); stored {} ({}); backup id {}",
+            "backed up {} ({}) to {dest} through {} in {secs:.2} s ({}); stored {} ({}); backup id {}",
             m.source.name,
             human_bytes(o.engine.source_bytes),
-            m.device_count,
+            vdi_backup::util::devices(m.device_count),
             human_rate(o.engine.source_bytes, o.total),
             human_bytes(m.total_stored_bytes),
             m.compression.label(),

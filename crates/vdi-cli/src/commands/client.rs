@@ -6,7 +6,6 @@ use vdi_backup::Result;
 use vdi_backup::client::{self, BackupPlan};
 use vdi_backup::fault::{Injector, Role, only_role};
 use vdi_backup::format::manifest::SourceInfo;
-use vdi_backup::store;
 use vdi_backup::units::human_bytes;
 
 use super::wait_opt;
@@ -15,20 +14,26 @@ use crate::output;
 use crate::progress::Mode;
 
 pub(super) fn backup(a: &ClientBackupArgs) -> Result<()> {
+    if a.dest == "-" {
+        crate::output::refuse_binary_on_terminal("vdi client backup --set NAME - > FILE")?;
+    }
     only_role(&a.inject.faults, Role::Client, "client backup")?;
     let inject = std::sync::Arc::new(Injector::new(Role::Client, &a.inject.faults));
+    // A repository gets a new backup under a new id; anything else one plain backup.
+    let dest = vdi_backup::repo::Dest::locate(&a.dest, a.mode)?;
     let plan = BackupPlan {
         inject: inject.clone(),
         set: a.set.clone(),
         devices: a.devices,
         compression: a.compress,
-        store: store::locate(&a.dest, a.mode),
+        store: dest.store(),
         force: a.force,
         source: SourceInfo {
             kind: "unknown".into(),
             name: format!("an engine on set {}", a.set),
             bytes: None,
             checked: false,
+            mode: None,
         },
         display: std::sync::Arc::new(Mode::pick(a.output.quiet || a.output.json)),
         wait: wait_opt(a.wait),
@@ -42,6 +47,14 @@ pub(super) fn backup(a: &ClientBackupArgs) -> Result<()> {
     let prep = client::prepare_backup(plan)?;
     let served = client::serve_backup(prep, &|| Ok(()), None).map_err(|e| e.into_error())?;
     let done = client::commit_backup(served)?;
+    let repo_id = match dest {
+        vdi_backup::repo::Dest::Repo(rb) => {
+            let id = rb.id.clone();
+            rb.record(&done.manifest)?;
+            Some(id)
+        }
+        vdi_backup::repo::Dest::Plain(_) => None,
+    };
     inject.warn_unfired();
     done.report_commit(a.output.quiet || a.output.json);
     let m = &done.manifest;
@@ -60,6 +73,8 @@ pub(super) fn backup(a: &ClientBackupArgs) -> Result<()> {
                 "stored_bytes": m.total_stored_bytes,
                 "seconds": done.elapsed.as_secs_f64(),
                 "streams": m.streams,
+                "device_metrics": done.devices,
+                "repository_id": repo_id,
             }),
             a.dest == "-",
         );
@@ -79,11 +94,14 @@ pub(super) fn backup(a: &ClientBackupArgs) -> Result<()> {
 pub(super) fn restore(a: &ClientRestoreArgs) -> Result<()> {
     only_role(&a.inject.faults, Role::Client, "client restore")?;
     let inject = std::sync::Arc::new(Injector::new(Role::Client, &a.inject.faults));
-    let opened = client::open_backup(
-        store::locate(&a.backup, store::dir::Modes::DEFAULT).as_ref(),
-        a.devices,
-    )?;
-    let label = format!("serve {} through {} device(s)", a.backup, opened.devices());
+    // BACKUP may name a repository (its latest backup), REPO:ID, or one backup.
+    let located = vdi_backup::repo::locate_backup(&a.backup)?;
+    let opened = client::open_backup(located.store.as_ref(), a.devices)?;
+    let label = format!(
+        "serve {} through {}",
+        a.backup,
+        vdi_backup::util::devices(opened.devices())
+    );
     let prep = client::prepare_restore(
         client::RestorePlan {
             set: a.set.clone(),
@@ -113,6 +131,7 @@ pub(super) fn restore(a: &ClientRestoreArgs) -> Result<()> {
                 "devices": served.stream_bytes.len(),
                 "stream_bytes": bytes,
                 "seconds": served.elapsed.as_secs_f64(),
+                "device_metrics": served.devices,
             }),
             false,
         );

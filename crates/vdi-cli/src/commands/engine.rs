@@ -22,6 +22,12 @@ pub(super) fn backup(a: &EngineBackupArgs) -> Result<()> {
 pub(super) fn restore(a: &EngineRestoreArgs) -> Result<()> {
     only_role(&a.session.inject.faults, Role::Engine, "engine restore")?;
     let spec = Spec::parse(&a.target)?;
+    if a.target == "-" {
+        crate::output::refuse_binary_on_terminal("vdi engine restore --set NAME - > FILE")?;
+    }
+    if a.force && a.session.parent_pid.is_none() {
+        crate::spawn::refuse_open_database(&spec)?;
+    }
     let r = engine::restore(
         &engine_cfg(&a.session, &a.engine),
         &spec,

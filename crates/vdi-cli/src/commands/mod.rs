@@ -7,6 +7,9 @@ pub mod demo;
 mod engine;
 mod restore;
 mod sets;
+// -- repositories, completions, manual, configuration (issue 15)
+mod extras;
+mod repo;
 pub mod soak;
 mod verify;
 
@@ -33,6 +36,15 @@ fn output_of(cmd: &Cmd) -> OutputArgs {
         Cmd::Demo(a) => a.output,
         Cmd::Soak(a) => a.output,
         Cmd::Sets(a) => a.output,
+        Cmd::Init(a) => a.output,
+        Cmd::List(a) => a.output,
+        Cmd::Info(a) => a.output,
+        Cmd::Expire(a) => a.output,
+        Cmd::Config(a) => a.output,
+        Cmd::Completions(_) | Cmd::Man(_) => OutputArgs {
+            json: false,
+            quiet: false,
+        },
     }
 }
 
@@ -40,8 +52,11 @@ fn output_of(cmd: &Cmd) -> OutputArgs {
 pub fn main(cli: Cli) -> ExitCode {
     vdi_backup::source::note_closed_standard_streams();
     let out = output_of(&cli.cmd);
-    output::init_logging(out.quiet);
+    output::init_logging(out.quiet, cli.verbose);
     interrupt::install();
+    if matches!(cli.cmd, Cmd::Backup(_) | Cmd::Restore(_) | Cmd::Client(_)) {
+        interrupt::stop_quickly();
+    }
     let name = match &cli.cmd {
         Cmd::Backup(_) => "backup",
         Cmd::Restore(_) => "restore",
@@ -53,9 +68,16 @@ pub fn main(cli: Cli) -> ExitCode {
         Cmd::Demo(_) => "demo",
         Cmd::Soak(_) => "soak",
         Cmd::Sets(_) => "sets",
+        Cmd::Init(_) => "init",
+        Cmd::List(_) => "list",
+        Cmd::Info(_) => "info",
+        Cmd::Expire(_) => "expire",
+        Cmd::Completions(_) => "completions",
+        Cmd::Man(_) => "man",
+        Cmd::Config(_) => "config",
     };
     let data_on_stdout = match &cli.cmd {
-        Cmd::Backup(a) => a.dest == "-",
+        Cmd::Backup(a) => a.dest.as_deref() == Some("-"),
         Cmd::Restore(a) => a.target == "-",
         Cmd::Client(ClientCmd::Backup(a)) => a.dest == "-",
         Cmd::Engine(EngineCmd::Restore(a)) => a.target == "-",
@@ -84,7 +106,9 @@ pub fn main(cli: Cli) -> ExitCode {
                 ));
             } else {
                 crate::eprint_line(format_args!("error: {e:#}"));
-                if out.json {
+                // One JSON object per command: a command that printed its own summary
+                // (verify of a damaged backup) is not followed by a second one.
+                if out.json && !output::json_printed() {
                     output::print_json(
                         &json!({
                             "command": name,
@@ -132,5 +156,12 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Demo(a) => demo::run(&a),
         Cmd::Soak(a) => soak::run(&a),
         Cmd::Sets(a) => sets::run(&a),
+        Cmd::Init(a) => repo::init(&a),
+        Cmd::List(a) => repo::list(&a),
+        Cmd::Info(a) => repo::info(&a),
+        Cmd::Expire(a) => repo::expire(&a),
+        Cmd::Completions(a) => extras::completions(a.shell),
+        Cmd::Man(a) => extras::man(a.command.as_deref()),
+        Cmd::Config(a) => extras::config(&a),
     }
 }

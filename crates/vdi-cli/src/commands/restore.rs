@@ -11,6 +11,9 @@ use crate::progress::Mode;
 use crate::spawn::{self, RestoreOutcome};
 
 pub(super) fn run(a: &RestoreArgs) -> Result<()> {
+    if a.target == "-" {
+        crate::output::refuse_binary_on_terminal("vdi restore BACKUP - > FILE")?;
+    }
     let o = spawn::restore(&spawn::RestoreRequest {
         backup: &a.backup,
         target: &a.target,
@@ -48,6 +51,7 @@ fn report_restore(o: &RestoreOutcome, json: bool, quiet: bool) {
                 "transfer_seconds": o.served.elapsed.as_secs_f64(),
                 "bytes_per_second": bytes_per_sec(o.engine.source_bytes, o.total),
                 "engine_pid": o.engine.pid,
+                "device_metrics": o.served.devices,
             }),
             to_stdout,
         );
@@ -59,10 +63,10 @@ fn report_restore(o: &RestoreOutcome, json: bool, quiet: bool) {
             .map(|v| format!("; PRAGMA integrity_check: {v}"))
             .unwrap_or_default();
         tracing::info!(
-            "restored {} ({}) through {} device(s) in {secs:.2} s ({}){check}",
+            "restored {} ({}) through {} in {secs:.2} s ({}){check}",
             o.target,
             human_bytes(o.engine.source_bytes),
-            o.engine.devices,
+            vdi_backup::util::devices(o.engine.devices),
             human_rate(o.engine.source_bytes, o.total),
         );
     }

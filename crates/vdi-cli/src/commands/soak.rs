@@ -325,6 +325,9 @@ fn one_run(p: &Params, dir: &Path) -> Result<RunOutcome> {
 }
 
 /// `vdi soak`.
+/// How often a soak says how it is going.
+const SAY_EVERY: Duration = Duration::from_secs(5);
+
 pub fn run(a: &SoakArgs) -> Result<()> {
     let seed = a.seed.unwrap_or_else(|| fastrand::u64(..) >> 16);
     let limit = match (a.duration, a.runs) {
@@ -356,6 +359,7 @@ pub fn run(a: &SoakArgs) -> Result<()> {
         );
     }
     let t0 = Instant::now();
+    let mut last_said = t0;
     let (mut runs, mut bytes, mut stored) = (0u64, 0u64, 0u64);
     let mut failure: Option<(Params, vdi_backup::Error, PathBuf)> = None;
     loop {
@@ -375,13 +379,17 @@ pub fn run(a: &SoakArgs) -> Result<()> {
                 bytes += o.source_bytes;
                 stored += o.stored_bytes;
                 let _ = std::fs::remove_dir_all(&dir);
-                if !quiet {
+                // A summary after the first run and then every few seconds, not a line
+                // per run.
+                if !quiet && (runs == 1 || last_said.elapsed() >= SAY_EVERY) {
+                    last_said = Instant::now();
+                    let el = t0.elapsed().as_secs_f64();
                     tracing::info!(
-                        "soak: run {runs} ok in {:.2} s: {}; so far {} backed up and restored in {:.0} s",
+                        "soak: run {runs} ok; {runs} runs, 0 failures in {el:.0} s ({:.1} runs/s): {} backed up and restored; last run {:.2} s: {}",
+                        runs as f64 / el.max(1e-3),
+                        human_bytes(bytes),
                         started.elapsed().as_secs_f64(),
                         p.describe(),
-                        human_bytes(bytes),
-                        t0.elapsed().as_secs_f64()
                     );
                 }
             }

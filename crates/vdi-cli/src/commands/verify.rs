@@ -44,8 +44,9 @@ pub(super) fn run(target: &str, out: OutputArgs) -> Result<()> {
         }
         r
     } else {
-        let dir = std::path::Path::new(target);
-        verify::verify_dir(dir).map_err(|e| match &e {
+        // A backup directory, a repository (its latest backup) or REPO:ID.
+        let located = vdi_backup::repo::locate_backup(target)?;
+        verify::verify(located.store.as_ref()).map_err(|e| match &e {
             BackupError::Unreadable { .. } => fail(Kind::Input, e.to_string()),
             _ => fail(
                 Kind::Damaged,
@@ -78,11 +79,11 @@ pub(super) fn run(target: &str, out: OutputArgs) -> Result<()> {
         ));
     }
     if !out.json && !out.quiet {
-        let (devices, id) = report.manifest.as_ref().map_or((1, "-".to_owned()), |m| {
-            (m.device_count, m.backup_id.clone())
+        let (devices, id) = report.manifest.as_ref().map_or((1, String::new()), |m| {
+            (m.device_count, format!(" (backup id {})", m.backup_id))
         });
         tracing::info!(
-            "backup {target} is complete and intact: {devices} stream(s), {} of source in {} chunks; every chunk checksum{} matches (backup id {id})",
+            "backup {target} is complete and intact: {devices} stream(s), {} of source in {} chunks; every chunk checksum{} matches{id}",
             human_bytes(report.source_bytes.unwrap_or(0)),
             report.chunks,
             if report.manifest.is_some() {

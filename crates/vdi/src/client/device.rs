@@ -526,7 +526,7 @@ impl ClientDevice {
                 self.push_completion(&d, idx, code, bytes, pos)?;
             } else {
                 // IO-ERROR: mark the device, report this command, then flush what the
-                // server queued behind it (reference §2.4).
+                // server queued behind it.
                 let mut cons = lock(&self.consumer);
                 d.block.state.fetch_or(dev::IO_ERROR, Ordering::AcqRel);
                 self.push_completion(&d, idx, code, bytes, pos)?;

@@ -417,7 +417,7 @@ impl ClientSet {
         if self.inner.closed.swap(true, Ordering::AcqRel) {
             return Err(wrong_state("Close", "closed"));
         }
-        // After an abort the client need not wait for VD_E_CLOSE (reference §3.1): Close
+        // After an abort the client need not wait for VD_E_CLOSE: Close
         // is then the normal way out and returns NOERROR.
         // Devices still open here, or (for the primary) still served by a secondary:
         // closing the set ends theirs too, so that is a Close with devices open.

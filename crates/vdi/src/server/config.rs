@@ -25,7 +25,7 @@ pub(super) fn mem_available() -> Option<u64> {
 
 /// What the server chooses at `BeginConfiguration`, typed: the direction, the block
 /// size, the alignment and the largest transfer. [`ServerSet::configure`] takes it where
-/// [`ServerSet::begin_configuration`] takes the reference's five integers.
+/// [`ServerSet::begin_configuration`] takes VDI's five integers.
 ///
 /// ```no_run
 /// use vdi::{ServerConfig, ServerSet};

@@ -311,7 +311,7 @@ impl Refused {
         }
     }
 
-    /// The reference's rule for a failed send: the callback runs at once, on the sending
+    /// VDI's rule for a failed send: the callback runs at once, on the sending
     /// thread, with the completion code mapped from the error (and the buffer back).
     fn call_back(self, device: u32) -> VdError {
         let Refused {

@@ -60,7 +60,7 @@ use crate::protocol::ring::{Consumer, Producer};
 use crate::shared::{AttachOptions, Attached, Shared, Watchdog, attach, lock, sys_err};
 use crate::sys::socket::Conn;
 
-/// The server set's state (reference §2.2).
+/// The server set's state.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ServerState {
     /// After `Open`.
@@ -258,7 +258,7 @@ impl ServerSet {
         &self.inner.shared.name
     }
 
-    /// The current state (reference §2.2).
+    /// The current state.
     pub fn state(&self) -> ServerState {
         let l = lock(&self.inner.local);
         self.inner.effective_state(&l)
