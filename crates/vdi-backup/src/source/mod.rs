@@ -31,10 +31,16 @@ use crate::error::{Kind, fail};
 use crate::format::stream::{Sink, SourceKind};
 use crate::store::dir::FileKind;
 
+mod chan;
+pub mod cmd;
+pub mod dir;
 pub mod file;
 mod in_order;
+pub mod program;
 pub mod sqlite;
 pub mod stdio;
+pub mod tar_out;
+pub mod untar;
 
 pub use in_order::InOrder;
 pub use stdio::{PolledStdin, note_closed_standard_streams, stdin_file, stdout_file};
@@ -106,7 +112,13 @@ pub trait Scheme: Sync + Send + std::fmt::Debug {
 
 /// Every scheme; the first whose prefix matches a name picks it, and a bare path is a
 /// file.
-pub static SCHEMES: &[&dyn Scheme] = &[&stdio::Stdio, &sqlite::Sqlite, &file::FileScheme];
+pub static SCHEMES: &[&dyn Scheme] = &[
+    &stdio::Stdio,
+    &sqlite::Sqlite,
+    &cmd::Cmd,
+    &dir::DirScheme,
+    &file::FileScheme,
+];
 
 /// A source or target as named on the command line.
 #[derive(Clone, Debug)]
@@ -220,7 +232,10 @@ pub(crate) fn open_input(what: &str, path: &Path, devices_too: bool) -> Result<(
     let hint = match kind {
         FileKind::Regular => None,
         FileKind::BlockDevice if devices_too => None,
-        FileKind::Directory => Some(String::new()),
+        FileKind::Directory => Some(format!(
+            ": to back up a directory, name it dir:{} (a tar stream of the tree)",
+            path.display()
+        )),
         FileKind::Fifo => Some(format!(
             ": to back up what a program writes into it, read it as standard input: vdi backup - DEST < {}",
             path.display()
