@@ -508,7 +508,7 @@ fn make_tree(root: &Path) -> bool {
     if is_root() {
         rustix::fs::mknodat(
             rustix::fs::CWD,
-            &root.join("null"),
+            root.join("null"),
             rustix::fs::FileType::CharacterDevice,
             rustix::fs::Mode::from_raw_mode(0o644),
             rustix::fs::makedev(1, 3),
