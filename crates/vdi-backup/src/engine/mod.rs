@@ -679,6 +679,9 @@ fn damaged(dev: u32, e: StreamError) -> DevErr {
         StreamError::Sink(io) => DevErr::Root(fail(
             if is_disk_full(&io) {
                 Kind::DiskFull
+            } else if io.kind() == std::io::ErrorKind::InvalidData {
+                // The target found the restored data unusable (a hostile tar stream).
+                Kind::Damaged
             } else {
                 Kind::Other
             },

@@ -13,19 +13,21 @@ pub const PIECE: usize = 1 << 20;
 /// How many pieces may wait.
 pub const DEPTH: usize = 4;
 
-/// Why one end stopped (set before it goes away, read by the other end).
+/// Why one end stopped (set before it goes away, read by the other end): the kind of
+/// error the other end then reports (`InvalidData` for damaged input, `StorageFull`),
+/// and the message.
 #[derive(Clone, Default)]
-pub struct Why(Arc<Mutex<Option<String>>>);
+pub struct Why(Arc<Mutex<Option<(io::ErrorKind, String)>>>);
 
 impl Why {
     /// Records why this end stopped (the first reason stays).
-    pub fn set(&self, why: String) {
+    pub fn set(&self, kind: io::ErrorKind, why: String) {
         let mut g = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        g.get_or_insert(why);
+        g.get_or_insert((kind, why));
     }
 
     /// The reason recorded, if any.
-    pub fn get(&self) -> Option<String> {
+    pub fn get(&self) -> Option<(io::ErrorKind, String)> {
         self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 }
@@ -72,14 +74,12 @@ impl ChanWriter {
             return Ok(());
         }
         let piece = std::mem::replace(&mut self.cur, Vec::with_capacity(PIECE));
-        let gone = || {
-            io::Error::new(
+        let gone = || match self.why.get() {
+            Some((kind, w)) => io::Error::new(kind, w),
+            None => io::Error::new(
                 io::ErrorKind::BrokenPipe,
-                match self.why.get() {
-                    Some(w) => w,
-                    None => format!("{} stopped", self.reader),
-                },
-            )
+                format!("{} stopped", self.reader),
+            ),
         };
         match &self.tx {
             Some(tx) => tx.send(piece).map_err(|_| gone()),
@@ -157,9 +157,10 @@ mod tests {
         assert_eq!(got, data);
 
         let (mut w, r) = chan("the reader", why.clone());
-        why.set("it found a bad entry".into());
+        why.set(io::ErrorKind::InvalidData, "it found a bad entry".into());
         drop(r);
         let e = w.write_all(&vec![0u8; 2 * PIECE]).unwrap_err();
         assert_eq!(e.to_string(), "it found a bad entry");
+        assert_eq!(e.kind(), io::ErrorKind::InvalidData);
     }
 }

@@ -276,7 +276,12 @@ impl TreeTarget {
             .spawn(move || {
                 let r = untar::extract(rx, &root, xopts);
                 if let Err(e) = &r {
-                    why.set(tree_failure(&p2, e).own_message());
+                    let kind = match e {
+                        XErr::Refused(_) => io::ErrorKind::InvalidData,
+                        XErr::Io(_, io) if is_disk_full(io) => io::ErrorKind::StorageFull,
+                        XErr::Io(..) => io::ErrorKind::Other,
+                    };
+                    why.set(kind, tree_failure(&p2, e).own_message());
                 }
                 r
             })
