@@ -36,6 +36,7 @@ pub mod cmd;
 pub mod dir;
 pub mod file;
 mod in_order;
+pub mod postgres;
 pub mod program;
 pub mod sqlite;
 pub mod stdio;
@@ -117,6 +118,8 @@ pub static SCHEMES: &[&dyn Scheme] = &[
     &sqlite::Sqlite,
     &cmd::Cmd,
     &dir::DirScheme,
+    &postgres::Postgres,
+    &postgres::PostgresData,
     &file::FileScheme,
 ];
 
