@@ -225,7 +225,14 @@ pub fn verify_data_dir(dir: &Path) -> Result<String> {
     if words.is_empty() {
         words = said(&out.stdout);
     }
-    let words: Vec<&str> = words.lines().rev().take(8).collect::<Vec<_>>().into_iter().rev().collect();
+    let words: Vec<&str> = words
+        .lines()
+        .rev()
+        .take(8)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect();
     Err(fail(
         Kind::Damaged,
         format!(
@@ -244,12 +251,19 @@ fn pg_check() -> TreeCheck {
             && let Some((uid, gid)) = summary.owner_of
         {
             std::os::unix::fs::chown(dir, Some(uid), Some(gid)).map_err(|e| {
-                fail(Kind::Other, format!("giving {} its owner: {e}", dir.display()))
+                fail(
+                    Kind::Other,
+                    format!("giving {} its owner: {e}", dir.display()),
+                )
             })?;
         }
         use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
-            .map_err(|e| fail(Kind::Other, format!("making {} private: {e}", dir.display())))?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(|e| {
+            fail(
+                Kind::Other,
+                format!("making {} private: {e}", dir.display()),
+            )
+        })?;
         verify_data_dir(dir).map(Some)
     })
 }
@@ -311,7 +325,10 @@ mod tests {
     fn advice_follows_what_postgres_said() {
         let a = advise("FATAL:  must be superuser or replication role to start walsender");
         assert!(a.unwrap().contains("ALTER ROLE"));
-        assert!(advise("connection to server at \"127.0.0.1\", port 1 failed: Connection refused").is_some());
+        assert!(
+            advise("connection to server at \"127.0.0.1\", port 1 failed: Connection refused")
+                .is_some()
+        );
         assert!(advise("something else").is_none());
     }
 }
