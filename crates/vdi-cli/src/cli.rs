@@ -435,8 +435,7 @@ pub struct EngineSession {
     #[arg(long, hide = true)]
     pub report: bool,
     /// The pid of the `vdi backup`/`vdi restore` that started this engine: the engine
-    /// gives up at once when that process is gone, and removes the scratch directory it
-    /// was given.
+    /// gives up at once when that process is gone.
     #[arg(long, value_name = "PID", hide = true)]
     pub parent_pid: Option<u32>,
 }
