@@ -46,11 +46,12 @@ sync
 
 declare -A T S
 now() { date +%s.%N; }
-# measure NAME OUTPUT command...: the time of the command; the size of OUTPUT after it.
+# measure NAME OUTPUT command...: the time of the command; the size of OUTPUT after it
+# (removed first, unless KEEP=1: a command that reads it).
 measure() {
     local name=$1 out=$2; shift 2
     local t0 t1
-    rm -rf "$out"
+    [ "${KEEP:-0}" = 1 ] || rm -rf "$out"
     t0=$(now)
     "$@" >/dev/null
     t1=$(now)
@@ -65,7 +66,7 @@ for r in $(seq "$ROUNDS"); do
     measure "vdi backup postgres:, 1 device" bk1 "$VDI" backup "postgres:$CONN" bk1 --quiet
     measure "vdi backup postgres:, 4 devices" bk4 "$VDI" backup "postgres:$CONN" bk4 --devices 4 --quiet
     measure "vdi restore postgres-data: (4)" restored "$VDI" restore bk4 "postgres-data:$DIR/restored" --quiet
-    measure "pg_verifybackup alone" plain "$BIN/pg_verifybackup" plain
+    KEEP=1 measure "pg_verifybackup alone" plain "$BIN/pg_verifybackup" plain
     rm -rf restored
 done
 
