@@ -77,6 +77,8 @@ fn helper_writer() {
         return;
     };
     let mut c = open(&db);
+    // No fsync per commit: what is tested is what readers see, not durability.
+    c.execute_batch("PRAGMA synchronous = OFF").unwrap();
     let mut n: i64 = c
         .query_row("SELECT coalesce(max(seq), 0) FROM log", [], |r| r.get(0))
         .unwrap();
@@ -216,8 +218,13 @@ fn copies_hold_one_committed_state(journal: &str, checkpointer: bool, rounds: us
         std::thread::sleep(Duration::from_millis(5));
     }
     let mut last = 0;
-    let mut distinct = std::collections::BTreeSet::new();
     for k in 0..rounds {
+        // The writer committed since the last copy: each copy is of a new state.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while ver_now() <= last {
+            assert!(Instant::now() < deadline, "the writer stopped writing");
+            std::thread::sleep(Duration::from_millis(1));
+        }
         let mut src = spec.open_source().unwrap();
         let size = src.size().unwrap();
         let mut bytes = Vec::new();
@@ -227,18 +234,12 @@ fn copies_hold_one_committed_state(journal: &str, checkpointer: bool, rounds: us
         assert_eq!(bytes.len() as u64, size, "copy {k}: as long as it said");
         let ver = check_copy(&bytes, dir.path(), k);
         assert!(
-            ver >= last,
-            "copy {k} is older ({ver}) than the one before ({last})"
+            ver > last,
+            "copy {k} is not newer ({ver}) than the one before ({last})"
         );
         last = ver;
-        distinct.insert(ver);
     }
     drop(helpers);
-    assert!(
-        distinct.len() > rounds / 2,
-        "the copies were taken while the writer wrote ({} distinct states of {rounds})",
-        distinct.len()
-    );
     // The live database is sound and went on.
     assert!(ver_now() >= last);
 }
