@@ -39,7 +39,7 @@ pub struct Cli {
 /// README shows too).
 pub fn main_after_help() -> String {
     format!(
-        "Examples:\n  vdi demo\n  vdi init /backups/shop\n  vdi backup sqlite:shop.db /backups/shop --devices 4 --compress zstd\n  vdi list /backups/shop\n  vdi restore /backups/shop:latest sqlite:shop-restored.db\n  vdi expire /backups/shop --keep-daily 7\n  vdi backup file:disk.img - > disk.vdis\n  vdi soak --duration 10m   # back up, verify, restore, compare, in a loop\n\nSOURCE and TARGET: sqlite:PATH (a live SQLite database), file:PATH (a plain file;\na path without a prefix is a file too), - (standard input or output).\nDEST and BACKUP: a repository (vdi init REPO; REPO:latest, REPO:ID), a directory\nholding one plain backup, or - (standard output or input).\n\nExit codes:\n{}",
+        "Examples:\n  vdi demo\n  vdi init /backups/shop\n  vdi backup sqlite:shop.db /backups/shop --devices 4 --compress zstd\n  vdi list /backups/shop\n  vdi restore /backups/shop:latest sqlite:shop-restored.db\n  vdi expire /backups/shop --keep-daily 7\n  vdi backup file:disk.img - > disk.vdis\n  vdi backup 'postgres:host=/var/run/postgresql user=backup' /backups/pg --devices 4\n  vdi restore /backups/pg:latest postgres-data:/srv/pg/restored\n  vdi backup dir:/srv/www /backups/www && vdi restore /backups/www:latest dir:/srv/www-copy\n  vdi backup 'cmd:pg_dump -Fc shop' /backups/dump\n  vdi soak --duration 10m   # back up, verify, restore, compare, in a loop\n\nSOURCE and TARGET: sqlite:PATH (a live SQLite database), file:PATH (a plain file;\na path without a prefix is a file too), dir:PATH (a directory tree, as a tar\nstream), cmd:PROGRAM ARGS (what a program writes on its output, or its input on\nrestore; its exit status is the verdict), postgres:CONNINFO (a running PostgreSQL\nserver, through pg_basebackup; restored with postgres-data:DIR), - (standard input\nor output).\nDEST and BACKUP: a repository (vdi init REPO; REPO:latest, REPO:ID), a directory\nholding one plain backup, or - (standard output or input).\n\nExit codes:\n{}",
         vdi_backup::Kind::exit_code_table(80).trim_end()
     )
 }
@@ -51,8 +51,16 @@ pub enum Cmd {
     #[command(after_help = concat!(
         "DEST is a directory (one stream file per device, and manifest.json written last,\n",
         "once every stream is durable) or - for a single-device stream on standard output.\n",
-        "A sqlite: SOURCE may be in use: the engine first takes a consistent snapshot of it\n",
-        "(SQLite's online backup API, one read transaction) into $TMPDIR, then streams it.\n",
+        "A sqlite: SOURCE may be in use: the engine reads the pages of one committed state\n",
+        "straight into the VDI buffers, under a read transaction (no copy in $TMPDIR;\n",
+        "writers of a rollback-journal database wait for it, as for sqlite3 .backup).\n",
+        "A dir: SOURCE is a tar stream of the tree (modes, owners, links, sparse files,\n",
+        "extended attributes). A cmd: SOURCE runs the program without a shell (write\n",
+        "sh -c '...' for one) in the engine: its standard output is backed up, and a\n",
+        "non-zero exit or a signal fails the backup with its last lines of standard error.\n",
+        "A postgres: SOURCE runs pg_basebackup (tar, WAL fetched into it, its\n",
+        "backup_manifest kept; one tablespace; needs a role with REPLICATION; no password\n",
+        "in CONNINFO: use ~/.pgpass). See docs/postgres.md.\n",
         "A - SOURCE (standard input) is an unchecked stream: vdi stores everything that arrives\n",
         "until its end, but cannot tell a producer that finished from one that was killed in\n",
         "the middle; the manifest records the source as unchecked (\"checked\": false), and\n",
@@ -64,6 +72,9 @@ pub enum Cmd {
         "  vdi backup sqlite:shop.db backups/shop\n",
         "  vdi backup file:disk.img backups/disk --devices 4 --compress zstd:6\n",
         "  vdi backup file:disk.img - | ssh vault 'cat > disk.vdis'\n",
+        "  vdi backup dir:/srv/www backups/www --devices 2\n",
+        "  vdi backup 'postgres:host=/var/run/postgresql port=5432 user=backup' backups/pg\n",
+        "  vdi backup 'cmd:sh -c \"mysqldump shop | zstd\"' backups/shop-sql\n",
         "  tar c src | vdi backup - backups/src --json"
     ))]
     Backup(BackupArgs),
@@ -73,11 +84,20 @@ pub enum Cmd {
         "TARGET is written under a temporary name and renamed when it is complete and\n",
         "checked: every chunk's crc32c, every stream's trailer and digest, no chunk missing;\n",
         "a sqlite: target must also have a whole SQLite header (and, with\n",
-        "--integrity-check, pass PRAGMA integrity_check). The restore may use another\n",
-        "transfer size and block size than the backup; the device count is the backup's.\n\n",
+        "--integrity-check, pass PRAGMA integrity_check). A dir: target is extracted into\n",
+        "a new directory beside it (no entry outside it, no symbolic link followed) and\n",
+        "takes its place when whole; an existing target must be an empty directory, or\n",
+        "any directory with --force. A postgres-data: target is such a directory, checked\n",
+        "by pg_verifybackup before it is put in place. A cmd: target's program reads the\n",
+        "restored bytes on its standard input; its exit status is the verdict. The restore\n",
+        "may use another transfer size and block size than the backup; the device count is\n",
+        "the backup's.\n\n",
         "Examples:\n",
         "  vdi restore backups/shop sqlite:shop-copy.db\n",
         "  vdi restore backups/disk file:disk.img --force --max-transfer-size 4M\n",
+        "  vdi restore backups/pg postgres-data:/srv/pg/restored\n",
+        "  vdi restore backups/www dir:/srv/www --force\n",
+        "  vdi restore backups/dump 'cmd:pg_restore -d shop'\n",
         "  vdi restore - file:disk.img < disk.vdis"
     ))]
     Restore(RestoreArgs),
@@ -427,7 +447,8 @@ pub struct SetsArgs {
 /// `vdi backup`.
 #[derive(Debug, Args)]
 pub struct BackupArgs {
-    /// What to back up: sqlite:PATH, file:PATH or - (standard input).
+    /// What to back up: sqlite:PATH, file:PATH, dir:PATH, cmd:PROGRAM ARGS,
+    /// postgres:CONNINFO or - (standard input).
     #[arg(value_name = "SOURCE")]
     pub source: String,
     /// Where to store it: a repository (vdi init REPO; a new backup under a new id), a
@@ -473,7 +494,8 @@ pub struct RestoreArgs {
     /// input).
     #[arg(value_name = "BACKUP")]
     pub backup: String,
-    /// What to rebuild: sqlite:PATH, file:PATH or - (standard output).
+    /// What to rebuild: sqlite:PATH, file:PATH, dir:PATH, postgres-data:DIR,
+    /// cmd:PROGRAM ARGS or - (standard output).
     #[arg(value_name = "TARGET")]
     pub target: String,
     /// Devices (default: the backup's count; any other count is refused).
@@ -640,8 +662,7 @@ pub struct EngineSession {
     #[arg(long, hide = true)]
     pub report: bool,
     /// The pid of the `vdi backup`/`vdi restore` that started this engine: the engine
-    /// gives up at once when that process is gone, and removes the scratch directory it
-    /// was given.
+    /// gives up at once when that process is gone.
     #[arg(long, value_name = "PID", hide = true)]
     pub parent_pid: Option<u32>,
 }
@@ -649,7 +670,8 @@ pub struct EngineSession {
 /// `vdi engine backup`.
 #[derive(Debug, Args)]
 pub struct EngineBackupArgs {
-    /// What to back up: sqlite:PATH, file:PATH or - (standard input).
+    /// What to back up: sqlite:PATH, file:PATH, dir:PATH, cmd:PROGRAM ARGS,
+    /// postgres:CONNINFO or - (standard input).
     #[arg(value_name = "SOURCE")]
     pub source: String,
     #[command(flatten)]
@@ -663,7 +685,8 @@ pub struct EngineBackupArgs {
 /// `vdi engine restore`.
 #[derive(Debug, Args)]
 pub struct EngineRestoreArgs {
-    /// What to rebuild: sqlite:PATH, file:PATH or - (standard output).
+    /// What to rebuild: sqlite:PATH, file:PATH, dir:PATH, postgres-data:DIR,
+    /// cmd:PROGRAM ARGS or - (standard output).
     #[arg(value_name = "TARGET")]
     pub target: String,
     /// Replace TARGET if it exists.

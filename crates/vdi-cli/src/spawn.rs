@@ -27,9 +27,6 @@ struct EngineProc {
     lines: Arc<Mutex<Vec<String>>>,
     report: Arc<Mutex<Option<EngineReport>>>,
     reader: Option<std::thread::JoinHandle<()>>,
-    /// The engine's scratch directory (its SQLite snapshot), owned here so that it is
-    /// removed even when the engine is killed before it could clean up.
-    _scratch: tempfile::TempDir,
 }
 
 /// How the engine ended.
@@ -42,13 +39,8 @@ impl EngineProc {
     fn spawn(args: &[String], stdin_inherit: bool, stdout_inherit: bool) -> Result<EngineProc> {
         let exe =
             std::env::current_exe().context("finding the vdi executable to start the engine")?;
-        let scratch = tempfile::Builder::new()
-            .prefix("vdi-engine-")
-            .tempdir()
-            .context("creating a scratch directory for the engine")?;
         let mut cmd = Command::new(&exe);
         cmd.args(args)
-            .env(vdi_backup::source::SCRATCH_ENV, scratch.path())
             // The engine takes everything it needs from its arguments.
             .env("VDI_CONFIG", "none")
             .stdin(if stdin_inherit {
@@ -92,7 +84,6 @@ impl EngineProc {
             lines,
             report,
             reader,
-            _scratch: scratch,
         })
     }
 

@@ -406,8 +406,8 @@ fn wrong_command_lines() {
     run(&["backup", &s(&src), "-", "--devices", "2"]).fails(2, &["single stream", "--devices 1"]);
 }
 
-/// A SQLite engine killed while it takes or streams its snapshot leaves nothing in
-/// $TMPDIR: `vdi backup` owns the engine's scratch directory and removes it.
+/// A SQLite engine killed while it streams the database's pages leaves nothing in
+/// $TMPDIR (it never writes there: the pages go straight into the buffers).
 #[test]
 fn a_killed_sqlite_engine_leaves_nothing_in_tmpdir() {
     let dir = tempfile::tempdir().unwrap();
@@ -436,16 +436,10 @@ fn a_killed_sqlite_engine_leaves_nothing_in_tmpdir() {
         .spawn()
         .unwrap();
     let pid = child.id();
-    // Kill it as soon as the engine exists and has made its snapshot directory (or, if
-    // that was too quick to see, while it streams).
-    wait_until(
-        Duration::from_secs(30),
-        "the engine's scratch directory",
-        || {
-            std::fs::read_dir(&tmp).is_ok_and(|mut d| d.next().is_some())
-                && children_of(pid).len() == 1
-        },
-    );
+    // Kill it as soon as the engine exists.
+    wait_until(Duration::from_secs(30), "the engine", || {
+        children_of(pid).len() == 1
+    });
     let engines = children_of(pid);
     signal(engines[0], "KILL");
     let r = wait_output(child, Duration::from_secs(30));
@@ -460,14 +454,10 @@ fn a_killed_sqlite_engine_leaves_nothing_in_tmpdir() {
 
 /// An engine started by `vdi backup`/`vdi restore` (`--parent-pid`) whose `vdi` is gone
 /// before it could open the set gives up at once, whatever `--wait` says (that set will
-/// never come), and removes what `vdi` can no longer remove: the scratch directory it was
-/// given, and its partial restore target.
+/// never come), and removes what `vdi` can no longer remove: its partial restore target.
 #[test]
 fn an_orphaned_engine_gives_up_at_once_and_leaves_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let scratch = dir.path().join("vdi-engine-test");
-    std::fs::create_dir(&scratch).unwrap();
-    std::fs::write(scratch.join("leftover"), b"x").unwrap();
     // A pid that is not this engine's parent: a process that has exited.
     let mut gone = std::process::Command::new("true").spawn().unwrap();
     gone.wait().unwrap();
@@ -479,7 +469,6 @@ fn an_orphaned_engine_gives_up_at_once_and_leaves_nothing() {
         ])
         .args(["--parent-pid", &gone.id().to_string()])
         .arg(format!("file:{}", s(&target)))
-        .env("VDI_ENGINE_SCRATCH", &scratch)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -487,7 +476,6 @@ fn an_orphaned_engine_gives_up_at_once_and_leaves_nothing() {
         .unwrap();
     let r = wait_output(c, Duration::from_secs(120));
     r.fails(8, &["VDI-ENGINE-REPORT", "started this engine", "is gone"]);
-    assert!(!scratch.exists(), "the engine left its scratch directory");
     assert!(files_with(dir.path(), "vdi-partial").is_empty());
     assert!(!target.exists());
 }

@@ -676,9 +676,16 @@ enum DevErr {
 
 fn damaged(dev: u32, e: StreamError) -> DevErr {
     match e {
+        StreamError::Sink(io) if is_disk_full(&io) => DevErr::Root(fail(
+            Kind::DiskFull,
+            format!(
+                "disk full: writing the restored data from device {dev}: {io}; free space where the target is, or restore somewhere with room"
+            ),
+        )),
         StreamError::Sink(io) => DevErr::Root(fail(
-            if is_disk_full(&io) {
-                Kind::DiskFull
+            if io.kind() == std::io::ErrorKind::InvalidData {
+                // The target found the restored data unusable (a hostile tar stream).
+                Kind::Damaged
             } else {
                 Kind::Other
             },

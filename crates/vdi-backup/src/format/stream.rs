@@ -83,6 +83,12 @@ pub enum SourceKind {
     Sqlite,
     /// Standard input (size unknown in advance).
     Stdin,
+    /// What a program wrote on its standard output (`cmd:`).
+    Command,
+    /// A directory, as a tar stream (`dir:`).
+    Directory,
+    /// A PostgreSQL base backup, as `pg_basebackup`'s tar stream (`postgres:`).
+    Postgres,
 }
 
 impl SourceKind {
@@ -91,6 +97,9 @@ impl SourceKind {
             SourceKind::File => 1,
             SourceKind::Sqlite => 2,
             SourceKind::Stdin => 3,
+            SourceKind::Command => 4,
+            SourceKind::Directory => 5,
+            SourceKind::Postgres => 6,
         }
     }
 
@@ -99,16 +108,22 @@ impl SourceKind {
             1 => SourceKind::File,
             2 => SourceKind::Sqlite,
             3 => SourceKind::Stdin,
+            4 => SourceKind::Command,
+            5 => SourceKind::Directory,
+            6 => SourceKind::Postgres,
             _ => return None,
         })
     }
 
-    /// `file`, `sqlite` or `stdin`.
+    /// `file`, `sqlite`, `stdin`, `cmd`, `dir` or `postgres`.
     pub fn name(self) -> &'static str {
         match self {
             SourceKind::File => "file",
             SourceKind::Sqlite => "sqlite",
             SourceKind::Stdin => "stdin",
+            SourceKind::Command => "cmd",
+            SourceKind::Directory => "dir",
+            SourceKind::Postgres => "postgres",
         }
     }
 }

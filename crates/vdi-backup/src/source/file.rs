@@ -129,7 +129,8 @@ pub fn partial_prefix(name: &str, pid: u32) -> String {
     format!(".{name}.vdi-partial-{pid}-")
 }
 
-/// Removes what a dead engine (pid `pid`) left of its restore of `target`.
+/// Removes what a dead engine (pid `pid`) left of its restore of `target` (a temporary
+/// file, or a directory a tree was being restored into).
 pub fn remove_partial(target: &Path, pid: u32) {
     let Some(name) = target.file_name().map(|n| n.to_string_lossy().into_owned()) else {
         return;
@@ -138,7 +139,12 @@ pub fn remove_partial(target: &Path, pid: u32) {
     if let Ok(rd) = std::fs::read_dir(parent_dir(target)) {
         for e in rd.flatten() {
             if e.file_name().to_string_lossy().starts_with(&prefix) {
-                let _ = std::fs::remove_file(e.path());
+                // A file, or the directory a tree was being restored into.
+                if e.file_type().is_ok_and(|t| t.is_dir()) {
+                    let _ = super::dir::remove_tree(&e.path());
+                } else {
+                    let _ = std::fs::remove_file(e.path());
+                }
             }
         }
     }

@@ -174,6 +174,11 @@ impl<W: Write + Send + 'static> InOrder<W> {
         })
     }
 
+    /// Runs `f` on the output (to close it once everything is written, say).
+    pub fn with_out<R>(&self, f: impl FnOnce(&mut W) -> R) -> R {
+        f(&mut self.lock().out)
+    }
+
     /// Checks that all `total` bytes were written, in order, and flushes.
     pub fn finish(&self, total: u64) -> Result<()> {
         let mut st = self.lock();

@@ -31,10 +31,18 @@ use crate::error::{Kind, fail};
 use crate::format::stream::{Sink, SourceKind};
 use crate::store::dir::FileKind;
 
+mod chan;
+pub mod cmd;
+pub mod dir;
 pub mod file;
 mod in_order;
+pub mod postgres;
+pub mod program;
 pub mod sqlite;
+pub mod sqlite_pages;
 pub mod stdio;
+pub mod tar_out;
+pub mod untar;
 
 pub use in_order::InOrder;
 pub use stdio::{PolledStdin, note_closed_standard_streams, stdin_file, stdout_file};
@@ -106,7 +114,15 @@ pub trait Scheme: Sync + Send + std::fmt::Debug {
 
 /// Every scheme; the first whose prefix matches a name picks it, and a bare path is a
 /// file.
-pub static SCHEMES: &[&dyn Scheme] = &[&stdio::Stdio, &sqlite::Sqlite, &file::FileScheme];
+pub static SCHEMES: &[&dyn Scheme] = &[
+    &stdio::Stdio,
+    &sqlite::Sqlite,
+    &cmd::Cmd,
+    &dir::DirScheme,
+    &postgres::Postgres,
+    &postgres::PostgresData,
+    &file::FileScheme,
+];
 
 /// A source or target as named on the command line.
 #[derive(Clone, Debug)]
@@ -220,7 +236,10 @@ pub(crate) fn open_input(what: &str, path: &Path, devices_too: bool) -> Result<(
     let hint = match kind {
         FileKind::Regular => None,
         FileKind::BlockDevice if devices_too => None,
-        FileKind::Directory => Some(String::new()),
+        FileKind::Directory => Some(format!(
+            ": to back up a directory, name it dir:{} (a tar stream of the tree)",
+            path.display()
+        )),
         FileKind::Fifo => Some(format!(
             ": to back up what a program writes into it, read it as standard input: vdi backup - DEST < {}",
             path.display()
@@ -314,37 +333,5 @@ pub fn parent_dir(p: &Path) -> PathBuf {
     match p.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
         _ => PathBuf::from("."),
-    }
-}
-
-/// The environment variable through which `vdi backup`/`vdi restore` gives the engine it
-/// starts a scratch directory. Whichever of the two processes outlives the other removes
-/// it: `vdi` once the engine has exited, however it ended (even SIGKILL), and the engine
-/// ([`EngineScratch`]) whenever it ends by itself, so that a `vdi` killed in the middle
-/// leaves nothing in `$TMPDIR` either.
-pub const SCRATCH_ENV: &str = "VDI_ENGINE_SCRATCH";
-
-/// The engine's hold on the scratch directory named by [`SCRATCH_ENV`]: removes it when
-/// dropped (every return, error and unwind of the engine) or when a second interrupt
-/// exits the process at once.
-#[derive(Debug)]
-pub struct EngineScratch(PathBuf);
-
-impl EngineScratch {
-    /// The directory named by [`SCRATCH_ENV`], if it is set (only `vdi backup`/`vdi
-    /// restore` sets it, for an engine it starts with `--parent-pid`).
-    pub fn from_env() -> Option<EngineScratch> {
-        let dir = PathBuf::from(std::env::var_os(SCRATCH_ENV)?);
-        let d2 = dir.clone();
-        crate::cancel::before_exit(move || {
-            let _ = std::fs::remove_dir_all(&d2);
-        });
-        Some(EngineScratch(dir))
-    }
-}
-
-impl Drop for EngineScratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
     }
 }

@@ -89,11 +89,6 @@ pub fn main(cli: Cli) -> ExitCode {
         _ => None,
     };
     let engine_report = session.is_some_and(|s| s.report);
-    let parent = session.and_then(|s| s.parent_pid);
-    // An engine started by `vdi backup`/`vdi restore` removes the scratch directory it
-    // was given whenever it ends (its parent removes it too, if the engine is the one
-    // killed): whichever survives cleans up.
-    let _scratch = parent.and_then(|_| vdi_backup::source::EngineScratch::from_env());
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -60,7 +60,14 @@ fn report_restore(o: &RestoreOutcome, json: bool, quiet: bool) {
             .engine
             .integrity_check
             .as_ref()
-            .map(|v| format!("; PRAGMA integrity_check: {v}"))
+            // A database's PRAGMA says "ok"; another check names itself (pg_verifybackup).
+            .map(|v| {
+                if v == "ok" {
+                    format!("; PRAGMA integrity_check: {v}")
+                } else {
+                    format!("; {v}")
+                }
+            })
             .unwrap_or_default();
         tracing::info!(
             "restored {} ({}) through {} in {secs:.2} s ({}){check}",
