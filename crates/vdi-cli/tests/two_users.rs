@@ -14,40 +14,91 @@ use std::time::Duration;
 
 const NOBODY: u32 = 65534;
 
-fn as_nobody(args: &[&str]) -> std::process::Child {
-    let mut c = vdi();
-    c.args(args)
-        .uid(NOBODY)
-        .gid(NOBODY)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    c.spawn().unwrap()
+/// A copy of the `vdi` binary that `nobody` can execute, removed on drop: the build's
+/// own binary may sit under a directory only root can enter (a checkout in root's home,
+/// or a CI work directory made with mode 0700).
+struct NobodyVdi {
+    dir: std::path::PathBuf,
+    exe: std::path::PathBuf,
 }
 
-fn can_run_as_nobody() -> bool {
-    let is_root = std::fs::read_to_string("/proc/self/status")
-        .map(|s| {
-            s.lines()
-                .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
-        })
-        .unwrap_or(false);
-    is_root
-        && vdi()
-            .arg("--version")
+impl Drop for NobodyVdi {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl NobodyVdi {
+    /// `None` when this process is not root (the caller prints SKIPPED).
+    fn new(tag: &str) -> Option<NobodyVdi> {
+        let is_root = std::fs::read_to_string("/proc/self/status")
+            .map(|s| {
+                s.lines()
+                    .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
+            })
+            .unwrap_or(false);
+        if !is_root {
+            return None;
+        }
+        let dir =
+            std::path::PathBuf::from(format!("/tmp/vdi-two-users-{}-{tag}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let exe = dir.join("vdi");
+        std::fs::copy(env!("CARGO_BIN_EXE_vdi"), &exe).unwrap();
+        std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let me = NobodyVdi { dir, exe };
+        let ok = me
+            .command(&["--version"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(
+            ok,
+            "as root, yet {} does not run as nobody",
+            me.exe.display()
+        );
+        Some(me)
+    }
+
+    fn command(&self, args: &[&str]) -> std::process::Command {
+        let mut c = std::process::Command::new(&self.exe);
+        c.args(args)
+            .env_remove("VDI_DEMO_SIZE")
+            .env("VDI_CONFIG", "none")
             .uid(NOBODY)
             .gid(NOBODY)
-            .stdout(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        c
+    }
+
+    /// Starts `vdi ARGS` as nobody. Another test thread forking while the copy was being
+    /// written may briefly hold its write descriptor (exec then fails with ETXTBSY): retried.
+    fn spawn(&self, args: &[&str]) -> std::process::Child {
+        let mut tries = 0;
+        loop {
+            match self.command(args).spawn() {
+                Ok(c) => return c,
+                Err(e) if e.raw_os_error() == Some(26) && tries < 50 => {
+                    tries += 1;
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(e) => panic!("cannot start {} as nobody: {e}", self.exe.display()),
+            }
+        }
+    }
 }
 
 #[test]
 fn an_engine_of_another_user() {
-    if !can_run_as_nobody() {
+    let Some(nobody) = NobodyVdi::new("engine") else {
         println!("SKIPPED: starting the engine as user nobody needs root");
         return;
-    }
+    };
     let dir = tempfile::tempdir().unwrap();
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
     let src = dir.path().join("src");
@@ -62,7 +113,7 @@ fn an_engine_of_another_user() {
         std::fs::read_to_string("/proc/net/unix").is_ok_and(|t| t.contains(&set))
     });
     let e = wait_output(
-        as_nobody(&["engine", "backup", "--set", &set, &s(&src), "--wait", "5"]),
+        nobody.spawn(&["engine", "backup", "--set", &set, &s(&src), "--wait", "5"]),
         Duration::from_secs(60),
     );
     e.fails(3, &["VD_E_SECURITY", "--allow-group"]);
@@ -84,7 +135,7 @@ fn an_engine_of_another_user() {
         "65534",
     ]);
     let e = wait_output(
-        as_nobody(&["engine", "backup", "--set", &set, &s(&src), "--wait", "30"]),
+        nobody.spawn(&["engine", "backup", "--set", &set, &s(&src), "--wait", "30"]),
         Duration::from_secs(60),
     );
     e.ok();
@@ -102,7 +153,7 @@ fn an_engine_of_another_user() {
         "65534",
     ]);
     let e = wait_output(
-        as_nobody(&["engine", "restore", "--set", &set, &s(&out), "--wait", "30"]),
+        nobody.spawn(&["engine", "restore", "--set", &set, &s(&out), "--wait", "30"]),
         Duration::from_secs(60),
     );
     e.ok();
@@ -114,14 +165,14 @@ fn an_engine_of_another_user() {
 /// choose another name: any local user can hold a fixed name.
 #[test]
 fn a_set_name_held_by_another_user() {
-    if !can_run_as_nobody() {
+    let Some(nobody) = NobodyVdi::new("squat") else {
         println!("SKIPPED: starting a backup application as user nobody needs root");
         return;
-    }
+    };
     let dir = tempfile::tempdir().unwrap();
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
     let name = set_name("squat");
-    let squatter = KillOnDrop(as_nobody(&[
+    let squatter = KillOnDrop(nobody.spawn(&[
         "client",
         "backup",
         "--set",

@@ -612,6 +612,49 @@ pub fn device_list_arg(w: &[u32]) -> String {
     format!("which={}", w.join(","))
 }
 
+/// A copy of an executable that user `nobody` can run, removed on drop: the build's own
+/// binaries may sit under a directory only root can enter (a checkout in root's home, a
+/// CI work directory made with mode 0700).
+pub struct NobodyExe {
+    dir: std::path::PathBuf,
+    /// The copy's path.
+    pub exe: String,
+}
+
+impl Drop for NobodyExe {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Copies `exe` where `nobody` can run it; `None` (print SKIPPED) unless this process is
+/// root. Another thread forking while the copy is written may briefly hold its write
+/// descriptor, so [`Peer::spawn`] retries an exec that fails with ETXTBSY.
+pub fn exe_for_nobody(exe: &str, tag: &str) -> Option<NobodyExe> {
+    use std::os::unix::fs::PermissionsExt;
+    if !rustix::process::getuid().is_root() {
+        return None;
+    }
+    let dir = std::path::PathBuf::from(format!(
+        "/tmp/vdi-nobody-{}-{tag}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir(&dir).expect("a directory under /tmp for nobody's copy");
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let name = std::path::Path::new(exe)
+        .file_name()
+        .expect("an executable's name");
+    let copy = dir.join(name);
+    std::fs::copy(exe, &copy).expect("copying the executable for nobody");
+    std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    Some(NobodyExe {
+        exe: copy.to_string_lossy().into_owned(),
+        dir,
+    })
+}
+
 /// A set name unique to this test process and call.
 pub fn unique_name(tag: &str) -> String {
     format!(
@@ -633,9 +676,18 @@ impl Peer {
             use std::os::unix::process::CommandExt;
             cmd.uid(u).gid(u);
         }
-        let mut child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {exe}: {e}"));
+        let mut tries = 0;
+        let mut child = loop {
+            match cmd.spawn() {
+                Ok(c) => break c,
+                // ETXTBSY: a fork elsewhere still holds a just-written copy (see exe_for_nobody).
+                Err(e) if e.raw_os_error() == Some(26) && tries < 50 => {
+                    tries += 1;
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(e) => panic!("cannot start {exe}: {e}"),
+            }
+        };
         let out: ChildStdout = child.stdout.take().expect("piped stdout");
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {

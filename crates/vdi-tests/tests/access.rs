@@ -5,11 +5,10 @@
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 use std::os::unix::fs::PermissionsExt;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use vdi::{ClientOptions, ClientSet, Timeout, VdConfig};
-use vdi_tests::{Peer, unique_name};
+use vdi_tests::{NobodyExe, Peer, exe_for_nobody, unique_name};
 
 const PEER: &str = env!("CARGO_BIN_EXE_vdi-peer");
 const NOBODY: u32 = 65534;
@@ -18,33 +17,12 @@ const NOBODY: u32 = 65534;
 /// child briefly holds the copy's write descriptor): these tests run one at a time.
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
-/// A copy of the peer binary that `nobody` can execute, removed on drop.
-struct NobodyPeer {
-    dir: PathBuf,
-    exe: String,
-}
-
-impl Drop for NobodyPeer {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn peer_for_nobody(tag: &str) -> Option<NobodyPeer> {
-    if rustix::process::getuid().as_raw() != 0 {
+fn peer_for_nobody(tag: &str) -> Option<NobodyExe> {
+    let np = exe_for_nobody(PEER, tag);
+    if np.is_none() {
         eprintln!("SKIPPED: switching to user nobody needs root; run the tests as root (CI does)");
-        return None;
     }
-    let dir = PathBuf::from(format!("/tmp/vdi-access-test-{}-{tag}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let exe = dir.join("vdi-peer");
-    std::fs::copy(PEER, &exe).unwrap();
-    std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
-    Some(NobodyPeer {
-        exe: exe.to_string_lossy().into_owned(),
-        dir,
-    })
+    np
 }
 
 #[test]

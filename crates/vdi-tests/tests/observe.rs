@@ -92,14 +92,14 @@ fn a_live_four_device_backup_is_seen_and_not_disturbed() {
 
 #[test]
 fn another_users_set_shows_only_its_name_and_owner() {
-    if !rustix::process::getuid().is_root() {
+    let Some(np) = vdi_tests::exe_for_nobody(PEER, "observe") else {
         println!("SKIPPED: needs root to start a peer as user nobody");
         return;
-    }
+    };
     let name = unique_name("obu");
     let mut plan = Plan::new(&name, 1, 1 << 20);
     plan.pause = Some("configured".into());
-    let mut client = Peer::spawn(PEER, &args("client", &plan), Some(65534));
+    let mut client = Peer::spawn(&np.exe, &args("client", &plan), Some(65534));
     client.expect_line("CREATED", Duration::from_secs(30));
     assert!(list().contains(&name));
     let s = look(&name);
