@@ -33,6 +33,67 @@ pub struct Cli {
     /// debugging detail (or set RUST_LOG, e.g. RUST_LOG=vdi_backup=debug).
     #[arg(long, short, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
+    /// How s3://BUCKET/PREFIX destinations and backups are reached.
+    #[command(flatten)]
+    pub s3: S3Args,
+}
+
+/// Options of `s3://BUCKET/PREFIX` destinations and backups (object storage). Credentials
+/// come from the environment as for the AWS tools: AWS_ACCESS_KEY_ID,
+/// AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, or AWS_PROFILE and the shared credentials
+/// file (AWS_SHARED_CREDENTIALS_FILE, ~/.aws/credentials); never on the command line.
+#[derive(Debug, Args, Clone)]
+#[command(next_help_heading = "Object storage (s3://BUCKET/PREFIX)")]
+pub struct S3Args {
+    /// The S3 endpoint, e.g. http://127.0.0.1:9000 (also AWS_ENDPOINT_URL_S3,
+    /// AWS_ENDPOINT_URL; default AWS's).
+    #[arg(
+        long = "s3-endpoint",
+        alias = "endpoint",
+        global = true,
+        value_name = "URL"
+    )]
+    pub endpoint: Option<String>,
+    /// The region (also AWS_REGION, AWS_DEFAULT_REGION, the profile's; default us-east-1).
+    #[arg(long = "s3-region", global = true, value_name = "REGION")]
+    pub region: Option<String>,
+    /// The credentials profile of ~/.aws/credentials (also AWS_PROFILE, [store] profile in
+    /// the configuration file; default: default).
+    #[arg(long = "s3-profile", global = true, value_name = "NAME")]
+    pub profile: Option<String>,
+    /// Addressing: path (host/BUCKET/KEY, what S3-compatible servers expect) or virtual
+    /// (BUCKET.host/KEY).
+    #[arg(long = "s3-addressing", global = true, value_name = "STYLE", value_parser = ["path", "virtual"])]
+    pub addressing: Option<String>,
+    /// The storage class of the objects written (STANDARD, STANDARD_IA, GLACIER_IR, ...).
+    #[arg(long = "s3-storage-class", global = true, value_name = "CLASS")]
+    pub storage_class: Option<String>,
+    /// Server-side encryption: s3 (SSE-S3, AES256) or kms:KEY-ID (SSE-KMS).
+    #[arg(long = "s3-sse", global = true, value_name = "s3|kms:KEY-ID")]
+    pub sse: Option<String>,
+    /// A CA certificate (PEM) to trust besides the system's, for an endpoint with its own CA.
+    #[arg(long = "s3-ca-file", global = true, value_name = "FILE")]
+    pub ca_file: Option<std::path::PathBuf>,
+    /// The most parts of one stream's multipart upload (S3: 10000; some providers 1000);
+    /// parts grow as the stream grows so that any stream fits.
+    #[arg(long = "s3-part-cap", global = true, value_name = "N", value_parser = clap::value_parser!(u32).range(2..=10_000))]
+    pub part_cap: Option<u32>,
+    /// The first part size (at least 5M; default 8M).
+    #[arg(long = "s3-part-size", global = true, value_name = "SIZE", value_parser = parse_size)]
+    pub part_size: Option<u64>,
+    /// Parts of one stream uploaded at a time (default 4): memory is at most part size x
+    /// (this + 1) per device; also the ranged GETs read ahead on restore and verify.
+    #[arg(long = "s3-parts-in-flight", global = true, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub parts_in_flight: Option<u32>,
+    /// Retries of a request that failed transiently (5xx, throttling, a reset; default 5).
+    #[arg(long = "s3-retries", global = true, value_name = "N")]
+    pub retries: Option<usize>,
+    /// How long one request is retried at most (default 60s).
+    #[arg(long = "s3-retry-timeout", global = true, value_name = "TIME", value_parser = parse_duration)]
+    pub retry_timeout: Option<Duration>,
+    /// Do not send a SHA-256 checksum with each part (for a server that refuses them).
+    #[arg(long = "s3-no-checksum", global = true)]
+    pub no_checksum: bool,
 }
 
 /// `vdi --help`'s closing part: the examples and the exit-code table (the one table the

@@ -6,6 +6,8 @@
 //!
 //! [store]
 //! profile = "backup"             # the credentials profile of an object store (VDI_STORE_PROFILE)
+//! endpoint = "https://s3.example.net"  # --s3-endpoint; also region, addressing,
+//! part_cap = 1000                # storage_class, sse, ca_file, part_size, parts_in_flight
 //!
 //! [backup]                       # defaults of vdi backup's options
 //! devices = 4
@@ -51,6 +53,24 @@ pub struct Config {
 pub struct StoreCfg {
     /// The credentials profile of an object store.
     pub profile: Option<String>,
+    /// `--s3-endpoint`.
+    pub endpoint: Option<String>,
+    /// `--s3-region`.
+    pub region: Option<String>,
+    /// `--s3-addressing` (`path` or `virtual`).
+    pub addressing: Option<String>,
+    /// `--s3-storage-class`.
+    pub storage_class: Option<String>,
+    /// `--s3-sse` (`s3` or `kms:KEY-ID`).
+    pub sse: Option<String>,
+    /// `--s3-ca-file`.
+    pub ca_file: Option<PathBuf>,
+    /// `--s3-part-cap`.
+    pub part_cap: Option<u32>,
+    /// `--s3-part-size`.
+    pub part_size: Option<String>,
+    /// `--s3-parts-in-flight`.
+    pub parts_in_flight: Option<u32>,
 }
 
 /// `[backup]`.

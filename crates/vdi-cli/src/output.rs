@@ -71,6 +71,11 @@ pub fn init_logging(quiet: bool, verbose: u8) {
                 .with_default(level)
                 // -v shows vdi's own phases, not every library's detail.
                 .with_target("vdi_backup", level)
+                // The HTTP stack of s3:// stores says every connection it pools.
+                .with_target("hyper_util", tracing::Level::INFO)
+                .with_target("reqwest", tracing::Level::INFO)
+                .with_target("h2", tracing::Level::INFO)
+                .with_target("rustls", tracing::Level::INFO)
                 .with_target(
                     "vdi",
                     if verbose > 1 {

@@ -849,7 +849,7 @@ pub fn locate_backup(name: &str) -> Result<Located> {
         }
     }
     Ok(Located {
-        store: crate::store::locate(name, modes),
+        store: crate::store::locate(name, modes)?,
         label: name.to_owned(),
         in_repo: None,
     })
@@ -886,7 +886,7 @@ impl Dest {
                 .ok_or_else(|| fail(Kind::Input, format!("{name} is not a repository")))?;
             return Ok(Dest::Repo(repo.begin()?));
         }
-        Ok(Dest::Plain(crate::store::locate(name, modes)))
+        Ok(Dest::Plain(crate::store::locate(name, modes)?))
     }
 
     /// The store the backup goes to.

@@ -5,7 +5,8 @@
 //! backend by scheme.
 //!
 //! Implementations: [`dir::DirStore`] (a directory on disk), [`stdio::Stdio`] (one bare
-//! stream on standard output or input), [`mem::MemStore`] (memory, for tests), and
+//! stream on standard output or input), `s3::S3Store` (S3-compatible object storage,
+//! with the `s3` feature), [`mem::MemStore`] (memory, for tests), and
 //! [`faulty::FaultyStore`] (any store, failing or cutting a write on purpose, for tests).
 //!
 //! # The contract
@@ -61,6 +62,8 @@ use crate::format::stream::{self, StreamHeader};
 pub mod dir;
 pub mod faulty;
 pub mod mem;
+#[cfg(feature = "s3")]
+pub mod s3;
 pub mod stdio;
 
 pub use dir::MAX_MANIFEST_BYTES;
@@ -156,14 +159,23 @@ pub struct Commit {
 }
 
 /// The store a name on the command line means: `-` is standard output (for a backup)
-/// and standard input (for a restore); anything else is a backup directory, made with
-/// `modes`.
-pub fn locate(name: &str, modes: dir::Modes) -> Arc<dyn Store> {
+/// and standard input (for a restore); `s3://BUCKET/PREFIX` a backup in S3-compatible
+/// object storage (with the `s3` feature); anything else is a backup directory, made
+/// with `modes`.
+pub fn locate(name: &str, modes: dir::Modes) -> Result<Arc<dyn Store>> {
     if name == "-" {
-        Arc::new(stdio::Stdio)
-    } else {
-        Arc::new(dir::DirStore::new(name, modes))
+        return Ok(Arc::new(stdio::Stdio));
     }
+    if name.starts_with("s3://") {
+        #[cfg(feature = "s3")]
+        return Ok(Arc::new(s3::S3Store::new(name)?));
+        #[cfg(not(feature = "s3"))]
+        return Err(fail(
+            Kind::Usage,
+            format!("{name}: this vdi was built without S3 support (the s3 feature)"),
+        ));
+    }
+    Ok(Arc::new(dir::DirStore::new(name, modes)))
 }
 
 /// Keeps count of the objects a writer created and has not finished, so that its commit

@@ -89,7 +89,8 @@ pub fn main(cli: Cli) -> ExitCode {
         _ => None,
     };
     let engine_report = session.is_some_and(|s| s.report);
-    match run(cli) {
+    let configured = s3_options(&cli.s3);
+    match configured.and_then(|()| run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             let kind = kind_of(&e);
@@ -119,6 +120,90 @@ pub fn main(cli: Cli) -> ExitCode {
             ExitCode::from(kind.exit_code())
         }
     }
+}
+
+/// Sets the options of `s3://` stores: the command line, then the configuration file's
+/// `[store]`, then the defaults (and the environment, which the store reads itself).
+#[cfg(feature = "s3")]
+fn s3_options(a: &crate::cli::S3Args) -> Result<()> {
+    use vdi_backup::store::s3::{S3Options, Sse, configure};
+    use vdi_backup::{Kind, fail};
+    let c = &crate::config::get().store;
+    let mut o = S3Options {
+        endpoint: a.endpoint.clone().or_else(|| c.endpoint.clone()),
+        region: a.region.clone().or_else(|| c.region.clone()),
+        profile: a.profile.clone().or_else(|| {
+            std::env::var("AWS_PROFILE")
+                .ok()
+                .filter(|v| !v.is_empty())
+                .or_else(crate::config::store_profile)
+        }),
+        storage_class: a.storage_class.clone().or_else(|| c.storage_class.clone()),
+        ca_file: a.ca_file.clone().or_else(|| c.ca_file.clone()),
+        checksum: !a.no_checksum,
+        ..S3Options::default()
+    };
+    match a.addressing.as_deref().or(c.addressing.as_deref()) {
+        None | Some("path") => {}
+        Some("virtual") => o.virtual_hosted = true,
+        Some(x) => {
+            return Err(fail(
+                Kind::Usage,
+                format!("addressing '{x}' in the configuration file: write path or virtual"),
+            ));
+        }
+    }
+    if let Some(sse) = a.sse.as_deref().or(c.sse.as_deref()) {
+        o.sse = Some(match sse {
+            "s3" | "AES256" | "aes256" => Sse::S3,
+            k if k.starts_with("kms:") && k.len() > 4 => Sse::Kms(k[4..].to_owned()),
+            x => {
+                return Err(fail(
+                    Kind::Usage,
+                    format!("--s3-sse {x}: write s3 (SSE-S3) or kms:KEY-ID (SSE-KMS)"),
+                ));
+            }
+        });
+    }
+    if let Some(n) = a.part_cap.or(c.part_cap) {
+        o.part_cap = n;
+    }
+    if let Some(n) = a.part_size {
+        o.part_size = n;
+    } else if let Some(t) = &c.part_size {
+        o.part_size = vdi_backup::units::parse_size(t).map_err(|e| {
+            fail(
+                Kind::Usage,
+                format!("part_size in the configuration file: {e}"),
+            )
+        })?;
+    }
+    if let Some(n) = a.parts_in_flight.or(c.parts_in_flight) {
+        o.parts_in_flight = n as usize;
+        o.read_ahead = n as usize;
+    }
+    if let Some(n) = a.retries {
+        o.retries = n;
+    }
+    if let Some(t) = a.retry_timeout {
+        o.retry_timeout = t;
+    }
+    if !(vdi_backup::store::s3::MIN_PART..=vdi_backup::store::s3::MAX_PART).contains(&o.part_size) {
+        return Err(fail(
+            Kind::Usage,
+            format!(
+                "--s3-part-size {}: S3 parts are 5 MiB to 5 GiB",
+                vdi_backup::units::human_bytes(o.part_size)
+            ),
+        ));
+    }
+    configure(o);
+    Ok(())
+}
+
+#[cfg(not(feature = "s3"))]
+fn s3_options(_: &crate::cli::S3Args) -> Result<()> {
+    Ok(())
 }
 
 pub(crate) fn engine_cfg(s: &EngineSession, k: &EngineKnobs) -> EngineCfg {
