@@ -1,7 +1,9 @@
 //! The store contract (`vdi_backup::store`, "The contract"), checked for every store
 //! implementation with the same tests (as restic's backend test suite and iceoryx2's
-//! conformance tests do): a directory, memory, and a fault-injecting store whose fault
-//! never fires (it must be a faithful wrapper). A new store adds one `Harness` here.
+//! conformance tests do): a directory, memory, a fault-injecting store whose fault
+//! never fires (it must be a faithful wrapper), and (with the `s3` feature) S3 on a real
+//! server, `s3s-fs` (skipped when it is not installed, unless `VDI_REQUIRE_S3=1`). A new
+//! store adds one `Harness` here.
 //!
 //! Standard output/input (`store::stdio`) holds one bare stream and no manifest: it is
 //! exempt from the backup-level rules (there is nothing to lock or replace) and its
@@ -69,7 +71,59 @@ impl Harness for NeverFaulty {
     }
 }
 
+#[cfg(feature = "s3")]
+#[path = "common/s3_server.rs"]
+mod s3_server;
+
+/// A backup at `s3://vdi-test/bk` of a real server; planting writes the server's files.
+#[cfg(feature = "s3")]
+struct S3 {
+    server: s3_server::S3Server,
+}
+
+#[cfg(feature = "s3")]
+impl Harness for S3 {
+    fn store(&self) -> Arc<dyn Store> {
+        use vdi_backup::store::s3::{S3Options, S3Store, StaticCredentials};
+        let o = S3Options {
+            credentials: Some(StaticCredentials::new(s3_server::KEY_ID, s3_server::SECRET)),
+            endpoint: Some(self.server.endpoint()),
+            retries: 1,
+            ..S3Options::default()
+        };
+        Arc::new(S3Store::with_options(&format!("s3://{}/bk", s3_server::BUCKET), o).unwrap())
+    }
+    fn plant(&self, name: &str, bytes: &[u8]) {
+        // The manifest beside the generations; a stream in the committed generation.
+        let path = if name == "manifest.json" {
+            self.server.object_file("bk/manifest.json")
+        } else {
+            let generation = self
+                .server
+                .keys("bk")
+                .into_iter()
+                .find_map(|k| {
+                    k.strip_prefix("bk/")
+                        .and_then(|r| r.split_once('/'))
+                        .map(|(g, _)| g.to_owned())
+                })
+                .unwrap();
+            self.server.object_file(&format!("bk/{generation}/{name}"))
+        };
+        std::fs::write(path, bytes).unwrap();
+    }
+}
+
 fn harnesses() -> Vec<(&'static str, Box<dyn Harness>)> {
+    let mut v = harnesses_local();
+    #[cfg(feature = "s3")]
+    if let Some(server) = s3_server::S3Server::start("the S3 store's conformance") {
+        v.push(("s3", Box::new(S3 { server })));
+    }
+    v
+}
+
+fn harnesses_local() -> Vec<(&'static str, Box<dyn Harness>)> {
     vec![
         ("directory", Box::new(Dir::new())),
         ("memory", Box::new(Mem(MemStore::new()))),
@@ -143,6 +197,50 @@ fn holds_no_backup(store: &dyn Store) -> bool {
         Ok(r) => r.read_manifest().unwrap().is_none(),
         Err(e) => e.to_string().contains("No such file"),
     }
+}
+
+/// An S3 store's own guarantees: a writer that never commits leaves no object but the
+/// old backup's, and no upload open, even for a stream of many parts.
+#[cfg(feature = "s3")]
+#[test]
+fn an_s3_writer_dropped_mid_stream_aborts_its_upload() {
+    let Some(server) =
+        s3_server::S3Server::start("an_s3_writer_dropped_mid_stream_aborts_its_upload")
+    else {
+        return;
+    };
+    let h = S3 { server };
+    let store = h.store();
+    let mut w = store.begin(false).unwrap();
+    let mut o = w.create("device-0.stream").unwrap();
+    let chunk = vec![7u8; 1 << 20];
+    for _ in 0..20 {
+        o.write_all(&chunk).unwrap();
+    }
+    o.sync().unwrap();
+    assert!(
+        !h.server.open_uploads().is_empty(),
+        "a multipart upload is under way"
+    );
+    drop(o);
+    drop(w);
+    assert_eq!(h.server.open_uploads(), Vec::<String>::new());
+    assert!(holds_no_backup(store.as_ref()));
+    // And a stream of several parts, finished, reads back whole.
+    let mut w = store.begin(false).unwrap();
+    let mut o = w.create("device-0.stream").unwrap();
+    let mut all = Vec::new();
+    for i in 0..23u8 {
+        let c = vec![i; 1 << 20];
+        o.write_all(&c).unwrap();
+        all.extend_from_slice(&c);
+    }
+    o.finish().unwrap();
+    drop(o);
+    w.commit(&manifest("big", &[("device-0.stream", all.len())]))
+        .unwrap();
+    assert_eq!(read_object(store.as_ref(), "device-0.stream"), all);
+    assert_eq!(h.server.open_uploads(), Vec::<String>::new());
 }
 
 const A: &[u8] = b"the first stream";

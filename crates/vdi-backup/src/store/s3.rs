@@ -90,9 +90,35 @@ pub enum Sse {
     Kms(String),
 }
 
+/// Credentials given by the caller instead of the environment's (a library user, tests).
+/// `Debug` shows neither.
+#[derive(Clone)]
+pub struct StaticCredentials {
+    key_id: String,
+    secret: String,
+}
+
+impl StaticCredentials {
+    /// An access key id and its secret.
+    pub fn new(key_id: impl Into<String>, secret: impl Into<String>) -> StaticCredentials {
+        StaticCredentials {
+            key_id: key_id.into(),
+            secret: secret.into(),
+        }
+    }
+}
+
+impl fmt::Debug for StaticCredentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("StaticCredentials(***)")
+    }
+}
+
 /// How S3 stores are reached and written (see the module's docs for the environment).
 #[derive(Clone, Debug)]
 pub struct S3Options {
+    /// Credentials to use instead of the environment's and the profile's.
+    pub credentials: Option<StaticCredentials>,
     /// The endpoint (`http://127.0.0.1:9000`); else `AWS_ENDPOINT_URL_S3` /
     /// `AWS_ENDPOINT_URL`; else AWS's.
     pub endpoint: Option<String>,
@@ -130,6 +156,7 @@ pub struct S3Options {
 impl Default for S3Options {
     fn default() -> S3Options {
         S3Options {
+            credentials: None,
             endpoint: None,
             region: None,
             profile: None,
@@ -315,6 +342,14 @@ fn profile_name(o: &S3Options) -> String {
 }
 
 fn credentials(o: &S3Options) -> Result<Credentials> {
+    if let Some(c) = &o.credentials {
+        return Ok(Credentials {
+            key_id: c.key_id.clone(),
+            secret: c.secret.clone(),
+            token: None,
+            from: "the credentials given".into(),
+        });
+    }
     let profile_given = o.profile.is_some() || env("AWS_PROFILE").is_some();
     if !profile_given
         && let (Some(key_id), Some(secret)) =
@@ -839,7 +874,8 @@ impl Store for S3Store {
 
     fn begin(&self, force: bool) -> Result<Box<dyn StoreWriter>> {
         let b = self.bucket()?.clone();
-        let id = format!("{}/{}", self.bucket_name, self.prefix);
+        // One writer per location of a server (tests run many servers in one process).
+        let id = format!("{} {}", b.endpoint, self.url());
         {
             let mut w = writing();
             let set = w.get_or_insert_with(HashSet::new);
