@@ -84,7 +84,7 @@ impl Kind {
                 "wrong command line: an unknown option or a bad value, a --devices count other than the backup's, a binary stream into a terminal, a sqlite: target for a backup that holds no database, - with standard input or output closed"
             }
             Kind::Input => {
-                "the source, the backup, the repository or a backup id is missing or unreadable (also: a directory as SOURCE, permission denied, a set that does not admit this user)"
+                "the source, the backup, the repository or a backup id is missing or unreadable (also: a directory as SOURCE, permission denied, a set that does not admit this user, an S3 bucket that is missing, refuses the credentials or cannot be reached)"
             }
             Kind::TargetExists => {
                 "the target or destination exists (use --force), or is something vdi will not replace (a device, a FIFO, a link, a database another process has open)"
