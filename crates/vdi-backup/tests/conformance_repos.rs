@@ -1,6 +1,6 @@
 //! The repository contract (`vdi_backup::repo`), checked for every `Location`: the
-//! directory and memory today; an object store runs the same suite by adding a
-//! `Harness`.
+//! directory, memory, and (with the `s3` feature) S3 on a real server, `s3s-fs` (skipped
+//! when it is not installed, unless `VDI_REQUIRE_S3=1`).
 
 #![allow(clippy::unwrap_used)]
 
@@ -88,7 +88,73 @@ impl Harness for Mem {
     }
 }
 
+#[cfg(feature = "s3")]
+#[path = "common/s3_server.rs"]
+mod s3_server;
+
+/// A repository at `s3://vdi-test/repo` of a real server (one per fresh location);
+/// what a dead process leaves is written into the server's files.
+#[cfg(feature = "s3")]
+struct S3;
+
+#[cfg(feature = "s3")]
+impl S3 {
+    fn server(keep: &dyn std::any::Any) -> &s3_server::S3Server {
+        keep.downcast_ref::<s3_server::S3Server>().unwrap()
+    }
+}
+
+#[cfg(feature = "s3")]
+impl Harness for S3 {
+    fn name(&self) -> &'static str {
+        "s3"
+    }
+    fn fresh(&self) -> (Arc<dyn Location>, Box<dyn std::any::Any>) {
+        use vdi_backup::store::s3::{S3Options, StaticCredentials};
+        let server = s3_server::S3Server::start("s3 location").unwrap();
+        let o = S3Options {
+            credentials: Some(StaticCredentials::new(s3_server::KEY_ID, s3_server::SECRET)),
+            endpoint: Some(server.endpoint()),
+            retries: 1,
+            ..S3Options::default()
+        };
+        let loc = vdi_backup::repo::s3::S3Location::with_options(
+            &format!("s3://{}/repo", s3_server::BUCKET),
+            o,
+        )
+        .unwrap();
+        (Arc::new(loc), Box::new(server))
+    }
+    fn leave_interrupted(&self, _: &Arc<dyn Location>, keep: &dyn std::any::Any, id: &str) {
+        let f = S3::server(keep).object_file(&format!("repo/{id}/g-000000000000/device-0.stream"));
+        std::fs::create_dir_all(f.parent().unwrap()).unwrap();
+        std::fs::write(f, b"half").unwrap();
+    }
+    fn lose_catalog(&self, _: &Arc<dyn Location>, keep: &dyn std::any::Any) {
+        std::fs::remove_file(S3::server(keep).object_file("repo/catalog.json")).unwrap();
+    }
+    fn remove_manifest(&self, _: &Arc<dyn Location>, keep: &dyn std::any::Any, id: &str) {
+        std::fs::remove_file(S3::server(keep).object_file(&format!("repo/{id}/manifest.json")))
+            .unwrap();
+    }
+}
+
 fn harnesses() -> Vec<Box<dyn Harness>> {
+    let mut v = harnesses_local();
+    #[cfg(feature = "s3")]
+    if s3_server::s3s_fs().is_some() {
+        v.push(Box::new(S3));
+    } else {
+        assert!(
+            !s3_server::required(),
+            "VDI_REQUIRE_S3=1 but s3s-fs is not installed"
+        );
+        eprintln!("SKIPPED: the S3 location's conformance: s3s-fs is not installed");
+    }
+    v
+}
+
+fn harnesses_local() -> Vec<Box<dyn Harness>> {
     vec![Box::new(Dir), Box::new(Mem)]
 }
 

@@ -635,3 +635,58 @@ fn the_server_killed_mid_restore_fails_loudly() {
         r.stderr
     );
 }
+
+#[test]
+fn a_repository_in_s3_init_backup_list_restore_latest_expire() {
+    let Some(server) = S3Server::start("a repository in S3") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    let repo = url("repo");
+    run_s3(&server, &["init", &repo]).ok();
+    run_s3(&server, &["init", &repo]).fails(4, &["repository already"]);
+    for seed in [1u64, 2] {
+        write_pattern(&src, seed, 3 << 20);
+        run_s3(
+            &server,
+            &[
+                "backup",
+                &format!("file:{}", s(&src)),
+                &repo,
+                "--devices",
+                "2",
+            ],
+        )
+        .ok();
+    }
+    let l = run_s3(&server, &["list", &repo, "--json"]);
+    l.ok();
+    let backups = l.json()["backups"].as_array().unwrap().clone();
+    assert_eq!(backups.len(), 2);
+    assert!(backups.iter().all(|b| b["state"] == "complete"));
+    let out = dir.path().join("out");
+    run_s3(
+        &server,
+        &[
+            "restore",
+            &format!("{repo}:latest"),
+            &format!("file:{}", s(&out)),
+        ],
+    )
+    .ok();
+    assert_eq!(
+        digest(&src),
+        digest(&out),
+        "the latest is the second backup"
+    );
+    run_s3(&server, &["verify", &repo]).ok();
+    run_s3(&server, &["expire", &repo, "--keep-last", "1"]).ok();
+    let l = run_s3(&server, &["list", &repo, "--json"]);
+    assert_eq!(l.json()["backups"].as_array().unwrap().len(), 1);
+    let first = backups[0]["id"].as_str().unwrap();
+    assert!(
+        !server.keys("repo").iter().any(|k| k.contains(first)),
+        "the expired backup's objects are gone"
+    );
+}

@@ -3,7 +3,8 @@
 //!
 //! A [`Store`] holds one backup; a repository is a layer over a *location* that holds
 //! many, one [`Store`] per backup id. The location is the seam a new kind of storage
-//! implements (a directory: [`dir::DirLocation`]; memory: [`mem::MemLocation`]; S3 next):
+//! implements (a directory: [`dir::DirLocation`]; memory: [`mem::MemLocation`]; S3:
+//! `s3::S3Location`, with the `s3` feature):
 //! list the ids it holds, give the store of an id, keep a small catalog object replaced in
 //! one step, remove a backup's objects, and make a running backup's id visible with a
 //! lease so that an expire never removes it.
@@ -66,6 +67,8 @@ use crate::util::now_secs;
 
 pub mod dir;
 pub mod mem;
+#[cfg(feature = "s3")]
+pub mod s3;
 pub mod time;
 
 pub use time::{BackupIdTime, new_id, parse_id};
@@ -812,23 +815,42 @@ fn split_selector(name: &str) -> Option<(&str, &str)> {
     (!p.is_empty() && !sel.is_empty() && !sel.contains('/')).then_some((p, sel))
 }
 
+/// The location a repository name means: `s3://BUCKET/REPO` (with the `s3` feature) or a
+/// directory, made with `modes`.
+pub fn location(path: &str, modes: crate::store::dir::Modes) -> Result<Arc<dyn Location>> {
+    if path.starts_with("s3://") {
+        #[cfg(feature = "s3")]
+        return Ok(Arc::new(s3::S3Location::new(path)?));
+        #[cfg(not(feature = "s3"))]
+        return Err(fail(
+            Kind::Usage,
+            format!("{path}: this vdi was built without S3 support (the s3 feature)"),
+        ));
+    }
+    Ok(Arc::new(dir::DirLocation::new(path, modes)))
+}
+
 /// Opens what `path` holds as a repository: a repository, or a plain backup read as a
 /// one-backup repository; `None` if it is neither.
 pub fn open_path(path: &str, modes: crate::store::dir::Modes) -> Result<Option<Repo>> {
-    let loc: Arc<dyn Location> = Arc::new(dir::DirLocation::new(path, modes));
+    let loc = location(path, modes)?;
     if let Some(r) = Repo::open(loc)? {
         return Ok(Some(r));
+    }
+    if path.starts_with("s3://") {
+        return Ok(None);
     }
     Ok(dir::PlainLocation::open(path).map(|p| Repo {
         loc: Arc::new(p) as Arc<dyn Location>,
     }))
 }
 
-/// Whether `path` is a repository (it holds the marker).
+/// Whether `path` is a repository (it holds the marker). An S3 location that cannot be
+/// read is not one here: reading it as a backup then says why.
 pub fn is_repository(path: &str) -> bool {
-    dir::DirLocation::new(path, crate::store::dir::Modes::DEFAULT)
-        .read_marker()
-        .is_ok_and(|m| m.is_some())
+    location(path, crate::store::dir::Modes::DEFAULT)
+        .ok()
+        .is_some_and(|l| l.read_marker().is_ok_and(|m| m.is_some()))
 }
 
 /// What `name` names as a backup to read: `-` (standard input), `REPO` (its newest
@@ -842,7 +864,7 @@ pub fn locate_backup(name: &str) -> Result<Located> {
             return in_repo(name, "latest");
         }
         if let Some((p, sel)) = split_selector(name)
-            && std::path::Path::new(p).is_dir()
+            && (p.starts_with("s3://") || std::path::Path::new(p).is_dir())
             && open_path(p, modes)?.is_some()
         {
             return in_repo(p, sel);
@@ -881,7 +903,7 @@ impl Dest {
     /// Looks at `name` (see [`Dest`]).
     pub fn locate(name: &str, modes: crate::store::dir::Modes) -> Result<Dest> {
         if name != "-" && is_repository(name) {
-            let loc: Arc<dyn Location> = Arc::new(dir::DirLocation::new(name, modes));
+            let loc = location(name, modes)?;
             let repo = Repo::open(loc)?
                 .ok_or_else(|| fail(Kind::Input, format!("{name} is not a repository")))?;
             return Ok(Dest::Repo(repo.begin()?));

@@ -432,7 +432,7 @@ fn region(o: &S3Options) -> String {
 
 /// A bucket, reached: the client and what messages need.
 #[derive(Clone)]
-struct Bucket {
+pub(crate) struct Bucket {
     client: Arc<AmazonS3>,
     name: String,
     creds: Credentials,
@@ -698,6 +698,24 @@ impl S3Store {
         })
     }
 
+    /// The store at `PREFIX/name` (a backup of a repository), sharing this one's client.
+    pub(crate) fn child(&self, name: &str) -> S3Store {
+        let c = S3Store {
+            bucket_name: self.bucket_name.clone(),
+            prefix: if name.is_empty() {
+                self.prefix.clone()
+            } else {
+                self.key(name)
+            },
+            opts: self.opts.clone(),
+            bucket: OnceLock::new(),
+        };
+        if let Some(Ok(b)) = self.bucket.get() {
+            let _ = c.bucket.set(Ok(b.clone()));
+        }
+        c
+    }
+
     /// `s3://BUCKET/PREFIX`.
     pub fn url(&self) -> String {
         if self.prefix.is_empty() {
@@ -707,7 +725,7 @@ impl S3Store {
         }
     }
 
-    fn bucket(&self) -> Result<&Bucket> {
+    pub(crate) fn bucket(&self) -> Result<&Bucket> {
         self.bucket
             .get_or_init(|| {
                 connect(&self.bucket_name, &self.opts).map_err(|e| (e.kind(), e.to_string()))
@@ -717,7 +735,7 @@ impl S3Store {
     }
 
     /// The key of `name` under the prefix.
-    fn key(&self, name: &str) -> String {
+    pub(crate) fn key(&self, name: &str) -> String {
         if self.prefix.is_empty() {
             name.to_owned()
         } else {
@@ -726,7 +744,7 @@ impl S3Store {
     }
 
     /// The keys under the prefix, relative to it.
-    fn list_names(&self, b: &Bucket) -> Result<Vec<(String, u64)>> {
+    pub(crate) fn list_names(&self, b: &Bucket) -> Result<Vec<(String, u64)>> {
         let prefix = (!self.prefix.is_empty()).then(|| Key::from(self.prefix.as_str()));
         let client = b.client.clone();
         let items = block_on(async move {
@@ -787,11 +805,63 @@ impl S3Store {
         }
     }
 
-    fn url_of(&self, name: &str) -> String {
+    pub(crate) fn url_of(&self, name: &str) -> String {
         format!("s3://{}/{}", self.bucket_name, self.key(name))
     }
 
-    fn delete_keys(&self, b: &Bucket, keys: Vec<String>) -> Result<()> {
+    /// Object `name`'s bytes (at most `limit`), `None` if there is none.
+    pub(crate) fn get_small(&self, b: &Bucket, name: &str, limit: u64) -> Result<Option<Vec<u8>>> {
+        let key = Key::from(self.key(name));
+        let client = b.client.clone();
+        let r = block_on(async move {
+            let g = match client.get_opts(&key, GetOptions::default()).await {
+                Ok(g) => g,
+                Err(object_store::Error::NotFound { .. }) => return Ok(None),
+                Err(e) => return Err(e),
+            };
+            if g.meta.size > limit {
+                return Ok(Some(Err(g.meta.size)));
+            }
+            Ok(Some(Ok(g.bytes().await?.to_vec())))
+        })?
+        .map_err(|e| b.fail(&format!("cannot read {}", self.url_of(name)), &e))?;
+        match r {
+            None => Ok(None),
+            Some(Ok(v)) => Ok(Some(v)),
+            Some(Err(n)) => Err(fail(
+                Kind::Damaged,
+                format!(
+                    "{} has {n} bytes, more than the {limit} it can have",
+                    self.url_of(name)
+                ),
+            )),
+        }
+    }
+
+    /// Whether object `name` exists.
+    pub(crate) fn exists(&self, b: &Bucket, name: &str) -> Result<bool> {
+        let key = Key::from(self.key(name));
+        let client = b.client.clone();
+        match block_on(async move { client.head(&key).await })? {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Err(e) => Err(b.fail(&format!("cannot look at {}", self.url_of(name)), &e)),
+        }
+    }
+
+    /// The "directories" right under the prefix.
+    pub(crate) fn list_dirs(&self, b: &Bucket) -> Result<Vec<String>> {
+        let prefix = (!self.prefix.is_empty()).then(|| Key::from(self.prefix.as_str()));
+        let client = b.client.clone();
+        let r = block_on(async move { client.list_with_delimiter(prefix.as_ref()).await })?
+            .map_err(|e| b.fail(&format!("cannot list {}", self.url()), &e))?;
+        Ok(r.common_prefixes
+            .into_iter()
+            .filter_map(|p| p.filename().map(str::to_owned))
+            .collect())
+    }
+
+    pub(crate) fn delete_keys(&self, b: &Bucket, keys: Vec<String>) -> Result<()> {
         if keys.is_empty() {
             return Ok(());
         }
@@ -811,7 +881,13 @@ impl S3Store {
         .map_err(|e| b.fail(&format!("cannot delete objects of {}", self.url()), &e))
     }
 
-    fn put_small(&self, b: &Bucket, name: &str, bytes: Vec<u8>, attrs: Attributes) -> Result<()> {
+    pub(crate) fn put_small(
+        &self,
+        b: &Bucket,
+        name: &str,
+        bytes: Vec<u8>,
+        attrs: Attributes,
+    ) -> Result<()> {
         let key = Key::from(self.key(name));
         let client = b.client.clone();
         block_on(async move {
@@ -841,14 +917,31 @@ fn object_attributes(o: &S3Options) -> Attributes {
 
 /// The lock object's contents.
 #[derive(serde::Serialize, serde::Deserialize)]
-struct LockInfo {
-    host: String,
-    pid: u32,
-    started: u64,
-    holder: String,
+pub(crate) struct LockInfo {
+    pub(crate) host: String,
+    pub(crate) pid: u32,
+    pub(crate) started: u64,
+    pub(crate) holder: String,
 }
 
-fn pid_alive(pid: u32) -> bool {
+impl LockInfo {
+    /// This process, now.
+    pub(crate) fn here() -> LockInfo {
+        LockInfo {
+            host: crate::util::host_name(),
+            pid: std::process::id(),
+            started: crate::util::now_secs(),
+            holder: crate::repo::holder_here(),
+        }
+    }
+
+    /// Whether its holder may still run (on another host, vdi cannot tell).
+    pub(crate) fn live(&self) -> bool {
+        self.host != crate::util::host_name() || pid_alive(self.pid)
+    }
+}
+
+pub(crate) fn pid_alive(pid: u32) -> bool {
     let Some(p) = rustix::process::Pid::from_raw(pid as i32) else {
         return false;
     };
@@ -948,12 +1041,7 @@ impl Store for S3Store {
                 ),
             )));
         }
-        let lock = LockInfo {
-            host: crate::util::host_name(),
-            pid: std::process::id(),
-            started: crate::util::now_secs(),
-            holder: crate::repo::holder_here(),
-        };
+        let lock = LockInfo::here();
         let bytes = serde_json::to_vec(&lock).map_err(|e| release(e.into()))?;
         self.put_small(&b, LOCK, bytes, Attributes::new())
             .map_err(release)?;

@@ -28,7 +28,9 @@ fn repo_arg(given: Option<&str>) -> Result<String> {
 fn open(path: &str) -> Result<Repo> {
     repo::open_path(path, store::dir::Modes::DEFAULT)?.ok_or_else(|| {
         let p = std::path::Path::new(path);
-        let why = if !p.exists() {
+        let why = if path.starts_with("s3://") {
+            "it holds no vdi-repository.json".to_owned()
+        } else if !p.exists() {
             "it does not exist".to_owned()
         } else if !p.is_dir() {
             "it is not a directory".to_owned()
@@ -45,7 +47,7 @@ fn open(path: &str) -> Result<Repo> {
 
 pub(super) fn init(a: &InitArgs) -> Result<()> {
     let path = repo_arg(a.repo.as_deref())?;
-    let loc: Arc<dyn Location> = Arc::new(repo::dir::DirLocation::new(&path, a.mode));
+    let loc: Arc<dyn Location> = repo::location(&path, a.mode)?;
     Repo::init(loc)?;
     if a.output.json {
         print_json(
