@@ -471,6 +471,24 @@ fn wrong_credentials_a_missing_bucket_and_an_unreachable_endpoint() {
         ],
     );
     r.fails(3, &["cannot reach the S3 endpoint", "--s3-endpoint"]);
+    // A storage class the server does not offer, and a CA file that is none: before the
+    // engine starts.
+    run_s3(
+        &server,
+        &[
+            "backup",
+            &file,
+            &url("x"),
+            "--s3-storage-class",
+            "NO_SUCH_CLASS",
+        ],
+    )
+    .fails(2, &["storage class NO_SUCH_CLASS", "--s3-storage-class"]);
+    run_s3(
+        &server,
+        &["backup", &file, &url("x"), "--s3-ca-file", &s(&src)],
+    )
+    .fails(2, &["--s3-ca-file", "no PEM certificate"]);
     // A backup is not replaced without --force.
     run_s3(&server, &["backup", &file, &url("once")]).ok();
     run_s3(&server, &["backup", &file, &url("once")]).fails(4, &["--force"]);

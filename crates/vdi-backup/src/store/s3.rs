@@ -470,6 +470,15 @@ fn connect(bucket: &str, o: &S3Options) -> Result<Bucket> {
                 ),
             )
         })?;
+        if !String::from_utf8_lossy(&pem).contains("-----BEGIN CERTIFICATE-----") {
+            return Err(fail(
+                Kind::Usage,
+                format!(
+                    "the CA file {} (--s3-ca-file) holds no PEM certificate (-----BEGIN CERTIFICATE-----)",
+                    ca.display()
+                ),
+            ));
+        }
         let cert = object_store::Certificate::from_pem(&pem).map_err(|e| {
             fail(
                 Kind::Input,
@@ -576,6 +585,11 @@ impl Bucket {
             )
         } else if has("RequestTimeTooSkewed") || has("clock skew") || has("RequestExpired") {
             "the clock of this machine differs from the server's by more than 15 minutes: set it right (NTP, timedatectl) and try again".to_owned()
+        } else if has("InvalidStorageClass") {
+            format!(
+                "the server does not offer storage class {}: name one it has (--s3-storage-class), or none",
+                self.opts.storage_class.as_deref().unwrap_or("?")
+            )
         } else if has("NoSuchBucket") {
             format!(
                 "bucket {b} does not exist at {}: create it (aws s3 mb s3://{b}), or fix the bucket name or the endpoint (--s3-endpoint, AWS_ENDPOINT_URL)",
@@ -609,6 +623,8 @@ impl Bucket {
         };
         let kind = if fix.is_empty() {
             Kind::Other
+        } else if has("InvalidStorageClass") {
+            Kind::Usage
         } else {
             Kind::Input
         };
@@ -1043,7 +1059,9 @@ impl Store for S3Store {
         }
         let lock = LockInfo::here();
         let bytes = serde_json::to_vec(&lock).map_err(|e| release(e.into()))?;
-        self.put_small(&b, LOCK, bytes, Attributes::new())
+        // With the objects' attributes: a storage class the server refuses fails here,
+        // before the engine starts.
+        self.put_small(&b, LOCK, bytes, object_attributes(&self.opts))
             .map_err(release)?;
         let generation = format!(
             "g-{}",
@@ -1150,7 +1168,12 @@ impl StoreWriter for S3Writer {
     }
 
     fn where_(&self, name: &str) -> String {
-        format!("in {}", self.store.store().url_of(name))
+        format!(
+            "in {}",
+            self.store
+                .store()
+                .url_of(&format!("{}/{name}", self.generation))
+        )
     }
 
     fn commit(mut self: Box<Self>, manifest: &[u8]) -> Result<Commit> {
