@@ -708,3 +708,33 @@ fn a_repository_in_s3_init_backup_list_restore_latest_expire() {
         "the expired backup's objects are gone"
     );
 }
+
+#[test]
+fn a_second_interrupt_exits_at_once_and_still_leaves_nothing() {
+    let Some(server) = S3Server::start("two interrupts") else {
+        return;
+    };
+    let (child, stdin) = backup_under_way(&server, "int2", 12 << 20);
+    signal(child.id(), "INT");
+    // The second one (if the process is still there to get it) exits at once, without
+    // destructors: the exit hooks abort the upload and remove what was stored.
+    std::thread::sleep(Duration::from_millis(20));
+    let _ = Command::new("kill")
+        .arg("-INT")
+        .arg(child.id().to_string())
+        .status();
+    let r = wait_output(child, Duration::from_secs(120));
+    eprintln!("{}", r.stderr);
+    drop(stdin);
+    assert_eq!(r.code, 130, "{}", r.stderr);
+    assert!(!has_manifest(&server, "int2"));
+    assert_eq!(server.open_uploads(), Vec::<String>::new(), "{}", r.stderr);
+    assert!(
+        !server
+            .keys("int2")
+            .iter()
+            .any(|k| k.contains("device-") || k.ends_with(".vdi-lock")),
+        "{:?}",
+        server.keys("int2")
+    );
+}

@@ -1067,7 +1067,26 @@ impl Store for S3Store {
             "g-{}",
             &crate::format::stream::hex_id(&crate::util::random_id())[..12]
         );
+        // Should the process exit at once (a second Ctrl-C), no destructor runs: this
+        // removes what the generation stored (unless committed) and the lock.
+        let committed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let on_exit = {
+            let store = S3StoreRef {
+                bucket_name: self.bucket_name.clone(),
+                prefix: self.prefix.clone(),
+                opts: self.opts.clone(),
+                bucket: b.clone(),
+            };
+            let (committed, generation) = (committed.clone(), generation.clone());
+            crate::cancel::before_exit_while(move || {
+                let s = store.store();
+                let done = committed.load(std::sync::atomic::Ordering::Acquire);
+                s.remove_generation_and_lock(&store.bucket, (!done).then_some(generation.as_str()));
+            })
+        };
         Ok(Box::new(S3Writer {
+            committed_flag: committed,
+            _on_exit: on_exit,
             store: S3StoreRef {
                 bucket_name: self.bucket_name.clone(),
                 prefix: self.prefix.clone(),
@@ -1143,6 +1162,8 @@ struct S3Writer {
     tracker: Tracker,
     created: Vec<String>,
     committed: bool,
+    committed_flag: Arc<std::sync::atomic::AtomicBool>,
+    _on_exit: crate::cancel::ExitGuard,
     note: Option<String>,
 }
 
@@ -1193,6 +1214,8 @@ impl StoreWriter for S3Writer {
         // The manifest last, in one PUT: from here on the backup is the new one.
         s.put_small(&b, MANIFEST, manifest.to_vec(), attrs)?;
         self.committed = true;
+        self.committed_flag
+            .store(true, std::sync::atomic::Ordering::Release);
         let mut commit = Commit {
             replaced,
             ..Commit::default()
@@ -1235,26 +1258,33 @@ impl StoreWriter for S3Writer {
 impl Drop for S3Writer {
     fn drop(&mut self) {
         let s = self.store.store();
-        let b = self.store.bucket.clone();
-        if !self.committed {
-            // What this generation stored goes; the old backup stays as it was.
-            let mine = format!("{}/", self.generation);
-            if let Ok(names) = s.list_names(&b) {
+        let generation = (!self.committed).then_some(self.generation.as_str());
+        s.remove_generation_and_lock(&self.store.bucket, generation);
+        if let Some(set) = writing().as_mut() {
+            set.remove(&self.lock_id);
+        }
+    }
+}
+
+impl S3Store {
+    /// Deletes what `generation` stored (if given: a backup that did not commit leaves
+    /// nothing but the old one) and the lock.
+    fn remove_generation_and_lock(&self, b: &Bucket, generation: Option<&str>) {
+        if let Some(g) = generation {
+            let mine = format!("{g}/");
+            if let Ok(names) = self.list_names(b) {
                 let keys: Vec<String> = names
                     .into_iter()
                     .filter(|(n, _)| n.starts_with(&mine))
-                    .map(|(n, _)| s.key(&n))
+                    .map(|(n, _)| self.key(&n))
                     .collect();
-                if let Err(e) = s.delete_keys(&b, keys) {
+                if let Err(e) = self.delete_keys(b, keys) {
                     tracing::error!("{e}");
                 }
             }
         }
-        if let Err(e) = s.delete_keys(&b, vec![s.key(LOCK)]) {
-            tracing::error!("cannot remove the lock {}: {e}", s.url_of(LOCK));
-        }
-        if let Some(set) = writing().as_mut() {
-            set.remove(&self.lock_id);
+        if let Err(e) = self.delete_keys(b, vec![self.key(LOCK)]) {
+            tracing::error!("cannot remove the lock {}: {e}", self.url_of(LOCK));
         }
     }
 }
@@ -1277,10 +1307,19 @@ pub fn capacity(first: u64, cap: u32) -> u64 {
         .fold(0u64, u64::saturating_add)
 }
 
+type SharedUpload = Arc<Mutex<Option<Box<dyn MultipartUpload>>>>;
+
+fn lock_upload(u: &SharedUpload) -> std::sync::MutexGuard<'_, Option<Box<dyn MultipartUpload>>> {
+    u.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 struct S3Object {
     bucket: Bucket,
     key: String,
-    upload: Option<Box<dyn MultipartUpload>>,
+    /// The upload, once started; shared with the hook that aborts it should the process
+    /// exit at once (a second Ctrl-C), when no destructor runs.
+    upload: SharedUpload,
+    on_exit: Option<crate::cancel::ExitGuard>,
     buf: Vec<u8>,
     parts: u32,
     in_flight: VecDeque<JoinHandle<object_store::Result<()>>>,
@@ -1304,7 +1343,8 @@ impl S3Object {
         S3Object {
             bucket,
             key,
-            upload: None,
+            upload: Arc::new(Mutex::new(None)),
+            on_exit: None,
             buf: Vec::new(),
             parts: 0,
             in_flight: VecDeque::new(),
@@ -1378,7 +1418,7 @@ impl S3Object {
             self.failed = Some(msg.clone());
             return Err(io::Error::other(msg));
         }
-        if self.upload.is_none() {
+        if lock_upload(&self.upload).is_none() {
             let client = self.bucket.client.clone();
             let key = Key::from(self.key.as_str());
             let attrs = object_attributes(&o);
@@ -1395,7 +1435,24 @@ impl S3Object {
             })
             .map_err(|e| io::Error::other(e.to_string()))?;
             match r {
-                Ok(u) => self.upload = Some(u),
+                Ok(u) => {
+                    *lock_upload(&self.upload) = Some(u);
+                    let shared = self.upload.clone();
+                    let url = self.url();
+                    self.on_exit = Some(crate::cancel::before_exit_while(move || {
+                        let taken = lock_upload(&shared).take();
+                        if let Some(mut u) = taken {
+                            let r = block_on(async move {
+                                tokio::time::timeout(Duration::from_secs(10), u.abort()).await
+                            });
+                            if !matches!(r, Ok(Ok(Ok(())))) {
+                                tracing::error!(
+                                    "could not abort the unfinished upload of {url}: remove it with aws s3api abort-multipart-upload, or let a lifecycle rule (AbortIncompleteMultipartUpload) remove it"
+                                );
+                            }
+                        }
+                    }));
+                }
                 Err(e) => {
                     let doing = format!("cannot start the upload of {}", self.url());
                     return Err(self.io_err(&doing, &e));
@@ -1408,10 +1465,16 @@ impl S3Object {
         let data = std::mem::take(&mut self.buf);
         self.largest_part = self.largest_part.max(data.len() as u64);
         let payload = PutPayload::from(Bytes::from(data));
-        let Some(upload) = self.upload.as_mut() else {
-            return Err(io::Error::other("the upload is gone"));
+        let fut = {
+            let mut g = lock_upload(&self.upload);
+            let Some(upload) = g.as_mut() else {
+                return Err(io::Error::other(format!(
+                    "the upload of {} was aborted",
+                    self.url()
+                )));
+            };
+            upload.put_part(payload)
         };
-        let fut = upload.put_part(payload);
         let rt = runtime().map_err(|e| io::Error::other(e.to_string()))?;
         self.in_flight.push_back(rt.spawn(fut));
         self.parts += 1;
@@ -1463,7 +1526,7 @@ impl ObjectWriter for S3Object {
         if self.done {
             return Ok(());
         }
-        if self.upload.is_none() {
+        if lock_upload(&self.upload).is_none() {
             // Smaller than one part: one PUT.
             let data = std::mem::take(&mut self.buf);
             let client = self.bucket.client.clone();
@@ -1494,8 +1557,12 @@ impl ObjectWriter for S3Object {
             self.send_part()?;
         }
         self.wait_all()?;
-        let Some(mut upload) = self.upload.take() else {
-            return Err(io::Error::other("the upload is gone"));
+        let taken = lock_upload(&self.upload).take();
+        let Some(mut upload) = taken else {
+            return Err(io::Error::other(format!(
+                "the upload of {} was aborted",
+                self.url()
+            )));
         };
         let r = block_on(async move {
             let r = upload.complete().await;
@@ -1505,6 +1572,7 @@ impl ObjectWriter for S3Object {
         match r {
             (Ok(_), _) => {
                 self.done = true;
+                self.on_exit.take();
                 tracing::debug!(
                     "stored {} ({} bytes) in {} parts, the largest {} bytes",
                     self.url(),
@@ -1516,7 +1584,7 @@ impl ObjectWriter for S3Object {
             }
             (Err(e), upload) => {
                 // Put back, so that the drop aborts it.
-                self.upload = Some(upload);
+                *lock_upload(&self.upload) = Some(upload);
                 let doing = format!("cannot complete the upload of {}", self.url());
                 Err(self.io_err(&doing, &e))
             }
@@ -1529,7 +1597,9 @@ impl Drop for S3Object {
         for h in self.in_flight.drain(..) {
             h.abort();
         }
-        let Some(mut upload) = self.upload.take() else {
+        self.on_exit.take();
+        let taken = lock_upload(&self.upload).take();
+        let Some(mut upload) = taken else {
             return;
         };
         let url = self.url();
