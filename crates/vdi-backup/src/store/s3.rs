@@ -25,7 +25,9 @@
 //! stream smaller than one part is one PUT). Parts are uploaded while the engine goes on
 //! writing, at most [`S3Options::parts_in_flight`] per stream at a time (a write waits
 //! for the oldest when that many are in flight), so a stream holds at most
-//! `part size × (parts in flight + 1)` bytes. The part size starts at
+//! `part size × (parts in flight + 1)` bytes; as parts grow, fewer fly at once, so that
+//! the bytes in flight stay within `parts in flight × first part size` (but one part at
+//! least). The part size starts at
 //! [`S3Options::part_size`] and doubles after each tenth of the part cap
 //! ([`S3Options::part_cap`], 10,000 by default as S3's; some providers allow 1,000), up to
 //! S3's 5 GiB, so a stream of any size fits in the cap. Each part carries a SHA-256
@@ -1459,7 +1461,14 @@ impl S3Object {
                 }
             }
         }
-        while self.in_flight.len() >= o.parts_in_flight {
+        // The bytes in flight stay within parts_in_flight first-size parts: as the parts
+        // grow, fewer of them fly at once (never fewer than one).
+        let size = self.buf.len() as u64;
+        let budget = o.part_size.saturating_mul(o.parts_in_flight as u64);
+        let limit = usize::try_from(budget / size.max(1))
+            .unwrap_or(usize::MAX)
+            .clamp(1, o.parts_in_flight);
+        while self.in_flight.len() >= limit {
             self.wait_one()?;
         }
         let data = std::mem::take(&mut self.buf);
