@@ -169,7 +169,8 @@ impl Default for S3Options {
             part_cap: 10_000,
             part_size: 8 << 20,
             parts_in_flight: 4,
-            read_size: 8 << 20,
+            // Smaller than a part: a restore of 4 devices stays well under 256 MiB.
+            read_size: 4 << 20,
             read_ahead: 4,
             retries: 5,
             retry_timeout: Duration::from_secs(60),
