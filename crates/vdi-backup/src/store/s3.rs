@@ -51,6 +51,11 @@
 //! or `AWS_ENDPOINT_URL`. A front end sets the rest with [`configure`]. Credentials are
 //! never logged, never in a message (a server's error that quotes them is scrubbed) and
 //! never stored.
+//!
+//! The store's calls block (they run their requests on a small runtime of its own, two
+//! worker threads for every upload and download of the process, no thread per part):
+//! call them from ordinary threads, as the client role's device threads do, not from
+//! inside an async task.
 
 use std::collections::{HashSet, VecDeque};
 use std::fmt;
@@ -961,7 +966,12 @@ impl LockInfo {
 }
 
 pub(crate) fn pid_alive(pid: u32) -> bool {
-    let Some(p) = rustix::process::Pid::from_raw(pid as i32) else {
+    // A lock object is anyone's to write: only a positive pid is looked at.
+    let Some(p) = i32::try_from(pid)
+        .ok()
+        .filter(|&r| r > 0)
+        .and_then(rustix::process::Pid::from_raw)
+    else {
         return false;
     };
     // Signal 0: only whether the process exists (EPERM: it does, another user's).
@@ -1843,6 +1853,13 @@ mod tests {
         assert_eq!(ini_get(&p, "aws_access_key_id").as_deref(), Some("B"));
         assert_eq!(ini_get(&p, "aws_secret_access_key").as_deref(), Some("S"));
         assert!(ini_section(t, "none").is_none());
+    }
+
+    #[test]
+    fn a_lock_of_a_strange_pid_is_not_alive() {
+        assert!(!pid_alive(0));
+        assert!(!pid_alive(u32::MAX));
+        assert!(pid_alive(std::process::id()));
     }
 
     #[test]
