@@ -1332,6 +1332,8 @@ struct S3Object {
     /// The upload, once started; shared with the hook that aborts it should the process
     /// exit at once (a second Ctrl-C), when no destructor runs.
     upload: SharedUpload,
+    /// Parts being uploaded (the exit hook waits for them before it aborts).
+    flying: Arc<std::sync::atomic::AtomicUsize>,
     on_exit: Option<crate::cancel::ExitGuard>,
     buf: Vec<u8>,
     parts: u32,
@@ -1357,6 +1359,7 @@ impl S3Object {
             bucket,
             key,
             upload: Arc::new(Mutex::new(None)),
+            flying: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
             on_exit: None,
             buf: Vec::new(),
             parts: 0,
@@ -1451,10 +1454,20 @@ impl S3Object {
                 Ok(u) => {
                     *lock_upload(&self.upload) = Some(u);
                     let shared = self.upload.clone();
+                    let flying = self.flying.clone();
                     let url = self.url();
                     self.on_exit = Some(crate::cancel::before_exit_while(move || {
                         let taken = lock_upload(&shared).take();
                         if let Some(mut u) = taken {
+                            // No part starts now (the upload is taken); those in flight
+                            // end first (10 s at most), else one may be stored after
+                            // the abort.
+                            let until = std::time::Instant::now() + Duration::from_secs(10);
+                            while flying.load(std::sync::atomic::Ordering::Acquire) > 0
+                                && std::time::Instant::now() < until
+                            {
+                                std::thread::sleep(Duration::from_millis(5));
+                            }
                             let r = block_on(async move {
                                 tokio::time::timeout(Duration::from_secs(10), u.abort()).await
                             });
@@ -1496,7 +1509,13 @@ impl S3Object {
             upload.put_part(payload)
         };
         let rt = runtime().map_err(|e| io::Error::other(e.to_string()))?;
-        self.in_flight.push_back(rt.spawn(fut));
+        let flying = self.flying.clone();
+        flying.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        self.in_flight.push_back(rt.spawn(async move {
+            let r = fut.await;
+            flying.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+            r
+        }));
         self.parts += 1;
         Ok(())
     }
@@ -1614,26 +1633,42 @@ impl ObjectWriter for S3Object {
 
 impl Drop for S3Object {
     fn drop(&mut self) {
-        for h in self.in_flight.drain(..) {
+        let mut in_flight: Vec<_> = self.in_flight.drain(..).collect();
+        // The parts in flight end first (stored or failed, 30 s at most): a part the
+        // server is still receiving when the upload is aborted may be stored after the
+        // abort and kept (S3 says to abort again then), so the abort comes after them.
+        // Meanwhile the upload stays where the exit hook finds it (a second Ctrl-C).
+        if lock_upload(&self.upload).is_some() && !in_flight.is_empty() {
+            let _ = block_on(async {
+                let all = futures_util::future::join_all(in_flight.iter_mut());
+                let _ = tokio::time::timeout(Duration::from_secs(30), all).await;
+            });
+        }
+        for h in in_flight {
             h.abort();
         }
-        self.on_exit.take();
-        let taken = lock_upload(&self.upload).take();
-        let Some(mut upload) = taken else {
+        // Aborted with the lock held: an exit hook (a second Ctrl-C) waits for this abort
+        // instead of exiting in the middle of it.
+        let url = self.url();
+        let mut guard = lock_upload(&self.upload);
+        let Some(upload) = guard.as_mut() else {
+            drop(guard);
+            self.on_exit.take();
             return;
         };
-        let url = self.url();
+        // (The timer is made inside the runtime: made outside, it panics.)
         let r =
-            block_on(
-                async move { tokio::time::timeout(Duration::from_secs(60), upload.abort()).await },
-            );
+            block_on(async { tokio::time::timeout(Duration::from_secs(30), upload.abort()).await });
+        guard.take();
+        drop(guard);
+        self.on_exit.take();
         let why = match r {
             Ok(Ok(Ok(()))) => {
                 tracing::debug!("aborted the upload of {url}");
                 return;
             }
             Ok(Ok(Err(e))) => self.bucket.creds.scrub(&chain(&e)),
-            Ok(Err(_)) => "no answer within 60 s".to_owned(),
+            Ok(Err(_)) => "no answer within 30 s".to_owned(),
             Err(e) => e.to_string(),
         };
         tracing::error!(
