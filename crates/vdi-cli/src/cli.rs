@@ -58,6 +58,8 @@ pub enum Cmd {
         "extended attributes). A cmd: SOURCE runs the program without a shell (write\n",
         "sh -c '...' for one) in the engine: its standard output is backed up, and a\n",
         "non-zero exit or a signal fails the backup with its last lines of standard error.\n",
+        "Its words are recorded in the manifest and the catalog (and shown by ps): give\n",
+        "secrets through the environment or a file, never as an argument.\n",
         "A postgres: SOURCE runs pg_basebackup (tar, WAL fetched into it, its\n",
         "backup_manifest kept; one tablespace; needs a role with REPLICATION; no password\n",
         "in CONNINFO: use ~/.pgpass). See docs/postgres.md.\n",
