@@ -244,6 +244,64 @@ pub enum Cmd {
         "  keep_daily = 7"
     ))]
     Config(ConfigArgs),
+    // -- the test engine for VDI client vendors (issue 16) ----------------------------
+    /// Run T-SQL BACKUP and RESTORE statements against virtual device sets a VDI client
+    /// created, as SQL Server would (the test engine; see docs/vendor-testing.md).
+    #[command(after_help = concat!(
+        "Statements: BACKUP DATABASE|LOG NAME TO VIRTUAL_DEVICE='SET'[, VIRTUAL_DEVICE='DEV'...]\n",
+        "(up to 64), RESTORE DATABASE|LOG|HEADERONLY|FILELISTONLY|VERIFYONLY [NAME] FROM\n",
+        "VIRTUAL_DEVICE=..., WITH options (BUFFERCOUNT, MAXTRANSFERSIZE, BLOCKSIZE, STATS,\n",
+        "REPLACE, FORMAT, INIT, CHECKSUM, COMPRESSION, COPY_ONLY, NORECOVERY, ...; DIFFERENTIAL\n",
+        "and STOPAT are refused); GO separates batches. Errors are printed as SQL Server's\n",
+        "(Msg N, Level L, State 1, Line L). NAME is looked up in --database NAME=SOURCE,\n",
+        "then VDI_DATABASES (NAME=SOURCE;NAME=SOURCE), then [databases] in the\n",
+        "configuration file; a restore writes that SOURCE back (WITH REPLACE to overwrite).\n",
+        "The same binary run as sqlcmd or osql (a link named so, or vdi sqlcmd ARGS) takes\n",
+        "their options (-S -U -P -E -Q -q -i -b -d -h -W -s -t -V -o).\n\n",
+        "Examples:\n",
+        "  vdi sql --database shop=sqlite:shop.db \"BACKUP DATABASE shop TO VIRTUAL_DEVICE='set1'\"\n",
+        "  vdi sql -i restore.sql --database shop=sqlite:shop-copy.db\n",
+        "  ln -s \"$(command -v vdi)\" ~/bin/sqlcmd   # clients that run sqlcmd now run this"
+    ))]
+    Sql(SqlArgs),
+    /// sqlcmd's command line (for clients that run `sqlcmd -S . -Q "BACKUP ..."`): the
+    /// same as running this binary under the name sqlcmd.
+    #[command(disable_help_flag = true)]
+    Sqlcmd(RawArgs),
+    /// osql's command line (`osql -E -b -Q "BACKUP ..."`).
+    #[command(disable_help_flag = true)]
+    Osql(RawArgs),
+}
+
+/// `vdi sql`.
+#[derive(Debug, Args)]
+pub struct SqlArgs {
+    /// The statements to run (or -i FILE).
+    #[arg(value_name = "STATEMENT", conflicts_with = "input")]
+    pub statement: Option<String>,
+    /// Read the statements from FILE (- for standard input).
+    #[arg(short = 'i', long = "input", value_name = "FILE")]
+    pub input: Option<std::path::PathBuf>,
+    /// NAME=SOURCE: what BACKUP DATABASE NAME backs up and RESTORE DATABASE NAME restores
+    /// into (any SOURCE vdi backup takes: sqlite:PATH, file:PATH, dir:PATH, ...).
+    #[arg(long = "database", short = 'd', value_name = "NAME=SOURCE")]
+    pub databases: Vec<String>,
+    /// How long to wait for the client to create the set a statement names, in seconds.
+    #[arg(long, value_name = "SECS", default_value_t = 10)]
+    pub wait: u64,
+    /// Faults for the engine to inject (as vdi engine --inject).
+    #[arg(long = "inject", value_name = "FAULT", value_parser = Fault::parse)]
+    pub inject: Vec<Fault>,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+/// Arguments passed through as they are (sqlcmd's and osql's own syntax).
+#[derive(Debug, Args)]
+pub struct RawArgs {
+    /// The arguments.
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, num_args = 0..)]
+    pub args: Vec<String>,
 }
 
 /// `vdi init`.

@@ -57,6 +57,10 @@ pub struct EngineCfg {
     pub parent: Option<u32>,
     /// Give up when the backup application makes no progress for this long.
     pub stall: Option<Duration>,
+    /// The devices' names, in order, as a T-SQL statement lists them (the first is the
+    /// set's name); empty: `SET`, `SET#1`, `SET#2`, ... for as many devices as the set
+    /// has. When given, the set must have exactly this many devices.
+    pub device_names: Vec<String>,
 }
 
 /// What the engine did (also the report line's JSON).
@@ -450,6 +454,17 @@ fn configure(
         .get_configuration()
         .map_err(|e| vd_fail(&e, "engine", what))?;
     let devices = asked.device_count;
+    if !cfg.device_names.is_empty() && cfg.device_names.len() as u64 != u64::from(devices) {
+        return Err(fail(
+            Kind::Usage,
+            format!(
+                "the statement names {} virtual device(s), but the backup application created set '{}' with deviceCount {devices}: name every device of the set, in order ('{}' first), once",
+                cfg.device_names.len(),
+                cfg.set,
+                cfg.set
+            ),
+        ));
+    }
     let complete = asked.features & features::REQUEST_COMPLETE != 0;
     let feats = media
         | if complete {
@@ -471,11 +486,16 @@ fn configure(
     Ok((devices, buffers, complete))
 }
 
-fn open_devices(set: &ServerSet, devices: u32) -> Result<Vec<ServerDevice>> {
+fn open_devices(set: &ServerSet, cfg: &EngineCfg, devices: u32) -> Result<Vec<ServerDevice>> {
     (0..devices)
         .map(|i| {
-            set.open_device(&device_name(set.name(), i))
-                .map_err(|e| vd_fail(&e, "engine", &format!("opening device {i}")))
+            let name = cfg
+                .device_names
+                .get(i as usize)
+                .cloned()
+                .unwrap_or_else(|| device_name(set.name(), i));
+            set.open_device(&name)
+                .map_err(|e| vd_fail(&e, "engine", &format!("opening device {i} ('{name}')")))
         })
         .collect()
 }
@@ -561,7 +581,7 @@ pub fn backup(cfg: &EngineCfg, spec: &Spec) -> Result<EngineReport> {
     let label = spec.label();
     let inj = Injector::new(Role::Engine, &cfg.faults);
     let (bytes, chunks) = with_agent(&set, cfg, "backup", || {
-        let devs = open_devices(&set, devices)?;
+        let devs = open_devices(&set, cfg, devices)?;
         let depth = (buffers / devices).max(1);
         let mut free = Vec::new();
         for _ in 0..devices * depth {
@@ -889,7 +909,7 @@ pub fn restore(cfg: &EngineCfg, spec: &Spec, force: bool, integrity: bool) -> Re
     out.begin(devices);
     let inj = Injector::new(Role::Engine, &cfg.faults);
     let streams = with_agent(&set, cfg, "restore", || {
-        let devs = open_devices(&set, devices)?;
+        let devs = open_devices(&set, cfg, devices)?;
         let depth = (buffers / devices).max(1);
         let results: Vec<Result<DeviceStream, DevErr>> = std::thread::scope(|s| {
             let handles: Vec<_> = devs
