@@ -121,13 +121,20 @@ pub struct Plan {
     pub line: u32,
 }
 
+/// A statement refused as written: SQL Server's errors, and the virtual devices it named
+/// (so that the engine can abort a set that a client created for it).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Refused {
+    /// The errors, the last one `Msg 3013 ... is terminating abnormally.`
+    pub errors: Vec<SqlError>,
+    /// The virtual device names the statement named.
+    pub devices: Vec<String>,
+}
+
 /// Compiles one batch (`first_line`: its first line in the script, for the column and
 /// line an error names). A syntax error fails the whole batch (nothing in it runs, as in
 /// SQL Server); otherwise each statement is a plan or the errors that refuse it.
-pub fn compile_batch(
-    text: &str,
-    first_line: u32,
-) -> Result<Vec<Result<Plan, Vec<SqlError>>>, SqlError> {
+pub fn compile_batch(text: &str, first_line: u32) -> Result<Vec<Result<Plan, Refused>>, SqlError> {
     let at = |p: Pos| {
         format!(
             "line {}, column {}",
@@ -159,7 +166,20 @@ pub fn compile_batch(
             format!("{near} at {}: expected {}.", at(e.pos), e.expected),
         )
     })?;
-    Ok(statements.iter().map(plan).collect())
+    Ok(statements
+        .iter()
+        .map(|s| {
+            plan(s).map_err(|errors| Refused {
+                errors,
+                devices: s
+                    .devices
+                    .iter()
+                    .filter(|d| d.kind == "VIRTUAL_DEVICE")
+                    .map(|d| d.name.clone())
+                    .collect(),
+            })
+        })
+        .collect())
 }
 
 fn upper_first(s: &str) -> String {
@@ -481,7 +501,7 @@ mod tests {
     }
 
     fn refused(s: &str) -> Vec<SqlError> {
-        compile_batch(s, 1).unwrap().remove(0).unwrap_err()
+        compile_batch(s, 1).unwrap().remove(0).unwrap_err().errors
     }
 
     fn syntax(s: &str) -> SqlError {

@@ -157,9 +157,15 @@ pub fn run_script(script: &str, cat: &Catalog, style: &Style, out: &mut dyn Writ
                     for p in plans {
                         let r = match p {
                             Ok(plan) => execute(&plan, cat, style, out),
-                            // Refused as written: nothing opens the set (as SQL Server,
-                            // the client's GetConfiguration times out).
-                            Err(errs) => Err((errs, Kind::Usage)),
+                            // Refused as written: the set the client made for it is
+                            // aborted, so that the client is not left waiting for its
+                            // GetConfiguration time-out (SQL Server leaves it waiting).
+                            Err(r) => {
+                                if let Some(d) = r.devices.first() {
+                                    abort_set(d);
+                                }
+                                Err((r.errors, Kind::Usage))
+                            }
                         };
                         if let Err((errs, kind)) = r {
                             for e in &errs {
