@@ -266,10 +266,10 @@ pub enum Cmd {
     Sql(SqlArgs),
     /// sqlcmd's command line (for clients that run `sqlcmd -S . -Q "BACKUP ..."`): the
     /// same as running this binary under the name sqlcmd.
-    #[command(disable_help_flag = true)]
+    #[command(disable_help_flag = true, disable_version_flag = true)]
     Sqlcmd(RawArgs),
     /// osql's command line (`osql -E -b -Q "BACKUP ..."`).
-    #[command(disable_help_flag = true)]
+    #[command(disable_help_flag = true, disable_version_flag = true)]
     Osql(RawArgs),
 }
 
@@ -277,7 +277,7 @@ pub enum Cmd {
 #[derive(Debug, Args)]
 pub struct SqlArgs {
     /// The statements to run (or -i FILE).
-    #[arg(value_name = "STATEMENT", conflicts_with = "input")]
+    #[arg(value_name = "STATEMENT", conflicts_with = "input", allow_hyphen_values = true)]
     pub statement: Option<String>,
     /// Read the statements from FILE (- for standard input).
     #[arg(short = 'i', long = "input", value_name = "FILE")]
