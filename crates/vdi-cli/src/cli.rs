@@ -271,13 +271,68 @@ pub enum Cmd {
     /// osql's command line (`osql -E -b -Q "BACKUP ..."`).
     #[command(disable_help_flag = true, disable_version_flag = true)]
     Osql(RawArgs),
+    /// Run a battery of scenarios against a VDI client program and say, for each, what
+    /// the engine saw, pass or fail, and which protocol rule the client broke.
+    #[command(after_help = concat!(
+        "The client is told what to do through its arguments and environment: {set}\n",
+        "(VDI_SET) the set name to create, {op} backup or restore (VDI_OP), {OP} B or R,\n",
+        "{file} its media file (VDI_FILE; device i > 0 may use FILE.i), {devices}\n",
+        "(VDI_DEVICES), {db} the database name for its T-SQL (VDI_DB). sqlcmd and osql on\n",
+        "its PATH are this program, so a client that runs sqlcmd -Q \"BACKUP DATABASE {db}\n",
+        "TO VIRTUAL_DEVICE='{set}' ...\" gets the engine that way (--engine sqlcmd, the\n",
+        "default unless ARGS hold {set}); with --engine direct, check-client serves the set\n",
+        "itself (devices named SET, SET#1, ...). Scenarios: pipe-1, pipe-4, pipe-64,\n",
+        "one-buffer, engine-pause, engine-fails-write, engine-aborts. C and C++ clients\n",
+        "(through libsqlvdi or libvdi) also have every call they make checked.\n\n",
+        "Examples:\n",
+        "  vdi check-client -- ./vdipipesample-like {OP} D {db} {file} {devices}\n",
+        "  vdi check-client --only pipe-1,engine-aborts --json -- ./myclient\n",
+        "  vdi check-client -- vdi client {op} --set {set} /tmp/chk-{devices} --devices {devices} --force"
+    ))]
+    CheckClient(CheckClientArgs),
+}
+
+/// `vdi check-client`.
+#[derive(Debug, Args)]
+pub struct CheckClientArgs {
+    /// The client program and its arguments (after --).
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, num_args = 1.., value_name = "PROGRAM")]
+    pub program: Vec<String>,
+    /// Run only these scenarios (comma-separated names).
+    #[arg(long, value_name = "NAMES")]
+    pub only: Option<String>,
+    /// How the client gets its engine: sqlcmd (it runs sqlcmd) or direct.
+    #[arg(long, value_name = "HOW")]
+    pub engine: Option<String>,
+    /// Kill the client if a step takes longer (90s, 5m).
+    #[arg(long, value_name = "TIME", default_value = "90s", value_parser = parse_duration)]
+    pub client_timeout: Duration,
+    /// How long a command may stay uncompleted before the engine gives up.
+    #[arg(long, value_name = "TIME", default_value = "10s", value_parser = parse_duration)]
+    pub command_timeout: Duration,
+    /// How much data each scenario backs up.
+    #[arg(long, value_name = "BYTES", default_value = "3M", value_parser = parse_size_u64)]
+    pub size: u64,
+    /// Keep each scenario's directory (client output, trace, media) and say where.
+    #[arg(long)]
+    pub keep: bool,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+fn parse_size_u64(s: &str) -> Result<u64, String> {
+    parse_size(s).map_err(|e| e.to_string())
 }
 
 /// `vdi sql`.
 #[derive(Debug, Args)]
 pub struct SqlArgs {
     /// The statements to run (or -i FILE).
-    #[arg(value_name = "STATEMENT", conflicts_with = "input", allow_hyphen_values = true)]
+    #[arg(
+        value_name = "STATEMENT",
+        conflicts_with = "input",
+        allow_hyphen_values = true
+    )]
     pub statement: Option<String>,
     /// Read the statements from FILE (- for standard input).
     #[arg(short = 'i', long = "input", value_name = "FILE")]

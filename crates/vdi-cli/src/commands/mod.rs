@@ -2,6 +2,7 @@
 //! into a message and an exit code.
 
 mod backup;
+pub mod check;
 mod client;
 pub mod demo;
 mod engine;
@@ -43,6 +44,7 @@ fn output_of(cmd: &Cmd) -> OutputArgs {
         Cmd::Expire(a) => a.output,
         Cmd::Config(a) => a.output,
         Cmd::Sql(a) => a.output,
+        Cmd::CheckClient(a) => a.output,
         Cmd::Completions(_) | Cmd::Man(_) => OutputArgs {
             json: false,
             quiet: false,
@@ -84,6 +86,7 @@ pub fn main(cli: Cli) -> ExitCode {
         Cmd::Sql(_) => "sql",
         Cmd::Sqlcmd(_) => "sqlcmd",
         Cmd::Osql(_) => "osql",
+        Cmd::CheckClient(_) => "check-client",
     };
     let data_on_stdout = match &cli.cmd {
         Cmd::Backup(a) => a.dest.as_deref() == Some("-"),
@@ -169,6 +172,7 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Man(a) => extras::man(a.command.as_deref()),
         Cmd::Config(a) => extras::config(&a),
         Cmd::Sql(a) => sql::run(&a),
+        Cmd::CheckClient(a) => check::run(&a),
         Cmd::Sqlcmd(a) => sql::exit_with(sql::Dialect::Sqlcmd, &a.args),
         Cmd::Osql(a) => sql::exit_with(sql::Dialect::Osql, &a.args),
     }

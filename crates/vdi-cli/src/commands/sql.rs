@@ -247,9 +247,10 @@ fn execute(plan: &Plan, cat: &Catalog, style: &Style, out: &mut dyn Write) -> Re
             Kind::Usage,
         ));
     }
+    let check = check_env();
     let cfg = EngineCfg {
         set: dev0.clone(),
-        buffer_count: plan.buffer_count,
+        buffer_count: check.buffer_count.or(plan.buffer_count),
         max_transfer: plan.max_transfer.unwrap_or(1 << 20),
         block_size: plan
             .block_size
@@ -259,7 +260,7 @@ fn execute(plan: &Plan, cat: &Catalog, style: &Style, out: &mut dyn Write) -> Re
         trust_owner: None,
         faults: style.faults.clone(),
         parent: None,
-        stall: Some(Duration::from_secs(120)),
+        stall: Some(check.stall.unwrap_or(Duration::from_secs(120))),
         device_names: plan.devices.clone(),
     };
     let started = std::time::Instant::now();
@@ -299,6 +300,9 @@ fn execute(plan: &Plan, cat: &Catalog, style: &Style, out: &mut dyn Write) -> Re
             .map_err(|e| refuse(SqlError::new(3201, line, e.to_string()), Kind::Other))?;
         engine::restore(&cfg, &scratch, true, false)
     };
+    if let Some(dir) = &check.dir {
+        crate::commands::check::record(dir, plan.verb.words(), &report);
+    }
     let report = report.map_err(|e| {
         let kind = kind_of(&e);
         let text = e.own_message();
@@ -333,6 +337,35 @@ fn execute(plan: &Plan, cat: &Catalog, style: &Style, out: &mut dyn Write) -> Re
     })?;
     print_success(plan, &db, &report, started.elapsed(), style, out);
     Ok(())
+}
+
+/// What `vdi check-client` asks of the engine it runs through this stand-in.
+struct CheckEnv {
+    /// `VDI_CHECK_DIR`: where the engine's outcome is recorded.
+    dir: Option<std::path::PathBuf>,
+    /// `VDI_BUFFER_COUNT`: the buffer count, over the statement's.
+    buffer_count: Option<u32>,
+    /// `VDI_STALL_MS`: how long a command may stay uncompleted.
+    stall: Option<Duration>,
+}
+
+fn check_env() -> CheckEnv {
+    let num = |k: &str| {
+        std::env::var(k)
+            .ok()
+            .and_then(|v| v.trim().parse::<u64>().ok())
+    };
+    CheckEnv {
+        dir: std::env::var_os("VDI_CHECK_DIR")
+            .filter(|v| !v.is_empty())
+            .map(Into::into),
+        buffer_count: num("VDI_BUFFER_COUNT")
+            .filter(|n| (1..=65536).contains(n))
+            .map(|n| n as u32),
+        stall: num("VDI_STALL_MS")
+            .filter(|&n| n > 0)
+            .map(Duration::from_millis),
+    }
 }
 
 const PAGE: u64 = 8192;
