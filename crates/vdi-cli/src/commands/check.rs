@@ -169,7 +169,9 @@ fn command_name(code: u32) -> String {
 }
 
 /// The rules the trace shows broken.
-fn trace_rules(trace: &[String], succeeded: bool, paused: bool) -> Vec<String> {
+/// `outstanding`: whether a command left uncompleted is the client's fault (the engine
+/// succeeded, or gave up waiting for it), not the echo of an engine that failed first.
+fn trace_rules(trace: &[String], outstanding: bool, paused: bool) -> Vec<String> {
     let mut rules = Vec::new();
     // Per device: the commands it was given, less those it completed.
     let mut open: BTreeMap<String, Vec<u32>> = BTreeMap::new();
@@ -238,7 +240,7 @@ fn trace_rules(trace: &[String], succeeded: bool, paused: bool) -> Vec<String> {
             "Close with devices open: Close returned VD_E_OPEN, so the set was aborted; serve every device until GetCommand returns VD_E_CLOSE, then Close".into(),
         );
     }
-    if succeeded || seconds.is_none() {
+    if outstanding && seconds.is_none() {
         for v in open.values() {
             if let Some(&c) = v.first() {
                 if c == VDC_CLEAR_ERROR {
@@ -510,7 +512,11 @@ impl Runner<'_> {
             (false, Some(c)) => saw.push(format!("client exit {c}")),
             (false, None) => saw.push("the client could not be started".into()),
         }
-        let mut rules = trace_rules(&s.trace, must_succeed, paused);
+        let stalled = s
+            .engine
+            .as_ref()
+            .is_some_and(|e| e.message.contains("made no progress"));
+        let mut rules = trace_rules(&s.trace, engine_ok || stalled || s.timed_out, paused);
         if let Some(e) = &s.engine
             && e.message.contains(" bytes of a Write")
         {
@@ -521,6 +527,16 @@ impl Runner<'_> {
                     e.message
                 ),
             );
+        }
+        if op == "restore"
+            && let Some(e) = &s.engine
+            && !e.ok
+            && (e.message.contains("damaged") || e.message.contains("crc"))
+        {
+            rules.push(format!(
+                "data differs on restore: the client served bytes other than those it was given to store ({}); serve each device's bytes unchanged and in order",
+                e.message
+            ));
         }
         if s.engine.is_none() && s.exit.is_some() {
             rules.push(if self.via == Via::Sqlcmd {

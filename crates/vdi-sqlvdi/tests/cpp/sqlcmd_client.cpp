@@ -10,6 +10,11 @@
 // The set's name is $VDI_SET if set, else made from the pid. Device i >= 1 is named
 // <set><i> (as mthread does) and its data goes to FILE.<i>. Exit 0 only when every device
 // ended with VD_E_CLOSE, Close succeeded and sqlcmd exited 0.
+//
+// Built with one of -DBREAK_NEVER_COMPLETE, -DBREAK_COMPLETE_TWICE, -DBREAK_WRONG_BYTES,
+// -DBREAK_IGNORE_CLEARERROR, -DBREAK_CLOSE_OPEN, -DBREAK_SECONDS_TIMEOUT,
+// -DBREAK_LOOP_AFTER_CLOSE, -DBREAK_CLAIMS_SUCCESS or -DBREAK_DATA it is a broken client,
+// one protocol rule broken each, for vdi check-client's tests.
 #include "vdi.h"
 #include "vdierror.h"
 
@@ -62,33 +67,62 @@ static void *serve(void *arg) {
     int status;
     // Milliseconds, as documented (the sample's 90 is a sample bug); generous, so that a
     // loaded machine does not decide the outcome.
-    while ((status = vd->GetCommand(60000, &cmd)) == NOERROR) {
+#ifdef BREAK_SECONDS_TIMEOUT
+    const time_t timeout = 90; // "seconds", as the sample's comment says: 90 ms
+#else
+    const time_t timeout = 60000;
+#endif
+    while ((status = vd->GetCommand(timeout, &cmd)) == NOERROR) {
         int completionCode = ERROR_SUCCESS;
         unsigned long bytesTransferred = 0;
         switch (cmd->commandCode) {
         case VDC_Read:
             bytesTransferred = fread(cmd->buffer, 1, cmd->size, fh);
             if (bytesTransferred != (unsigned long)cmd->size) completionCode = ERROR_HANDLE_EOF;
+#ifdef BREAK_DATA
+            if (bytesTransferred > 100) cmd->buffer[bytesTransferred / 2] ^= 0x5a;
+#endif
             break;
         case VDC_Write:
             bytesTransferred = fwrite(cmd->buffer, 1, cmd->size, fh);
             if (bytesTransferred != (unsigned long)cmd->size) completionCode = ERROR_DISK_FULL;
+#ifdef BREAK_WRONG_BYTES
+            bytesTransferred -= 1;
+#endif
             break;
         case VDC_Flush:
             fflush(fh);
+#ifdef BREAK_NEVER_COMPLETE
+            continue;
+#endif
             break;
         case VDC_ClearError:
+#ifdef BREAK_IGNORE_CLEARERROR
+            continue;
+#endif
             break;
         default:
             completionCode = ERROR_NOT_SUPPORTED;
         }
         w->bytes += bytesTransferred;
         int rc = vd->CompleteCommand(cmd, completionCode, bytesTransferred, 0);
+#ifdef BREAK_COMPLETE_TWICE
+        if (cmd->commandCode == VDC_Flush) vd->CompleteCommand(cmd, completionCode, bytesTransferred, 0);
+#endif
         if (rc != NOERROR) {
             printf("device %d: VD::CompleteCommand fails: x%X\n", w->index, rc);
             break;
         }
+#ifdef BREAK_CLOSE_OPEN
+        if (cmd->commandCode == VDC_Write) {
+            fclose(fh);
+            return NULL; // on to Close, the device still open
+        }
+#endif
     }
+#ifdef BREAK_LOOP_AFTER_CLOSE
+    for (int i = 0; i < 20 && status == VD_E_CLOSE; i++) status = vd->GetCommand(10, &cmd);
+#endif
     fclose(fh);
     if (status != VD_E_CLOSE) {
         printf("device %d: Unexpected termination: x%X\n", w->index, status);
@@ -180,6 +214,9 @@ int main(int argc, char **argv) {
     int code = WIFEXITED(st) ? WEXITSTATUS(st) : 255;
     printf("sqlcmd exit=%d\n", code);
     if (code != 0) result = 1;
+#ifdef BREAK_CLAIMS_SUCCESS
+    result = 0; // whatever happened
+#endif
     printf("exit=%d\n", result);
     return result;
 }
