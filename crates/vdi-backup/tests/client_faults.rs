@@ -51,6 +51,7 @@ fn engine_cfg(set: &str) -> EngineCfg {
         parent: None,
         stall: None,
         device_names: Vec::new(),
+        mode: Default::default(),
     }
 }
 

@@ -347,6 +347,9 @@ pub struct SqlArgs {
     /// Faults for the engine to inject (as vdi engine --inject).
     #[arg(long = "inject", value_name = "FAULT", value_parser = Fault::parse)]
     pub inject: Vec<Fault>,
+    /// The device mode: pipe, tape, disk, or auto (as the client offers).
+    #[arg(long, value_name = "MODE", default_value = "auto", value_parser = vdi_backup::engine::DeviceMode::parse)]
+    pub mode: vdi_backup::engine::DeviceMode,
     #[command(flatten)]
     pub output: OutputArgs,
 }
@@ -493,6 +496,11 @@ pub struct EngineKnobs {
     /// VDI block size: every transfer is a multiple of it; a power of two from 512 to 64K.
     #[arg(long, value_name = "BYTES", default_value = "4096", value_parser = parse_block)]
     pub block_size: u32,
+    /// How the engine drives the devices: pipe (sequential), tape (Rewind, WriteMark,
+    /// filemarks), disk (positioned Reads and Writes, a restore that reads out of order),
+    /// or auto (as the backup application offers in its VDConfig.features).
+    #[arg(long, value_name = "MODE", default_value = "auto", value_parser = vdi_backup::engine::DeviceMode::parse)]
+    pub mode: vdi_backup::engine::DeviceMode,
 }
 
 /// The progress watchdog.

@@ -326,13 +326,19 @@ pub unsafe fn get_command(
     let after_close = handle::client_device(h).is_ok_and(|d| d.dev.device().is_terminated());
     // SAFETY: as the caller promised.
     let r = unsafe { get_command_inner(h, timeout_ms, out) };
-    let code = match (&r, out.is_null()) {
-        // SAFETY: on success `*out` was written with a live block (see below).
-        (Ok(()), false) => unsafe { (*out).as_ref() }.map_or(0, |c| c.commandCode),
-        _ => 0,
+    let (code, position) = match (&r, out.is_null()) {
+        (Ok(()), false) => {
+            // SAFETY: `out` is non-null and writable (checked by the call); on success
+            // `*out` holds a live command block of this device, read before the caller
+            // sees it (a plain copy of two fields, no reference kept).
+            let cmd = unsafe { out.read() };
+            // SAFETY: as above: the block is live and aligned; only read here.
+            unsafe { cmd.as_ref() }.map_or((0, 0), |c| (c.commandCode, c.position))
+        }
+        _ => (0, 0),
     };
     crate::trace::line(format_args!(
-        "get {h} {:x} {code} {timeout_ms} {}",
+        "get {h} {:x} {code} {timeout_ms} {} {position}",
         crate::trace::rc(&r),
         u8::from(after_close)
     ));

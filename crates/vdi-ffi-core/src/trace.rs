@@ -4,7 +4,7 @@
 //! line, with `O_APPEND`, so lines of several threads and processes never mix):
 //!
 //! ```text
-//! get DEV RC CODE TIMEOUT_MS AFTER_CLOSE   GetCommand returned RC (hex), command CODE (0: none)
+//! get DEV RC CODE TIMEOUT_MS AFTER_CLOSE POSITION   GetCommand returned RC (hex), command CODE (0: none)
 //! done DEV RC CODE COMPLETION BYTES        CompleteCommand of a CODE command returned RC
 //! close RC                                  Close returned RC
 //! ```

@@ -86,10 +86,73 @@ fn the_sdk_shaped_client_passes_every_scenario() {
     let g = s(&good);
     let mut client = vec![g.as_str()];
     client.extend(SAMPLE_ARGS);
-    let v = check(&[], &client);
+    let v = check(&["--keep"], &client);
     assert_eq!(failed(&v), vec![], "{v:#}");
-    assert_eq!(v["passed"].as_u64().unwrap(), 7);
+    assert_eq!(v["passed"].as_u64().unwrap(), 9);
     assert_eq!(v["engine"], "sqlcmd");
+    let scenarios = v["scenarios"].as_array().unwrap();
+    let kept = |name: &str| -> PathBuf {
+        let sc = scenarios.iter().find(|s| s["scenario"] == name).unwrap();
+        let saw = sc["saw"].as_str().unwrap();
+        assert!(!sc["skipped"].as_bool().unwrap(), "{saw}");
+        PathBuf::from(saw.rsplit("kept in ").next().unwrap())
+    };
+    // The engine used each mode, as the client's calls show: tape-like rewinds and writes
+    // filemarks; disk-like asks for the end and reads out of order.
+    let codes = |dir: &Path, op: &str| -> Vec<(String, u32, u64)> {
+        std::fs::read_to_string(dir.join(format!("trace-{op}.txt")))
+            .unwrap()
+            .lines()
+            .filter_map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                (f[0] == "get" && f[2] == "0").then(|| {
+                    (
+                        f[1].to_owned(),
+                        f[3].parse().unwrap(),
+                        f[6].parse().unwrap(),
+                    )
+                })
+            })
+            .collect()
+    };
+    let tape = kept("tape-2");
+    let b = codes(&tape, "backup");
+    assert!(
+        b.iter().any(|c| c.1 == 4) && b.iter().any(|c| c.1 == 5),
+        "{b:?}"
+    );
+    assert!(codes(&tape, "restore").iter().any(|c| c.1 == 4));
+    assert!(
+        scenarios
+            .iter()
+            .any(|s| s["saw"].as_str().unwrap().contains("tape-like device"))
+    );
+    let disk = kept("disk-2");
+    let r = codes(&disk, "restore");
+    assert!(r.iter().any(|c| c.1 == 10), "no SetPosition: {r:?}");
+    let reads: Vec<&(String, u32, u64)> = r.iter().filter(|c| c.1 == 1).collect();
+    let out_of_order = reads
+        .windows(2)
+        .any(|w| w[0].0 == w[1].0 && w[1].2 < w[0].2);
+    assert!(
+        out_of_order,
+        "the disk-like restore read in order: {reads:?}"
+    );
+    let w: Vec<u64> = codes(&disk, "backup")
+        .iter()
+        .filter(|c| c.1 == 2)
+        .map(|c| c.2)
+        .collect();
+    assert!(w.iter().any(|&p| p > 0), "no positioned Writes: {w:?}");
+    for d in [tape, disk] {
+        std::fs::remove_dir_all(d).unwrap();
+    }
+    for sc in scenarios {
+        let saw = sc["saw"].as_str().unwrap();
+        if let Some(d) = saw.rsplit_once("kept in ") {
+            let _ = std::fs::remove_dir_all(d.1);
+        }
+    }
 }
 
 #[test]
@@ -168,10 +231,18 @@ fn our_rust_client_passes_with_the_set_served_directly() {
             "--engine",
             "direct",
             "--only",
-            "pipe-1,pipe-4,one-buffer,engine-pause,engine-fails-write,engine-aborts",
+            "pipe-1,pipe-4,one-buffer,tape-2,engine-pause,engine-fails-write,engine-aborts",
         ],
         &["sh", "-c", &script],
     );
     assert_eq!(failed(&v), vec![], "{v:#}");
     assert_eq!(v["engine"], "direct");
+    // vdi client offers pipe-like devices only: the tape-like scenario does not apply.
+    let tape = &v["scenarios"].as_array().unwrap()[3];
+    assert_eq!(tape["scenario"], "tape-2");
+    assert!(tape["skipped"].as_bool().unwrap(), "{tape}");
+    assert!(
+        tape["saw"].as_str().unwrap().contains("VDF_LikeTape"),
+        "{tape}"
+    );
 }

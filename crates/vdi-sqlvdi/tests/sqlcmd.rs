@@ -56,6 +56,22 @@ fn client(
     devices: u32,
     extra: &str,
 ) -> Ran {
+    client_mode(st, op, db, source, file, devices, extra, "")
+}
+
+/// As [`client`], the client offering `mode` devices (`VDI_MODE`: tape, disk; the engine
+/// run by our sqlcmd is asked for the same mode).
+#[allow(clippy::too_many_arguments)]
+fn client_mode(
+    st: &Setup,
+    op: &str,
+    db: &str,
+    source: &str,
+    file: &Path,
+    devices: u32,
+    extra: &str,
+    mode: &str,
+) -> Ran {
     let set = set_name("sqlcmd");
     let catalog = if source.contains('=') {
         source.to_owned()
@@ -72,6 +88,7 @@ fn client(
                 ("VDI_SET", &set),
                 ("VDI_DATABASES", &catalog),
                 ("VDI_CONFIG", "none"),
+                ("VDI_MODE", mode),
             ],
         ),
         Duration::from_secs(180),
@@ -80,11 +97,15 @@ fn client(
 }
 
 fn round_trip(devices: u32) {
+    round_trip_mode(devices, "");
+}
+
+fn round_trip_mode(devices: u32, mode: &str) {
     let st = setup();
     let db = st.dir.path().join("shop.db");
     make_db(&db, 30_000);
     let media = st.dir.path().join("shop.bak");
-    let b = client(
+    let b = client_mode(
         &st,
         "B",
         "shop",
@@ -92,6 +113,7 @@ fn round_trip(devices: u32) {
         &media,
         devices,
         "",
+        mode,
     );
     assert!(b.status.success(), "backup:\n{}{}", b.stdout, b.stderr);
     assert!(
@@ -116,7 +138,7 @@ fn round_trip(devices: u32) {
         );
     }
     let out = st.dir.path().join("copy.db");
-    let r = client(
+    let r = client_mode(
         &st,
         "R",
         "shop",
@@ -124,6 +146,7 @@ fn round_trip(devices: u32) {
         &media,
         devices,
         "",
+        mode,
     );
     assert!(r.status.success(), "restore:\n{}{}", r.stdout, r.stderr);
     assert!(
@@ -147,6 +170,16 @@ fn the_linux_sample_shape_backs_up_and_restores_sqlite_through_our_sqlcmd() {
 #[test]
 fn the_multithreaded_sample_shape_with_four_devices() {
     round_trip(4);
+}
+
+#[test]
+fn tape_like_devices_round_trip() {
+    round_trip_mode(2, "tape");
+}
+
+#[test]
+fn disk_like_devices_round_trip_reading_out_of_order() {
+    round_trip_mode(3, "disk");
 }
 
 #[test]

@@ -108,6 +108,8 @@ pub struct Style {
     pub stop_on_error: bool,
     /// `-V`: errors below this level do not count (sqlcmd's default 11... i.e. level > 10).
     pub min_level: u8,
+    /// The device mode (`--mode`, or `VDI_MODE` for sqlcmd and osql).
+    pub mode: vdi_backup::engine::DeviceMode,
 }
 
 impl Style {
@@ -262,6 +264,7 @@ fn execute(plan: &Plan, cat: &Catalog, style: &Style, out: &mut dyn Write) -> Re
         parent: None,
         stall: Some(check.stall.unwrap_or(Duration::from_secs(120))),
         device_names: plan.devices.clone(),
+        mode: style.mode,
     };
     let started = std::time::Instant::now();
     let report = if plan.verb.is_backup() {
@@ -530,6 +533,7 @@ pub(super) fn run(a: &SqlArgs) -> Result<()> {
         faults: a.inject.clone(),
         stop_on_error: false,
         min_level: 11,
+        mode: a.mode,
     };
     let o = run_script(&script, &cat, &style, &mut std::io::stdout());
     if o.errors > 0 {
@@ -592,7 +596,14 @@ fn parse_sqlcmd(
         faults: Vec::new(),
         stop_on_error: false,
         min_level: 11,
+        mode: Default::default(),
     };
+    if let Ok(m) = std::env::var("VDI_MODE")
+        && !m.trim().is_empty()
+    {
+        style.mode = vdi_backup::engine::DeviceMode::parse(&m)
+            .map_err(|e| format!("{}: VDI_MODE: {e}", dialect.name()))?;
+    }
     let mut script: Option<String> = None;
     let mut output = None;
     let mut it = args.iter();

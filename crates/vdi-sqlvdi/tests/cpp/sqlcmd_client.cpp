@@ -27,6 +27,10 @@
 #include <unistd.h>
 
 #define NOERROR 0
+#define ERROR_FILEMARK_DETECTED 1101L
+
+// $VDI_MODE: tape or disk makes the client offer VDF_LikeTape or VDF_LikeDisk.
+static bool tape, disk;
 
 static ClientVirtualDeviceSet *vds;
 static char setName[128];
@@ -56,7 +60,7 @@ static void *serve(void *arg) {
         w->result = 1;
         return NULL;
     }
-    FILE *fh = fopen(path, backup ? "wb" : "rb");
+    FILE *fh = fopen(path, backup ? (disk ? "w+b" : "wb") : "rb");
     if (!fh) {
         printf("device %d: cannot open %s\n", w->index, path);
         vds->SignalAbort();
@@ -75,10 +79,29 @@ static void *serve(void *arg) {
     while ((status = vd->GetCommand(timeout, &cmd)) == NOERROR) {
         int completionCode = ERROR_SUCCESS;
         unsigned long bytesTransferred = 0;
+        int64_t position = 0;
+        if (disk && (cmd->commandCode == VDC_Read || cmd->commandCode == VDC_Write))
+            fseeko(fh, (off_t)cmd->position, SEEK_SET);
         switch (cmd->commandCode) {
+        case VDC_Rewind:
+            fseeko(fh, 0, SEEK_SET);
+            break;
+        case VDC_WriteMark:
+            // A soft filemark: the end of this device's data (one set per device).
+            break;
+        case VDC_GetPosition:
+            position = (int64_t)ftello(fh);
+            break;
+        case VDC_SetPosition:
+            if (fseeko(fh, (off_t)cmd->position,
+                       cmd->size == VDC_End ? SEEK_END : cmd->size == VDC_Current ? SEEK_CUR : SEEK_SET) != 0)
+                completionCode = ERROR_NOT_SUPPORTED;
+            position = (int64_t)ftello(fh);
+            break;
         case VDC_Read:
             bytesTransferred = fread(cmd->buffer, 1, cmd->size, fh);
-            if (bytesTransferred != (unsigned long)cmd->size) completionCode = ERROR_HANDLE_EOF;
+            if (bytesTransferred != (unsigned long)cmd->size)
+                completionCode = tape ? ERROR_FILEMARK_DETECTED : ERROR_HANDLE_EOF;
 #ifdef BREAK_DATA
             if (bytesTransferred > 100) cmd->buffer[bytesTransferred / 2] ^= 0x5a;
 #endif
@@ -105,7 +128,7 @@ static void *serve(void *arg) {
             completionCode = ERROR_NOT_SUPPORTED;
         }
         w->bytes += bytesTransferred;
-        int rc = vd->CompleteCommand(cmd, completionCode, bytesTransferred, 0);
+        int rc = vd->CompleteCommand(cmd, completionCode, bytesTransferred, position);
 #ifdef BREAK_COMPLETE_TWICE
         if (cmd->commandCode == VDC_Flush) vd->CompleteCommand(cmd, completionCode, bytesTransferred, 0);
 #endif
@@ -153,11 +176,17 @@ int main(int argc, char **argv) {
     if (env && *env) snprintf(setName, sizeof(setName), "%s", env);
     else snprintf(setName, sizeof(setName), "sample-%d", (int)getpid());
 
+    const char *mode = getenv("VDI_MODE");
+    tape = mode && strcmp(mode, "tape") == 0;
+    disk = mode && strcmp(mode, "disk") == 0;
+
     umask(0);
     vds = new ClientVirtualDeviceSet();
     VDConfig config;
     memset(&config, 0, sizeof(config));
     config.deviceCount = devices;
+    if (tape) config.features = VDF_LikeTape;
+    if (disk) config.features = VDF_LikeDisk;
     int hr = vds->Create(setName, &config);
     if (hr != NOERROR) {
         printf("VDS::Create fails: x%X\n", hr);
