@@ -500,7 +500,7 @@ pub struct EngineKnobs {
     /// filemarks), disk (positioned Reads and Writes, a restore that reads out of order),
     /// or auto (as the backup application offers in its VDConfig.features).
     #[arg(long, value_name = "MODE", default_value = "auto", value_parser = vdi_backup::engine::DeviceMode::parse)]
-    pub mode: vdi_backup::engine::DeviceMode,
+    pub device_mode: vdi_backup::engine::DeviceMode,
 }
 
 /// The progress watchdog.

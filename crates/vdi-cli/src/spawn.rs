@@ -267,6 +267,10 @@ fn knob_args(k: &EngineKnobs) -> Vec<String> {
         v.push("--buffer-count".into());
         v.push(n.to_string());
     }
+    if k.device_mode != vdi_backup::engine::DeviceMode::Auto {
+        v.push("--device-mode".into());
+        v.push(k.device_mode.name().into());
+    }
     v
 }
 

@@ -36,8 +36,27 @@ fn db(path: &Path, rows: u32) {
     }
 }
 
-/// The client for a statement: `vdi client backup|restore --set SET DIR --devices N`.
-fn client(op: &str, set: &str, dir: &Path, devices: u32) -> std::process::Child {
+/// The client of a statement, killed if the test fails before it ends.
+struct Client(Option<std::process::Child>);
+
+impl Client {
+    fn wait(mut self) -> Run {
+        wait_output(self.0.take().unwrap(), Duration::from_secs(120))
+    }
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        if let Some(c) = self.0.as_mut() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// The client for a statement: `vdi client backup|restore --set SET DIR --devices N`,
+/// once its set exists (as SDK clients create the set before they run the statement).
+fn client(op: &str, set: &str, dir: &Path, devices: u32) -> Client {
     let mut args: Vec<String> = ["client", op, "--set", set, &s(dir), "-q"]
         .iter()
         .map(|a| a.to_string())
@@ -45,14 +64,20 @@ fn client(op: &str, set: &str, dir: &Path, devices: u32) -> std::process::Child 
     if op == "backup" {
         args.extend(["--devices".to_owned(), devices.to_string()]);
     }
-    vdi()
+    let child = vdi()
         .env("VDI_CONFIG", "none")
         .args(&args)
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
-        .unwrap()
+        .unwrap();
+    let c = Client(Some(child));
+    let name = format!("@vdi/1/{set}");
+    wait_until(Duration::from_secs(60), "the client's set", || {
+        std::fs::read_to_string("/proc/net/unix").is_ok_and(|t| t.contains(&name))
+    });
+    c
 }
 
 fn devices(set: &str, n: u32, verb: &str) -> String {
@@ -99,7 +124,7 @@ fn backup_then_every_restore_form_round_trips_a_sqlite_database() {
         out.contains("BACKUP DATABASE successfully processed "),
         "{out}"
     );
-    assert_eq!(wait_output(c, Duration::from_secs(60)).code, 0);
+    assert_eq!(c.wait().code, 0);
 
     // HEADERONLY, FILELISTONLY, VERIFYONLY read the whole backup and check it.
     for (stmt, want) in [
@@ -115,7 +140,7 @@ fn backup_then_every_restore_form_round_trips_a_sqlite_database() {
         let r = sql(&[&format!("{stmt} {}", devices(&set, 4, " "))]);
         assert_eq!(r.code, 0, "{stmt}: {}{}", r.stdout_str(), r.stderr);
         assert!(r.stdout_str().contains(want), "{stmt}: {}", r.stdout_str());
-        assert_eq!(wait_output(c, Duration::from_secs(60)).code, 0);
+        assert_eq!(c.wait().code, 0);
     }
 
     // RESTORE DATABASE over the source itself: refused without REPLACE (the client's set
@@ -133,7 +158,7 @@ fn backup_then_every_restore_form_round_trips_a_sqlite_database() {
             .contains("Msg 3159, Level 16, State 1, Line 1")
     );
     assert!(r.stdout_str().contains("WITH REPLACE"));
-    assert_ne!(wait_output(c, Duration::from_secs(60)).code, 0);
+    assert_ne!(c.wait().code, 0);
 
     let copy = t.path().join("copy.db");
     std::fs::write(&copy, b"an old copy").unwrap();
@@ -153,7 +178,7 @@ fn backup_then_every_restore_form_round_trips_a_sqlite_database() {
             .contains("RESTORE DATABASE successfully processed")
     );
     assert!(r.stdout_str().contains("10 percent processed."));
-    assert_eq!(wait_output(c, Duration::from_secs(60)).code, 0);
+    assert_eq!(c.wait().code, 0);
     assert!(std::fs::read(&src).unwrap() == std::fs::read(&copy).unwrap());
 }
 
@@ -195,8 +220,8 @@ fn a_script_with_go_log_backups_and_sqlcmd_and_osql_command_lines() {
             .contains("BACKUP DATABASE successfully processed")
     );
     assert!(r.stdout_str().contains("BACKUP LOG successfully processed"));
-    assert_eq!(wait_output(c1, Duration::from_secs(60)).code, 0);
-    assert_eq!(wait_output(c2, Duration::from_secs(60)).code, 0);
+    assert_eq!(c1.wait().code, 0);
+    assert_eq!(c2.wait().code, 0);
 
     // sqlcmd and osql: errors carry the server; -b makes an error exit 1, without -b 0;
     // -V 17 does not count a level-16 error.

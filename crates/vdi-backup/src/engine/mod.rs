@@ -297,6 +297,9 @@ fn inject(
         return Ok(None);
     };
     let what = format!("a {code} on device {dev}");
+    if f.action == Action::Kill {
+        crate::fault::kill_self();
+    }
     if f.action == Action::Abort {
         let _ = set.signal_abort();
         return Err(f.error(&what, op));

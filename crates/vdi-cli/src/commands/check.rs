@@ -120,6 +120,15 @@ const SCENARIOS: &[Scenario] = &[
         mode: DeviceMode::Auto,
     },
     Scenario {
+        name: "engine-killed",
+        devices: 2,
+        faults: &["engine:kill@5"],
+        buffer_count: None,
+        succeeds: false,
+        what: "the engine's process is killed (SIGKILL) at its fifth command: the client must notice and end",
+        mode: DeviceMode::Auto,
+    },
+    Scenario {
         name: "engine-aborts",
         devices: 2,
         faults: &["engine:abort@4"],
@@ -483,6 +492,17 @@ impl Runner<'_> {
         let media = dir.join("media.bak");
         let mut broken = Vec::new();
         let mut saw = Vec::new();
+        let killed = sc.faults.iter().any(|f| f.contains("kill"));
+        if killed && self.via == Via::Direct {
+            return Ok(Verdict {
+                scenario: sc.name.into(),
+                what: sc.what.into(),
+                saw: "not run: with --engine direct the engine runs inside check-client".into(),
+                passed: true,
+                skipped: true,
+                broken: Vec::new(),
+            });
+        }
         let b = self.step(dir, sc, "backup", &data, &media);
         if let Some(e) = &b.engine
             && e.message
@@ -549,6 +569,7 @@ impl Runner<'_> {
         broken: &mut Vec<String>,
     ) {
         let paused = sc.faults.iter().any(|f| f.contains("delay"));
+        let killed = sc.faults.iter().any(|f| f.contains("kill"));
         let engine_ok = s.engine.as_ref().is_some_and(|e| e.ok);
         match &s.engine {
             Some(e) if e.ok => saw.push(format!(
@@ -558,6 +579,7 @@ impl Runner<'_> {
                 e.mode
             )),
             Some(e) => saw.push(format!("{op} failed: {}", e.message)),
+            None if killed => saw.push(format!("{op}: the engine was killed")),
             None => saw.push(format!("{op}: no engine ran")),
         }
         match (s.timed_out, s.exit) {
@@ -594,7 +616,7 @@ impl Runner<'_> {
                 e.message
             ));
         }
-        if s.engine.is_none() && s.exit.is_some() {
+        if s.engine.is_none() && s.exit.is_some() && !killed {
             rules.push(if self.via == Via::Sqlcmd {
                 format!(
                     "the client never ran the {} statement through sqlcmd (the sqlcmd on its PATH is check-client's; name the set it created, $VDI_SET, as the first VIRTUAL_DEVICE). Its output: {}",

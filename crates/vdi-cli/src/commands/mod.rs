@@ -145,7 +145,7 @@ pub(crate) fn engine_cfg(s: &EngineSession, k: &EngineKnobs) -> EngineCfg {
         trust_owner: s.trust_owner,
         stall: s.stall.limit(),
         device_names: Vec::new(),
-        mode: k.mode,
+        mode: k.device_mode,
     }
 }
 

@@ -761,12 +761,11 @@ pub fn argv0_main(dialect: Dialect, args: &[String]) -> ExitCode {
 
 /// Which stand-in argv\[0\] names, if any.
 pub fn dialect_of(argv0: &std::ffi::OsStr) -> Option<Dialect> {
-    let name = std::path::Path::new(argv0).file_name()?.to_str()?;
-    let name = name
-        .strip_suffix(".exe")
-        .unwrap_or(name)
+    let name = std::path::Path::new(argv0)
+        .file_name()?
+        .to_str()?
         .to_ascii_lowercase();
-    match name.as_str() {
+    match name.strip_suffix(".exe").unwrap_or(&name) {
         "sqlcmd" => Some(Dialect::Sqlcmd),
         "osql" => Some(Dialect::Osql),
         _ => None,
