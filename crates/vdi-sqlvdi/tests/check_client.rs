@@ -88,7 +88,7 @@ fn the_sdk_shaped_client_passes_every_scenario() {
     client.extend(SAMPLE_ARGS);
     let v = check(&["--keep"], &client);
     assert_eq!(failed(&v), vec![], "{v:#}");
-    assert_eq!(v["passed"].as_u64().unwrap(), 9);
+    assert_eq!(v["passed"].as_u64().unwrap(), 10);
     assert_eq!(v["engine"], "sqlcmd");
     let scenarios = v["scenarios"].as_array().unwrap();
     let kept = |name: &str| -> PathBuf {
