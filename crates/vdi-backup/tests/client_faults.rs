@@ -52,6 +52,7 @@ fn engine_cfg(set: &str) -> EngineCfg {
         stall: None,
         device_names: Vec::new(),
         mode: Default::default(),
+        probe: None,
     }
 }
 

@@ -88,7 +88,7 @@ fn the_sdk_shaped_client_passes_every_scenario() {
     client.extend(SAMPLE_ARGS);
     let v = check(&["--keep"], &client);
     assert_eq!(failed(&v), vec![], "{v:#}");
-    assert_eq!(v["passed"].as_u64().unwrap(), 10);
+    assert_eq!(v["passed"].as_u64().unwrap(), 11);
     assert_eq!(v["engine"], "sqlcmd");
     let scenarios = v["scenarios"].as_array().unwrap();
     let kept = |name: &str| -> PathBuf {
@@ -159,7 +159,7 @@ fn the_sdk_shaped_client_passes_every_scenario() {
 fn each_broken_client_fails_its_scenario_with_its_rule() {
     let dir = tempfile::tempdir().unwrap();
     // (the -D, the scenarios it must fail, words of the rule)
-    let cases: [(&str, &[&str], &str); 9] = [
+    let cases: [(&str, &[&str], &str); 10] = [
         (
             "BREAK_NEVER_COMPLETE",
             &["pipe-1"],
@@ -197,19 +197,31 @@ fn each_broken_client_fails_its_scenario_with_its_rule() {
             "the client reported success (exit 0) for a backup the engine failed",
         ),
         ("BREAK_DATA", &["pipe-1"], "data differs on restore"),
+        (
+            "BREAK_ACCEPT_UNKNOWN",
+            &["unknown-command"],
+            "an unsupported command accepted",
+        ),
     ];
     for (define, want, words) in cases {
         let exe = build(dir.path(), &define.to_lowercase(), Some(define));
         let e = s(&exe);
         let mut client = vec![e.as_str()];
         client.extend(SAMPLE_ARGS);
-        let v = check(&["--only", "pipe-1,engine-pause,engine-aborts"], &client);
+        let v = check(
+            &[
+                "--only",
+                "pipe-1,unknown-command,engine-pause,engine-aborts",
+            ],
+            &client,
+        );
         let f = failed(&v);
         let names: Vec<&str> = f.iter().map(|(n, _)| n.as_str()).collect();
-        // The fixtures that break a rule of every transfer also fail engine-pause (a
-        // transfer like pipe-1's); none fails engine-aborts but the one that hides it.
+        // The fixtures that break a rule of every transfer also fail unknown-command and
+        // engine-pause (transfers like pipe-1's); none fails engine-aborts but the one
+        // that hides it.
         let expected: Vec<&str> = if want == ["pipe-1"] {
-            vec!["pipe-1", "engine-pause"]
+            vec!["pipe-1", "unknown-command", "engine-pause"]
         } else {
             want.to_vec()
         };
@@ -231,7 +243,7 @@ fn our_rust_client_passes_with_the_set_served_directly() {
             "--engine",
             "direct",
             "--only",
-            "pipe-1,pipe-4,one-buffer,tape-2,engine-pause,engine-fails-write,engine-aborts",
+            "pipe-1,pipe-4,one-buffer,tape-2,engine-pause,engine-fails-write,engine-aborts,unknown-command",
         ],
         &["sh", "-c", &script],
     );

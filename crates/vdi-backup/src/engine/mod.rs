@@ -152,6 +152,10 @@ pub struct EngineCfg {
     pub device_names: Vec<String>,
     /// The device mode.
     pub mode: DeviceMode,
+    /// A command code to send on every device before the data, one the client was not
+    /// offered (for `vdi check-client`): the client must answer it with an error
+    /// (`ERROR_NOT_SUPPORTED`) and then complete the ClearError that follows.
+    pub probe: Option<u32>,
 }
 
 /// What the engine did (also the report line's JSON).
@@ -484,6 +488,51 @@ impl Pump<'_> {
         }
     }
 
+    /// Sends `code`, a command the client was not offered, on every device: it must fail
+    /// it (ERROR_NOT_SUPPORTED), then complete the ClearError that follows.
+    fn probe(&mut self, code: CommandCode) -> Result<()> {
+        self.drain()?;
+        for d in 0..self.devs.len() as u32 {
+            for cmd in [code, CommandCode::CLEAR_ERROR] {
+                let tag = self.sent;
+                self.sent += 1;
+                send(
+                    &self.devs[d as usize],
+                    ServerCommand::new(cmd),
+                    &self.tx,
+                    tag,
+                    None,
+                )
+                .map_err(|e| vd_fail(&e, "engine", &format!("sending {cmd} on device {d}")))?;
+                let ev = self
+                    .rx
+                    .recv()
+                    .map_err(|_| crate::Error::other("the completion channel closed"))?;
+                if ev.completion == completion::ERROR_OPERATION_ABORTED {
+                    return Err(command_failure(self.set, &ev, "backup"));
+                }
+                if cmd == code && ev.completion == completion::ERROR_SUCCESS {
+                    return Err(fail(
+                        Kind::PeerFailed,
+                        format!(
+                            "the backup application completed {code} on device {d}, a command it was not offered, with ERROR_SUCCESS"
+                        ),
+                    ));
+                }
+                if cmd == CommandCode::CLEAR_ERROR && ev.completion != completion::ERROR_SUCCESS {
+                    return Err(fail(
+                        Kind::PeerFailed,
+                        format!(
+                            "the backup application failed the ClearError after {code} on device {d} with {}",
+                            code_name(ev.completion)
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
     fn drain(&mut self) -> Result<()> {
         while self.in_flight > 0 {
             self.wait_one()?;
@@ -722,6 +771,9 @@ pub fn backup(cfg: &EngineCfg, spec: &Spec) -> Result<EngineReport> {
         };
         if mode == DeviceMode::Tape {
             p.each_device(CommandCode::REWIND)?;
+        }
+        if let Some(code) = cfg.probe {
+            p.probe(CommandCode::from(code))?;
         }
         let block = cfg.block_size as usize;
         let fields = HeaderFields {

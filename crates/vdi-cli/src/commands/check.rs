@@ -44,6 +44,8 @@ struct Scenario {
     /// The device mode (`VDI_MODE` for the client and the engine; auto: as the client
     /// offers).
     mode: DeviceMode,
+    /// A command the client was not offered, sent before the data.
+    probe: Option<u32>,
 }
 
 const SCENARIOS: &[Scenario] = &[
@@ -55,6 +57,7 @@ const SCENARIOS: &[Scenario] = &[
         succeeds: true,
         what: "one device, sequential Writes then Reads (as the Linux sample)",
         mode: DeviceMode::Auto,
+        probe: None,
     },
     Scenario {
         name: "pipe-4",
@@ -64,6 +67,7 @@ const SCENARIOS: &[Scenario] = &[
         succeeds: true,
         what: "four devices (as the multi-threaded sample)",
         mode: DeviceMode::Auto,
+        probe: None,
     },
     Scenario {
         name: "pipe-64",
@@ -73,6 +77,7 @@ const SCENARIOS: &[Scenario] = &[
         succeeds: true,
         what: "64 devices, SQL Server's most",
         mode: DeviceMode::Auto,
+        probe: None,
     },
     Scenario {
         name: "one-buffer",
@@ -82,6 +87,7 @@ const SCENARIOS: &[Scenario] = &[
         succeeds: true,
         what: "one buffer per device (a shrunk BUFFERCOUNT): one command outstanding at a time",
         mode: DeviceMode::Auto,
+        probe: None,
     },
     Scenario {
         name: "tape-2",
@@ -91,6 +97,7 @@ const SCENARIOS: &[Scenario] = &[
         succeeds: true,
         what: "tape-like (VDI_MODE=tape: the client offers VDF_LikeTape): Rewind, Writes, WriteMark; Rewind, Reads to the filemark",
         mode: DeviceMode::Tape,
+        probe: None,
     },
     Scenario {
         name: "disk-2",
@@ -100,6 +107,17 @@ const SCENARIOS: &[Scenario] = &[
         succeeds: true,
         what: "disk-like (VDI_MODE=disk: the client offers VDF_LikeDisk): positioned Writes; SetPosition to the end, positioned Reads out of order",
         mode: DeviceMode::Disk,
+        probe: None,
+    },
+    Scenario {
+        name: "unknown-command",
+        devices: 2,
+        faults: &[],
+        buffer_count: None,
+        succeeds: true,
+        what: "before the data the engine sends command 99, which the client was not offered: it must answer ERROR_NOT_SUPPORTED, then complete ClearError",
+        mode: DeviceMode::Auto,
+        probe: Some(99),
     },
     Scenario {
         name: "engine-pause",
@@ -109,6 +127,7 @@ const SCENARIOS: &[Scenario] = &[
         succeeds: true,
         what: "the engine pauses 1.5 s before its third command",
         mode: DeviceMode::Auto,
+        probe: None,
     },
     Scenario {
         name: "engine-fails-write",
@@ -118,6 +137,7 @@ const SCENARIOS: &[Scenario] = &[
         succeeds: false,
         what: "the engine's own I/O fails at the third command: it aborts the backup",
         mode: DeviceMode::Auto,
+        probe: None,
     },
     Scenario {
         name: "engine-killed",
@@ -127,6 +147,7 @@ const SCENARIOS: &[Scenario] = &[
         succeeds: false,
         what: "the engine's process is killed (SIGKILL) at its fifth command: the client must notice and end",
         mode: DeviceMode::Auto,
+        probe: None,
     },
     Scenario {
         name: "engine-aborts",
@@ -136,6 +157,7 @@ const SCENARIOS: &[Scenario] = &[
         succeeds: false,
         what: "the engine calls SignalAbort at its fourth command",
         mode: DeviceMode::Auto,
+        probe: None,
     },
 ];
 
@@ -365,6 +387,7 @@ impl Runner<'_> {
                 stall: Some(self.a.command_timeout),
                 device_names: Vec::new(),
                 mode: sc.mode,
+                probe: sc.probe,
             };
             let spec = Spec::parse(&format!("file:{}", data.display()));
             let op = op.to_owned();
@@ -397,6 +420,10 @@ impl Runner<'_> {
                 .env("VDI_CHECK_DIR", &check_dir)
                 .env("VDI_INJECT", &faults)
                 .env("VDI_STALL_MS", &stall);
+            match sc.probe {
+                Some(p) => c.env("VDI_PROBE_COMMAND", p.to_string()),
+                None => c.env_remove("VDI_PROBE_COMMAND"),
+            };
             match sc.mode {
                 DeviceMode::Auto => c.env_remove("VDI_MODE"),
                 m => c.env("VDI_MODE", m.name()),
@@ -605,6 +632,22 @@ impl Runner<'_> {
                     e.message
                 ),
             );
+        }
+        if let Some(e) = &s.engine
+            && e.message.contains("a command it was not offered")
+        {
+            rules.push(format!(
+                "an unsupported command accepted: {} (a client answers every command it does not support with ERROR_NOT_SUPPORTED, as the samples do)",
+                e.message
+            ));
+        }
+        if let Some(e) = &s.engine
+            && e.message.contains("failed the ClearError after")
+        {
+            rules.push(format!(
+                "ClearError not answered: {} (after a command failed, the engine sends ClearError; complete it with ERROR_SUCCESS)",
+                e.message
+            ));
         }
         if op == "restore"
             && let Some(e) = &s.engine

@@ -146,6 +146,7 @@ pub(crate) fn engine_cfg(s: &EngineSession, k: &EngineKnobs) -> EngineCfg {
         stall: s.stall.limit(),
         device_names: Vec::new(),
         mode: k.device_mode,
+        probe: None,
     }
 }
 

@@ -265,6 +265,7 @@ fn execute(plan: &Plan, cat: &Catalog, style: &Style, out: &mut dyn Write) -> Re
         stall: Some(check.stall.unwrap_or(Duration::from_secs(120))),
         device_names: plan.devices.clone(),
         mode: style.mode,
+        probe: check.probe,
     };
     let started = std::time::Instant::now();
     let report = if plan.verb.is_backup() {
@@ -350,6 +351,8 @@ struct CheckEnv {
     buffer_count: Option<u32>,
     /// `VDI_STALL_MS`: how long a command may stay uncompleted.
     stall: Option<Duration>,
+    /// `VDI_PROBE_COMMAND`: a command code the client was not offered, sent first.
+    probe: Option<u32>,
 }
 
 fn check_env() -> CheckEnv {
@@ -368,6 +371,9 @@ fn check_env() -> CheckEnv {
         stall: num("VDI_STALL_MS")
             .filter(|&n| n > 0)
             .map(Duration::from_millis),
+        probe: num("VDI_PROBE_COMMAND")
+            .filter(|&n| (1..=u64::from(u32::MAX)).contains(&n))
+            .map(|n| n as u32),
     }
 }
 

@@ -13,7 +13,8 @@
 //
 // Built with one of -DBREAK_NEVER_COMPLETE, -DBREAK_COMPLETE_TWICE, -DBREAK_WRONG_BYTES,
 // -DBREAK_IGNORE_CLEARERROR, -DBREAK_CLOSE_OPEN, -DBREAK_SECONDS_TIMEOUT,
-// -DBREAK_LOOP_AFTER_CLOSE, -DBREAK_CLAIMS_SUCCESS or -DBREAK_DATA it is a broken client,
+// -DBREAK_LOOP_AFTER_CLOSE, -DBREAK_CLAIMS_SUCCESS, -DBREAK_DATA or -DBREAK_ACCEPT_UNKNOWN it
+// is a broken client,
 // one protocol rule broken each, for vdi check-client's tests.
 #include "vdi.h"
 #include "vdierror.h"
@@ -125,6 +126,9 @@ static void *serve(void *arg) {
 #endif
             break;
         default:
+#ifdef BREAK_ACCEPT_UNKNOWN
+            break; // "done", whatever it was
+#endif
             completionCode = ERROR_NOT_SUPPORTED;
         }
         w->bytes += bytesTransferred;
