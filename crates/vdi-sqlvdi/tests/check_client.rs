@@ -35,7 +35,7 @@ fn build(dir: &Path, name: &str, define: Option<&str>) -> PathBuf {
 
 /// Runs check-client with `opts` on `client ARGS`; returns its JSON verdict.
 fn check(opts: &[&str], client: &[&str]) -> serde_json::Value {
-    let mut args = vec!["check-client", "--json", "--command-timeout", "3s"];
+    let mut args = vec!["check-client", "--json"];
     args.extend(opts);
     args.push("--");
     args.extend(client);
@@ -131,9 +131,11 @@ fn the_sdk_shaped_client_passes_every_scenario() {
     let r = codes(&disk, "restore");
     assert!(r.iter().any(|c| c.1 == 10), "no SetPosition: {r:?}");
     let reads: Vec<&(String, u32, u64)> = r.iter().filter(|c| c.1 == 1).collect();
+    // Per device (their Reads interleave), a Read before one at a lower position.
     let out_of_order = reads
-        .windows(2)
-        .any(|w| w[0].0 == w[1].0 && w[1].2 < w[0].2);
+        .iter()
+        .enumerate()
+        .any(|(i, a)| reads[i + 1..].iter().any(|b| b.0 == a.0 && b.2 < a.2));
     assert!(
         out_of_order,
         "the disk-like restore read in order: {reads:?}"
@@ -208,24 +210,35 @@ fn each_broken_client_fails_its_scenario_with_its_rule() {
         let e = s(&exe);
         let mut client = vec![e.as_str()];
         client.extend(SAMPLE_ARGS);
-        let v = check(
-            &[
-                "--only",
-                "pipe-1,unknown-command,engine-pause,engine-aborts",
-            ],
-            &client,
-        );
+        // A client whose GetCommand gives up after 90 ms may fail any scenario on a
+        // loaded machine: it runs only the one that pauses on purpose.
+        let only = if define == "BREAK_SECONDS_TIMEOUT" {
+            "engine-pause"
+        } else {
+            "pipe-1,unknown-command,engine-pause,engine-aborts"
+        };
+        // A short wait for the commands the broken clients never complete.
+        let v = check(&["--command-timeout", "5s", "--only", only], &client);
         let f = failed(&v);
         let names: Vec<&str> = f.iter().map(|(n, _)| n.as_str()).collect();
-        // The fixtures that break a rule of every transfer also fail unknown-command and
-        // engine-pause (transfers like pipe-1's); none fails engine-aborts but the one
-        // that hides it.
-        let expected: Vec<&str> = if want == ["pipe-1"] {
-            vec!["pipe-1", "unknown-command", "engine-pause"]
+        // The fixtures that break a rule of every transfer fail pipe-1, unknown-command
+        // and engine-pause (transfers like pipe-1's), and engine-aborts when they break
+        // it before the engine aborts (which depends on who is first); the others fail
+        // their scenario only.
+        let (expected, maybe): (Vec<&str>, Vec<&str>) = if want == ["pipe-1"] {
+            (
+                vec!["pipe-1", "unknown-command", "engine-pause"],
+                vec!["engine-aborts"],
+            )
         } else {
-            want.to_vec()
+            (want.to_vec(), vec![])
         };
-        assert_eq!(names, expected, "{define}: {f:?}");
+        let sure: Vec<&str> = names
+            .iter()
+            .copied()
+            .filter(|n| !maybe.contains(n))
+            .collect();
+        assert_eq!(sure, expected, "{define}: {f:?}");
         for (_, rules) in &f {
             assert!(rules.contains(words), "{define}: {rules}");
         }
