@@ -345,6 +345,25 @@ fn refused_statements_say_why_in_sql_servers_shape() {
         }
         assert!(r.stderr.contains("the Msg lines above say why"), "{stmt}");
     }
+    // A device mode the client does not offer: refused, saying what the client must set.
+    let bk = t.path().join("bk");
+    let set = set_name("tsql");
+    let c = client("backup", &set, &bk, 1);
+    let r = sql(&[
+        "--database",
+        &catalog,
+        "--mode",
+        "tape",
+        &format!("BACKUP DATABASE shop TO VIRTUAL_DEVICE='{set}'"),
+    ]);
+    assert_ne!(r.code, 0);
+    assert!(
+        r.stdout_str().contains("VDF_LikeTape"),
+        "{}",
+        r.stdout_str()
+    );
+    assert!(r.stdout_str().contains("Msg 3013"), "{}", r.stdout_str());
+    assert_ne!(c.wait().code, 0);
     // 64 devices are allowed, 65 are not.
     let many = (0..65)
         .map(|i| format!("VIRTUAL_DEVICE='d{i}'"))

@@ -1269,6 +1269,41 @@ mod tests {
     use super::*;
 
     #[test]
+    fn device_modes_follow_what_the_client_offers() {
+        let tape = features::LIKE_TAPE;
+        let disk = features::LIKE_DISK;
+        assert_eq!(DeviceMode::Auto.resolve(0).unwrap(), (DeviceMode::Pipe, 0));
+        assert_eq!(
+            DeviceMode::Auto.resolve(tape).unwrap(),
+            (DeviceMode::Tape, tape)
+        );
+        assert_eq!(
+            DeviceMode::Auto
+                .resolve(disk | features::REQUEST_COMPLETE)
+                .unwrap(),
+            (DeviceMode::Disk, disk)
+        );
+        // A pipe is always possible; tape and disk only when offered, and the refusal
+        // names what the client must set.
+        assert_eq!(
+            DeviceMode::Pipe.resolve(tape).unwrap(),
+            (DeviceMode::Pipe, 0)
+        );
+        let e = DeviceMode::Tape
+            .resolve(features::REQUEST_COMPLETE)
+            .unwrap_err();
+        assert!(e.to_string().contains("VDF_LikeTape"), "{e}");
+        let e = DeviceMode::Disk.resolve(tape).unwrap_err();
+        assert!(e.to_string().contains("VDF_LikeDisk"), "{e}");
+        assert_eq!(DeviceMode::parse(" Disk ").unwrap(), DeviceMode::Disk);
+        assert!(
+            DeviceMode::parse("floppy")
+                .unwrap_err()
+                .contains("pipe, tape, disk")
+        );
+    }
+
+    #[test]
     fn buffer_counts_are_capped_and_say_why() {
         // The default: 4 per device, fewer for a small source, silently.
         assert_eq!(buffer_count(None, 2, 1 << 20, None), (8, None));
