@@ -223,6 +223,28 @@ fn a_script_with_go_log_backups_and_sqlcmd_and_osql_command_lines() {
     assert_eq!(c1.wait().code, 0);
     assert_eq!(c2.wait().code, 0);
 
+    // RESTORE LOG (through osql's command line) brings the log backup's bytes back.
+    let s3 = set_name("go");
+    let c3 = client("restore", &s3, &bk2, 1);
+    let back = t.path().join("from-log.db");
+    let mut c = vdi();
+    c.env("VDI_CONFIG", "none")
+        .env("VDI_DATABASES", format!("a=sqlite:{}", s(&back)))
+        .args(["osql", "-E", "-b", "-Q"])
+        .arg(format!(
+            "RESTORE LOG a FROM VIRTUAL_DEVICE='{s3}' WITH NORECOVERY"
+        ))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let r = wait_output(c.spawn().unwrap(), Duration::from_secs(120));
+    assert_eq!(r.code, 0, "{}{}", r.stdout_str(), r.stderr);
+    assert!(
+        r.stdout_str()
+            .contains("RESTORE LOG successfully processed")
+    );
+    assert_eq!(c3.wait().code, 0);
+    assert!(std::fs::read(&src).unwrap() == std::fs::read(&back).unwrap());
+
     // sqlcmd and osql: errors carry the server; -b makes an error exit 1, without -b 0;
     // -V 17 does not count a level-16 error.
     for (tool, b, v, code) in [
