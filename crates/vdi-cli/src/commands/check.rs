@@ -605,7 +605,11 @@ impl Runner<'_> {
                 sc.devices,
                 e.mode
             )),
-            Some(e) => saw.push(format!("{op} failed: {}", e.message)),
+            // The engine's advice names its own option; here it is check-client's.
+            Some(e) => saw.push(format!(
+                "{op} failed: {}",
+                e.message.replace("--stall-timeout", "--command-timeout")
+            )),
             None if killed => saw.push(format!("{op}: the engine was killed")),
             None => saw.push(format!("{op}: no engine ran")),
         }
