@@ -32,6 +32,7 @@ pub mod meter;
 pub mod repo;
 pub mod source;
 pub mod store;
+pub mod tsql;
 pub mod units;
 pub mod util;
 pub mod verify;
