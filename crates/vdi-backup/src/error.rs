@@ -91,7 +91,7 @@ impl Kind {
             }
             Kind::Damaged => "the backup is damaged or incomplete",
             Kind::DiskFull => {
-                "disk full: the destination, the target, or the scratch space of a SQLite snapshot ($TMPDIR)"
+                "disk full: the destination, or where the target is written (a restored file or database)"
             }
             Kind::SetBusy => "the set name is in use, or DEST is locked by another backup",
             Kind::PeerFailed => {

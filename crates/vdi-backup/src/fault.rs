@@ -5,7 +5,7 @@
 //! The grammar, as typed after `--inject` (repeatable):
 //!
 //! ```text
-//! ROLE:fail@N=CODE     ROLE:delay@N=DURATION     ROLE:abort@N
+//! ROLE:fail@N=CODE     ROLE:delay@N=DURATION     ROLE:abort@N     ROLE:kill@N
 //! ROLE     engine | client
 //! N        1, 2, ...: the Nth command of the operation, counted over every device
 //! CODE     a Win32 completion code: a number (1117) or a name (ERROR_IO_DEVICE, IO_DEVICE)
@@ -19,6 +19,7 @@
 //! | `fail@N=CODE` | sends the Nth command, then treats its completion as failed with CODE (as when its own I/O for that command fails) and gives up: it aborts the set | completes the Nth command it receives with CODE instead of doing it |
 //! | `delay@N=D` | stalls D before sending the Nth command | waits D before doing the Nth command |
 //! | `abort@N` | calls SignalAbort instead of sending the Nth command | calls SignalAbort instead of doing the Nth command |
+//! | `kill@N` | kills its own process (SIGKILL) instead of sending the Nth command: the peer must notice the death | the same, instead of doing the Nth command |
 //!
 //! The engine counts the commands it sends (header, data and trailer Writes, Flush,
 //! Complete; Reads and ClearError for a restore) in the order it sends them; the backup
@@ -67,6 +68,8 @@ pub enum Action {
     Delay(Duration),
     /// The role calls SignalAbort.
     Abort,
+    /// The role's process kills itself (SIGKILL), as a crash would.
+    Kill,
 }
 
 /// One `--inject` fault.
@@ -81,7 +84,7 @@ pub struct Fault {
 }
 
 /// The grammar, for error messages and help.
-pub const GRAMMAR: &str = "ROLE:fail@N=CODE, ROLE:delay@N=DURATION or ROLE:abort@N, where ROLE is engine or client, N counts commands from 1, CODE is a Win32 completion code (1117 or ERROR_IO_DEVICE) and DURATION is like 200ms or 2s";
+pub const GRAMMAR: &str = "ROLE:fail@N=CODE, ROLE:delay@N=DURATION, ROLE:abort@N or ROLE:kill@N, where ROLE is engine or client, N counts commands from 1, CODE is a Win32 completion code (1117 or ERROR_IO_DEVICE) and DURATION is like 200ms or 2s";
 
 impl fmt::Display for Fault {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -90,6 +93,7 @@ impl fmt::Display for Fault {
             Action::Fail(c) => write!(f, "{role}:fail@{}={c}", self.nth),
             Action::Delay(d) => write!(f, "{role}:delay@{}={}ms", self.nth, d.as_millis()),
             Action::Abort => write!(f, "{role}:abort@{}", self.nth),
+            Action::Kill => write!(f, "{role}:kill@{}", self.nth),
         }
     }
 }
@@ -147,7 +151,13 @@ impl Fault {
             ("delay", None) => return Err(bad("delay needs =DURATION (e.g. =200ms)".into())),
             ("abort", None) => Action::Abort,
             ("abort", Some(_)) => return Err(bad("abort takes no =VALUE".into())),
-            (k, _) => return Err(bad(format!("unknown fault '{k}' (fail, delay or abort)"))),
+            ("kill", None) => Action::Kill,
+            ("kill", Some(_)) => return Err(bad("kill takes no =VALUE".into())),
+            (k, _) => {
+                return Err(bad(format!(
+                    "unknown fault '{k}' (fail, delay, abort or kill)"
+                )));
+            }
         };
         Ok(Fault { role, nth, action })
     }
@@ -177,6 +187,7 @@ impl Fault {
                 ),
             },
             Action::Abort => format!("{who} called SignalAbort at command {n} ({what})"),
+            Action::Kill => format!("{who} was to kill itself at command {n} ({what})"),
             Action::Delay(_) => format!("{who} stalled at command {n} ({what})"),
         };
         let outcome = if op == "backup" {
@@ -201,6 +212,16 @@ fn explained(code: u32) -> String {
 fn code_name_only(code: u32) -> String {
     let n = code_name(code);
     n.split(' ').next().unwrap_or_default().to_owned()
+}
+
+/// Kills this process with SIGKILL (a `kill@N` fault): no destructor, no cleanup, as a
+/// crash; the peer must notice.
+pub fn kill_self() -> ! {
+    if let Some(pid) = rustix::process::Pid::from_raw(std::process::id() as i32) {
+        let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+    }
+    // Not reached (SIGKILL cannot be caught); abort rather than go on.
+    std::process::abort()
 }
 
 /// What the injected faults say about one command.

@@ -11,7 +11,9 @@
 //! - [`store`]: where a backup is kept ([`store::Store`]): a directory, standard
 //!   output/input, memory (tests).
 //! - [`source`]: what is backed up and restored ([`source::Source`], [`source::Target`]):
-//!   a file, standard input/output, a live SQLite database.
+//!   a file, standard input/output, a live SQLite database (read page by page, no
+//!   scratch copy), a program's output (`cmd:`), a directory as a tar stream (`dir:`),
+//!   a PostgreSQL base backup (`postgres:`, `postgres-data:`).
 //! - [`engine`]: the server role (the reference engine) over a source or a target;
 //!   [`client`]: the client role (the backup application) over a store.
 //! - [`fault`] (injected faults), [`watchdog`] (a stalled peer), [`cancel`] (signals,
@@ -30,6 +32,7 @@ pub mod meter;
 pub mod repo;
 pub mod source;
 pub mod store;
+pub mod tsql;
 pub mod units;
 pub mod util;
 pub mod verify;

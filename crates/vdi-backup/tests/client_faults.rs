@@ -50,6 +50,9 @@ fn engine_cfg(set: &str) -> EngineCfg {
         faults: Vec::new(),
         parent: None,
         stall: None,
+        device_names: Vec::new(),
+        mode: Default::default(),
+        probe: None,
     }
 }
 

@@ -119,6 +119,8 @@ pub enum Cmd {
         "extended attributes). A cmd: SOURCE runs the program without a shell (write\n",
         "sh -c '...' for one) in the engine: its standard output is backed up, and a\n",
         "non-zero exit or a signal fails the backup with its last lines of standard error.\n",
+        "Its words are recorded in the manifest and the catalog (and shown by ps): give\n",
+        "secrets through the environment or a file, never as an argument.\n",
         "A postgres: SOURCE runs pg_basebackup (tar, WAL fetched into it, its\n",
         "backup_manifest kept; one tablespace; needs a role with REPLICATION; no password\n",
         "in CONNINFO: use ~/.pgpass). See docs/postgres.md.\n",
@@ -305,6 +307,123 @@ pub enum Cmd {
         "  keep_daily = 7"
     ))]
     Config(ConfigArgs),
+    // -- the test engine for VDI client vendors (issue 16) ----------------------------
+    /// Run T-SQL BACKUP and RESTORE statements against virtual device sets a VDI client
+    /// created, as SQL Server would (the test engine; see docs/vendor-testing.md).
+    #[command(after_help = concat!(
+        "Statements: BACKUP DATABASE|LOG NAME TO VIRTUAL_DEVICE='SET'[, VIRTUAL_DEVICE='DEV'...]\n",
+        "(up to 64), RESTORE DATABASE|LOG|HEADERONLY|FILELISTONLY|VERIFYONLY [NAME] FROM\n",
+        "VIRTUAL_DEVICE=..., WITH options (BUFFERCOUNT, MAXTRANSFERSIZE, BLOCKSIZE, STATS,\n",
+        "REPLACE, FORMAT, INIT, CHECKSUM, COMPRESSION, COPY_ONLY, NORECOVERY, ...; DIFFERENTIAL\n",
+        "and STOPAT are refused); GO separates batches. Errors are printed as SQL Server's\n",
+        "(Msg N, Level L, State 1, Line L). NAME is looked up in --database NAME=SOURCE,\n",
+        "then VDI_DATABASES (NAME=SOURCE;NAME=SOURCE), then [databases] in the\n",
+        "configuration file; a restore writes that SOURCE back (WITH REPLACE to overwrite).\n",
+        "The same binary run as sqlcmd or osql (a link named so, or vdi sqlcmd ARGS) takes\n",
+        "their options (-S -U -P -E -Q -q -i -b -d -h -W -s -t -V -o).\n\n",
+        "Examples:\n",
+        "  vdi sql --database shop=sqlite:shop.db \"BACKUP DATABASE shop TO VIRTUAL_DEVICE='set1'\"\n",
+        "  vdi sql -i restore.sql --database shop=sqlite:shop-copy.db\n",
+        "  ln -s \"$(command -v vdi)\" ~/bin/sqlcmd   # clients that run sqlcmd now run this"
+    ))]
+    Sql(SqlArgs),
+    /// sqlcmd's command line (for clients that run `sqlcmd -S . -Q "BACKUP ..."`): the
+    /// same as running this binary under the name sqlcmd.
+    #[command(disable_help_flag = true, disable_version_flag = true)]
+    Sqlcmd(RawArgs),
+    /// osql's command line (`osql -E -b -Q "BACKUP ..."`).
+    #[command(disable_help_flag = true, disable_version_flag = true)]
+    Osql(RawArgs),
+    /// Run a battery of scenarios against a VDI client program and say, for each, what
+    /// the engine saw, pass or fail, and which protocol rule the client broke.
+    #[command(after_help = concat!(
+        "The client is told what to do through its arguments and environment: {set}\n",
+        "(VDI_SET) the set name to create, {op} backup or restore (VDI_OP), {OP} B or R,\n",
+        "{file} its media file (VDI_FILE; device i > 0 may use FILE.i), {devices}\n",
+        "(VDI_DEVICES), {db} the database name for its T-SQL (VDI_DB). sqlcmd and osql on\n",
+        "its PATH are this program, so a client that runs sqlcmd -Q \"BACKUP DATABASE {db}\n",
+        "TO VIRTUAL_DEVICE='{set}' ...\" gets the engine that way (--engine sqlcmd, the\n",
+        "default unless ARGS hold {set}); with --engine direct, check-client serves the set\n",
+        "itself (devices named SET, SET#1, ...). Scenarios: pipe-1, pipe-4, pipe-64,\n",
+        "one-buffer, tape-2, disk-2, unknown-command, engine-pause, engine-fails-write,\n",
+        "engine-killed, engine-aborts. C and C++ clients\n",
+        "(through libsqlvdi or libvdi) also have every call they make checked.\n\n",
+        "Examples:\n",
+        "  vdi check-client -- ./vdipipesample-like {OP} D {db} {file} {devices}\n",
+        "  vdi check-client --only pipe-1,engine-aborts --json -- ./myclient\n",
+        "  vdi check-client -- vdi client {op} --set {set} /tmp/chk-{devices} --devices {devices} --force"
+    ))]
+    CheckClient(CheckClientArgs),
+}
+
+/// `vdi check-client`.
+#[derive(Debug, Args)]
+pub struct CheckClientArgs {
+    /// The client program and its arguments (after --).
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, num_args = 1.., value_name = "PROGRAM")]
+    pub program: Vec<String>,
+    /// Run only these scenarios (comma-separated names).
+    #[arg(long, value_name = "NAMES")]
+    pub only: Option<String>,
+    /// How the client gets its engine: sqlcmd (it runs sqlcmd) or direct.
+    #[arg(long, value_name = "HOW")]
+    pub engine: Option<String>,
+    /// Kill the client if a step takes longer (90s, 5m).
+    #[arg(long, value_name = "TIME", default_value = "90s", value_parser = parse_duration)]
+    pub client_timeout: Duration,
+    /// How long a command may stay uncompleted before the engine gives up.
+    #[arg(long, value_name = "TIME", default_value = "10s", value_parser = parse_duration)]
+    pub command_timeout: Duration,
+    /// How much data each scenario backs up.
+    #[arg(long, value_name = "BYTES", default_value = "3M", value_parser = parse_size_u64)]
+    pub size: u64,
+    /// Keep each scenario's directory (client output, trace, media) and say where.
+    #[arg(long)]
+    pub keep: bool,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+fn parse_size_u64(s: &str) -> Result<u64, String> {
+    parse_size(s).map_err(|e| e.to_string())
+}
+
+/// `vdi sql`.
+#[derive(Debug, Args)]
+pub struct SqlArgs {
+    /// The statements to run (or -i FILE).
+    #[arg(
+        value_name = "STATEMENT",
+        conflicts_with = "input",
+        allow_hyphen_values = true
+    )]
+    pub statement: Option<String>,
+    /// Read the statements from FILE (- for standard input).
+    #[arg(short = 'i', long = "input", value_name = "FILE")]
+    pub input: Option<std::path::PathBuf>,
+    /// NAME=SOURCE: what BACKUP DATABASE NAME backs up and RESTORE DATABASE NAME restores
+    /// into (any SOURCE vdi backup takes: sqlite:PATH, file:PATH, dir:PATH, ...).
+    #[arg(long = "database", short = 'd', value_name = "NAME=SOURCE")]
+    pub databases: Vec<String>,
+    /// How long to wait for the client to create the set a statement names, in seconds.
+    #[arg(long, value_name = "SECS", default_value_t = 10)]
+    pub wait: u64,
+    /// Faults for the engine to inject (as vdi engine --inject).
+    #[arg(long = "inject", value_name = "FAULT", value_parser = Fault::parse)]
+    pub inject: Vec<Fault>,
+    /// The device mode: pipe, tape, disk, or auto (as the client offers).
+    #[arg(long, value_name = "MODE", default_value = "auto", value_parser = vdi_backup::engine::DeviceMode::parse)]
+    pub mode: vdi_backup::engine::DeviceMode,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+/// Arguments passed through as they are (sqlcmd's and osql's own syntax).
+#[derive(Debug, Args)]
+pub struct RawArgs {
+    /// The arguments.
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, num_args = 0..)]
+    pub args: Vec<String>,
 }
 
 /// `vdi init`.
@@ -441,6 +560,11 @@ pub struct EngineKnobs {
     /// VDI block size: every transfer is a multiple of it; a power of two from 512 to 64K.
     #[arg(long, value_name = "BYTES", default_value = "4096", value_parser = parse_block)]
     pub block_size: u32,
+    /// How the engine drives the devices: pipe (sequential), tape (Rewind, WriteMark,
+    /// filemarks), disk (positioned Reads and Writes, a restore that reads out of order),
+    /// or auto (as the backup application offers in its VDConfig.features).
+    #[arg(long, value_name = "MODE", default_value = "auto", value_parser = vdi_backup::engine::DeviceMode::parse)]
+    pub device_mode: vdi_backup::engine::DeviceMode,
 }
 
 /// The progress watchdog.

@@ -15,6 +15,9 @@
 //! mode = "640"
 //! stall_timeout = "10m"
 //!
+//! [databases]                    # what vdi sql / sqlcmd's BACKUP DATABASE NAME names
+//! shop = "sqlite:/srv/shop.db"
+//!
 //! [expire]                       # defaults of vdi expire's rules
 //! keep_daily = 7
 //! keep_last = 3
@@ -45,6 +48,9 @@ pub struct Config {
     /// Defaults of `vdi expire`.
     #[serde(default)]
     pub expire: ExpireCfg,
+    /// The test engine's catalog: database name to source (`vdi sql`, `sqlcmd`).
+    #[serde(default)]
+    pub databases: std::collections::BTreeMap<String, String>,
 }
 
 /// `[store]`.

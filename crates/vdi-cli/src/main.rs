@@ -30,6 +30,18 @@ pub const LONG_VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("VD
 
 fn main() -> ExitCode {
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    // Run as sqlcmd or osql (a link so named): their command line, not vdi's.
+    if let Some(dialect) = args.first().and_then(|a| commands::sql::dialect_of(a)) {
+        if let Err(e) = config::load(&[]) {
+            println!("error: {e} (fix it, or set VDI_CONFIG=none)");
+            return ExitCode::from(1);
+        }
+        let rest: Vec<String> = args[1..]
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        return commands::sql::argv0_main(dialect, &rest);
+    }
     // The configuration file gives defaults: read before the command line is parsed.
     if let Err(e) = config::load(&args) {
         eprint_line(format_args!(

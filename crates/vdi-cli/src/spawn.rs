@@ -31,7 +31,7 @@ struct EngineProc {
 
 /// How the engine ended.
 enum EngineEnd {
-    Ok(EngineReport),
+    Ok(Box<EngineReport>),
     Failed { kind: Kind, message: String },
 }
 
@@ -137,7 +137,7 @@ impl EngineProc {
             };
         }
         match report {
-            Some(r) if r.ok && st.success() => EngineEnd::Ok(r),
+            Some(r) if r.ok && st.success() => EngineEnd::Ok(Box::new(r)),
             Some(r) if !r.ok => EngineEnd::Failed {
                 kind: Kind::from_name(r.kind.as_deref().unwrap_or("error")),
                 message: r.message.unwrap_or_else(|| "the engine failed".into()),
@@ -267,6 +267,10 @@ fn knob_args(k: &EngineKnobs) -> Vec<String> {
         v.push("--buffer-count".into());
         v.push(n.to_string());
     }
+    if k.device_mode != vdi_backup::engine::DeviceMode::Auto {
+        v.push("--device-mode".into());
+        v.push(k.device_mode.name().into());
+    }
     v
 }
 
@@ -282,7 +286,7 @@ fn judge<T>(client: Result<T, ClientErr>, engine: EngineEnd) -> Result<(T, Engin
         ));
     }
     match (client, engine) {
-        (Ok(v), EngineEnd::Ok(r)) => Ok((v, r)),
+        (Ok(v), EngineEnd::Ok(r)) => Ok((v, *r)),
         (Ok(_), EngineEnd::Failed { kind, message }) => Err(fail(kind, message)),
         (Err(ClientErr::Root(e)), EngineEnd::Failed { kind, message })
             if kind == Kind::Damaged && vdi_backup::error::kind_of(&e) == Kind::Damaged =>

@@ -241,6 +241,14 @@ pub unsafe fn open_device(h: u64, name: *const c_char, out: *mut u64) -> Result<
 
 /// `Close`.
 pub fn close(h: u64) -> Result<(), CError> {
+    let r = close_inner(h);
+    if crate::trace::on() {
+        crate::trace::line(format_args!("close {:x}", crate::trace::rc(&r)));
+    }
+    r
+}
+
+fn close_inner(h: u64) -> Result<(), CError> {
     handle::client_set(h)?.set.close()?;
     Ok(())
 }
@@ -311,6 +319,39 @@ pub unsafe fn get_command(
     timeout_ms: i64,
     out: *mut *mut VDC_Command,
 ) -> Result<(), CError> {
+    if !crate::trace::on() {
+        // SAFETY: as the caller promised.
+        return unsafe { get_command_inner(h, timeout_ms, out) };
+    }
+    let after_close = handle::client_device(h).is_ok_and(|d| d.dev.device().is_terminated());
+    // SAFETY: as the caller promised.
+    let r = unsafe { get_command_inner(h, timeout_ms, out) };
+    let (code, position) = match (&r, out.is_null()) {
+        (Ok(()), false) => {
+            // SAFETY: `out` is non-null and writable (checked by the call); on success
+            // `*out` holds a live command block of this device, read before the caller
+            // sees it (a plain copy of two fields, no reference kept).
+            let cmd = unsafe { out.read() };
+            // SAFETY: as above: the block is live and aligned; only read here.
+            unsafe { cmd.as_ref() }.map_or((0, 0), |c| (c.commandCode, c.position))
+        }
+        _ => (0, 0),
+    };
+    crate::trace::line(format_args!(
+        "get {h} {:x} {code} {timeout_ms} {} {position}",
+        crate::trace::rc(&r),
+        u8::from(after_close)
+    ));
+    r
+}
+
+/// # Safety
+/// As [`get_command`].
+unsafe fn get_command_inner(
+    h: u64,
+    timeout_ms: i64,
+    out: *mut *mut VDC_Command,
+) -> Result<(), CError> {
     fence::out_ptr(out, "the command out-pointer")?;
     // SAFETY: checked non-null and aligned; writable as the caller promised.
     unsafe { out.write(std::ptr::null_mut()) };
@@ -351,6 +392,32 @@ pub fn complete_command(
     bytes_transferred: u32,
     position: u64,
 ) -> Result<(), CError> {
+    let mut code = 0u32;
+    let r = complete_inner(
+        h,
+        cmd,
+        completion_code,
+        bytes_transferred,
+        position,
+        &mut code,
+    );
+    if crate::trace::on() {
+        crate::trace::line(format_args!(
+            "done {h} {:x} {code} {completion_code} {bytes_transferred}",
+            crate::trace::rc(&r)
+        ));
+    }
+    r
+}
+
+fn complete_inner(
+    h: u64,
+    cmd: *mut VDC_Command,
+    completion_code: u32,
+    bytes_transferred: u32,
+    position: u64,
+    code: &mut u32,
+) -> Result<(), CError> {
     let dev = handle::client_device(h)?;
     if dev.dev.device().is_terminated() {
         // The object layer's rule: after VD_E_CLOSE the device has no commands.
@@ -373,7 +440,10 @@ pub fn complete_command(
             }));
         };
         match std::mem::replace(&mut b.state, BlockState::Completed) {
-            BlockState::Outstanding(c) => c,
+            BlockState::Outstanding(c) => {
+                *code = c.code().value();
+                c
+            }
             other => {
                 b.state = other;
                 return Err(CError::invalid(

@@ -21,6 +21,7 @@ pub mod client;
 pub mod fence;
 pub mod handle;
 pub mod server;
+pub mod trace;
 
 /// The Rust library underneath, for the exporting crates (one of which is itself named `vdi`).
 pub use vdi;

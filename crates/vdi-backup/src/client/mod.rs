@@ -334,6 +334,7 @@ fn inject<'d>(
             complete(cmd, code, 0)?;
             Ok(Injected::Failed(f.error(&what, op)))
         }
+        Action::Kill => crate::fault::kill_self(),
         _ => {
             let _ = set.signal_abort();
             // Dropped: completed with ERROR_OPERATION_ABORTED.

@@ -35,6 +35,95 @@ use crate::util::{abort_cause, abort_sentence, code_name, device_name, is_full_c
 /// on standard error.
 pub const REPORT_PREFIX: &str = "VDI-ENGINE-REPORT ";
 
+/// How the engine drives the devices (the client offers the modes it supports in its
+/// `VDConfig.features`; SQL Server uses what the client offers).
+///
+/// - `Pipe`: sequential Writes (backup) and Reads (restore) only.
+/// - `Tape`: the client offered `VDF_FileMarks` and `VDF_Rewind` (`VDF_LikeTape`): a
+///   backup rewinds each device first and ends each stream with a WriteMark; a restore
+///   rewinds first and takes `ERROR_FILEMARK_DETECTED` as the end of the stream.
+/// - `Disk`: the client offered `VDF_RandomAccess` (`VDF_LikeDisk`): every Read and Write
+///   carries its byte position; a restore asks for the stream's length with
+///   SetPosition(0, VDC_End), then reads it in another order than it was written
+///   (segments swapped in pairs: 1, 0, 3, 2, ...), as positioned reads allow.
+/// - `Auto` (the default): disk-like if the client offered `VDF_RandomAccess`, tape-like
+///   if it offered `VDF_FileMarks`, else pipe.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceMode {
+    /// As the client offers.
+    #[default]
+    Auto,
+    /// Sequential.
+    Pipe,
+    /// Tape-like.
+    Tape,
+    /// Disk-like.
+    Disk,
+}
+
+impl DeviceMode {
+    /// Parses `auto`, `pipe`, `tape` or `disk`.
+    pub fn parse(s: &str) -> std::result::Result<DeviceMode, String> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "auto" => Ok(DeviceMode::Auto),
+            "pipe" => Ok(DeviceMode::Pipe),
+            "tape" => Ok(DeviceMode::Tape),
+            "disk" => Ok(DeviceMode::Disk),
+            o => Err(format!(
+                "'{o}' is not a device mode: write pipe, tape, disk or auto"
+            )),
+        }
+    }
+
+    /// Its name.
+    pub fn name(self) -> &'static str {
+        match self {
+            DeviceMode::Auto => "auto",
+            DeviceMode::Pipe => "pipe",
+            DeviceMode::Tape => "tape",
+            DeviceMode::Disk => "disk",
+        }
+    }
+
+    /// The mode to use with a client that offered `offered`, and the feature bits the
+    /// engine answers with; fails if the client did not offer what `self` needs.
+    pub fn resolve(self, offered: u32) -> Result<(DeviceMode, u32)> {
+        let tape = features::FILE_MARKS | features::REWIND;
+        let mode = match self {
+            DeviceMode::Auto if offered & features::RANDOM_ACCESS != 0 => DeviceMode::Disk,
+            DeviceMode::Auto if offered & tape == tape => DeviceMode::Tape,
+            DeviceMode::Auto => DeviceMode::Pipe,
+            m => m,
+        };
+        let missing = |what: &str, bits: u32| {
+            fail(
+                Kind::PeerFailed,
+                format!(
+                    "the engine was asked for {what} devices, but the backup application offered features 0x{offered:x} in its VDConfig: a {what} client sets {} (0x{bits:x}) before Create",
+                    if bits == features::RANDOM_ACCESS {
+                        "VDF_LikeDisk"
+                    } else {
+                        "VDF_LikeTape"
+                    }
+                ),
+            )
+        };
+        let bits = match mode {
+            DeviceMode::Disk if offered & features::RANDOM_ACCESS == 0 => {
+                return Err(missing("disk-like", features::RANDOM_ACCESS));
+            }
+            DeviceMode::Tape if offered & tape != tape => {
+                return Err(missing("tape-like", features::LIKE_TAPE));
+            }
+            DeviceMode::Disk => features::RANDOM_ACCESS,
+            DeviceMode::Tape => offered & features::LIKE_TAPE,
+            _ => 0,
+        };
+        Ok((mode, bits))
+    }
+}
+
 /// How the engine configures the set.
 #[derive(Clone, Debug)]
 pub struct EngineCfg {
@@ -57,6 +146,16 @@ pub struct EngineCfg {
     pub parent: Option<u32>,
     /// Give up when the backup application makes no progress for this long.
     pub stall: Option<Duration>,
+    /// The devices' names, in order, as a T-SQL statement lists them (the first is the
+    /// set's name); empty: `SET`, `SET#1`, `SET#2`, ... for as many devices as the set
+    /// has. When given, the set must have exactly this many devices.
+    pub device_names: Vec<String>,
+    /// The device mode.
+    pub mode: DeviceMode,
+    /// A command code to send on every device before the data, one the client was not
+    /// offered (for `vdi check-client`): the client must answer it with an error
+    /// (`ERROR_NOT_SUPPORTED`) and then complete the ClearError that follows.
+    pub probe: Option<u32>,
 }
 
 /// What the engine did (also the report line's JSON).
@@ -93,6 +192,9 @@ pub struct EngineReport {
     /// warnings.
     #[serde(default)]
     pub notes: Vec<String>,
+    /// The device mode used (pipe, tape, disk).
+    #[serde(default)]
+    pub mode: Option<String>,
 }
 
 /// The failure of an engine whose parent `vdi` (pid `parent`) is gone, if it is: the
@@ -174,6 +276,7 @@ struct Ev {
     size: u32,
     completion: u32,
     bytes: u32,
+    out_position: u64,
     buffer: Option<ServerBuffer>,
     tag: u64,
     /// The injected fault that failed this command, and what the command was.
@@ -198,6 +301,9 @@ fn inject(
         return Ok(None);
     };
     let what = format!("a {code} on device {dev}");
+    if f.action == Action::Kill {
+        crate::fault::kill_self();
+    }
     if f.action == Action::Abort {
         let _ = set.signal_abort();
         return Err(f.error(&what, op));
@@ -235,6 +341,7 @@ fn send(
             size: c.size,
             completion,
             bytes: c.bytes_transferred,
+            out_position: c.out_position,
             buffer: c.buffer,
             tag,
             injected,
@@ -285,9 +392,25 @@ struct Pump<'a> {
     /// Commands sent so far (each one's tag).
     sent: u64,
     inj: &'a Injector,
+    /// Disk-like: each Write carries its position; the next one of each device.
+    positions: Option<Vec<u64>>,
 }
 
 impl Pump<'_> {
+    /// Sends a Write of `len` bytes of `buf` on `dev` (at its position, disk-like).
+    fn write(&mut self, dev: u32, buf: ServerBuffer, len: u32) -> Result<()> {
+        let mut cmd = ServerCommand::write(buf, len);
+        if let Some(p) = self
+            .positions
+            .as_mut()
+            .and_then(|v| v.get_mut(dev as usize))
+        {
+            cmd = cmd.with_position(*p);
+            *p += u64::from(len);
+        }
+        self.send(dev, cmd)
+    }
+
     fn send(&mut self, dev: u32, cmd: ServerCommand) -> Result<()> {
         let code = cmd.code();
         let injected = inject(self.inj, self.set, code, dev, "backup")?;
@@ -363,6 +486,51 @@ impl Pump<'_> {
             Some(e) => Err(e),
             None => Ok(()),
         }
+    }
+
+    /// Sends `code`, a command the client was not offered, on every device: it must fail
+    /// it (ERROR_NOT_SUPPORTED), then complete the ClearError that follows.
+    fn probe(&mut self, code: CommandCode) -> Result<()> {
+        self.drain()?;
+        for d in 0..self.devs.len() as u32 {
+            for cmd in [code, CommandCode::CLEAR_ERROR] {
+                let tag = self.sent;
+                self.sent += 1;
+                send(
+                    &self.devs[d as usize],
+                    ServerCommand::new(cmd),
+                    &self.tx,
+                    tag,
+                    None,
+                )
+                .map_err(|e| vd_fail(&e, "engine", &format!("sending {cmd} on device {d}")))?;
+                let ev = self
+                    .rx
+                    .recv()
+                    .map_err(|_| crate::Error::other("the completion channel closed"))?;
+                if ev.completion == completion::ERROR_OPERATION_ABORTED {
+                    return Err(command_failure(self.set, &ev, "backup"));
+                }
+                if cmd == code && ev.completion == completion::ERROR_SUCCESS {
+                    return Err(fail(
+                        Kind::PeerFailed,
+                        format!(
+                            "the backup application completed {code} on device {d}, a command it was not offered, with ERROR_SUCCESS"
+                        ),
+                    ));
+                }
+                if cmd == CommandCode::CLEAR_ERROR && ev.completion != completion::ERROR_SUCCESS {
+                    return Err(fail(
+                        Kind::PeerFailed,
+                        format!(
+                            "the backup application failed the ClearError after {code} on device {d} with {}",
+                            code_name(ev.completion)
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(())
     }
 
     fn drain(&mut self) -> Result<()> {
@@ -444,14 +612,27 @@ fn configure(
     media: u32,
     source: Option<u64>,
     notes: &mut Vec<String>,
-) -> Result<(u32, u32, bool)> {
+) -> Result<(u32, u32, bool, DeviceMode)> {
     let what = "configuring the set";
     let asked = set
         .get_configuration()
         .map_err(|e| vd_fail(&e, "engine", what))?;
     let devices = asked.device_count;
+    if !cfg.device_names.is_empty() && cfg.device_names.len() as u64 != u64::from(devices) {
+        return Err(fail(
+            Kind::Usage,
+            format!(
+                "the statement names {} virtual device(s), but the backup application created set '{}' with deviceCount {devices}: name every device of the set, in order ('{}' first), once",
+                cfg.device_names.len(),
+                cfg.set,
+                cfg.set
+            ),
+        ));
+    }
     let complete = asked.features & features::REQUEST_COMPLETE != 0;
+    let (mode, mode_bits) = cfg.mode.resolve(asked.features)?;
     let feats = media
+        | mode_bits
         | if complete {
             features::COMPLETE_ENABLED
         } else {
@@ -468,14 +649,19 @@ fn configure(
         .map_err(|e| vd_fail(&e, "engine", what))?;
     set.end_configuration()
         .map_err(|e| vd_fail(&e, "engine", what))?;
-    Ok((devices, buffers, complete))
+    Ok((devices, buffers, complete, mode))
 }
 
-fn open_devices(set: &ServerSet, devices: u32) -> Result<Vec<ServerDevice>> {
+fn open_devices(set: &ServerSet, cfg: &EngineCfg, devices: u32) -> Result<Vec<ServerDevice>> {
     (0..devices)
         .map(|i| {
-            set.open_device(&device_name(set.name(), i))
-                .map_err(|e| vd_fail(&e, "engine", &format!("opening device {i}")))
+            let name = cfg
+                .device_names
+                .get(i as usize)
+                .cloned()
+                .unwrap_or_else(|| device_name(set.name(), i));
+            set.open_device(&name)
+                .map_err(|e| vd_fail(&e, "engine", &format!("opening device {i} ('{name}')")))
         })
         .collect()
 }
@@ -548,7 +734,7 @@ pub fn backup(cfg: &EngineCfg, spec: &Spec) -> Result<EngineReport> {
     let set = open_set(cfg)?;
     let started = Instant::now();
     let mut notes = Vec::new();
-    let (devices, buffers, complete) =
+    let (devices, buffers, complete, mode) =
         match configure(&set, cfg, features::WRITE_MEDIA, src.size(), &mut notes) {
             Ok(v) => v,
             Err(e) => {
@@ -561,7 +747,7 @@ pub fn backup(cfg: &EngineCfg, spec: &Spec) -> Result<EngineReport> {
     let label = spec.label();
     let inj = Injector::new(Role::Engine, &cfg.faults);
     let (bytes, chunks) = with_agent(&set, cfg, "backup", || {
-        let devs = open_devices(&set, devices)?;
+        let devs = open_devices(&set, cfg, devices)?;
         let depth = (buffers / devices).max(1);
         let mut free = Vec::new();
         for _ in 0..devices * depth {
@@ -581,7 +767,14 @@ pub fn backup(cfg: &EngineCfg, spec: &Spec) -> Result<EngineReport> {
             in_flight: 0,
             sent: 0,
             inj: &inj,
+            positions: (mode == DeviceMode::Disk).then(|| vec![0; devices as usize]),
         };
+        if mode == DeviceMode::Tape {
+            p.each_device(CommandCode::REWIND)?;
+        }
+        if let Some(code) = cfg.probe {
+            p.probe(CommandCode::from(code))?;
+        }
         let block = cfg.block_size as usize;
         let fields = HeaderFields {
             stream_id,
@@ -598,7 +791,7 @@ pub fn backup(cfg: &EngineCfg, spec: &Spec) -> Result<EngineReport> {
                 .pop()
                 .ok_or_else(|| crate::Error::other("no buffer"))?;
             fields.device(d).encode(&mut buf.as_mut_slice()[..block])?;
-            p.send(d, ServerCommand::write(buf, cfg.block_size))?;
+            p.write(d, buf, cfg.block_size)?;
         }
         let max = stream::max_payload(cfg.max_transfer) as usize;
         let mut per = vec![(0u64, 0u64); devices as usize];
@@ -615,7 +808,7 @@ pub fn backup(cfg: &EngineCfg, spec: &Spec) -> Result<EngineReport> {
                 break;
             }
             let len = stream::seal_chunk(buf.as_mut_slice(), seq, offset, n as u32, cfg.block_size);
-            p.send(d, ServerCommand::write(buf, len as u32))?;
+            p.write(d, buf, len as u32)?;
             per[d as usize].0 += 1;
             per[d as usize].1 += n as u64;
             seq += 1;
@@ -639,9 +832,12 @@ pub fn backup(cfg: &EngineCfg, spec: &Spec) -> Result<EngineReport> {
                 total_bytes: offset,
             }
             .encode(&mut buf.as_mut_slice()[..block])?;
-            p.send(d, ServerCommand::write(buf, cfg.block_size))?;
+            p.write(d, buf, cfg.block_size)?;
         }
         p.drain()?;
+        if mode == DeviceMode::Tape {
+            p.each_device(CommandCode::WRITE_MARK)?;
+        }
         p.each_device(CommandCode::FLUSH)?;
         if complete {
             p.each_device(CommandCode::COMPLETE)?;
@@ -662,6 +858,7 @@ pub fn backup(cfg: &EngineCfg, spec: &Spec) -> Result<EngineReport> {
         stream_id: Some(stream::hex_id(&stream_id)),
         seconds: started.elapsed().as_secs_f64(),
         snapshot_seconds: src.prepare_seconds(),
+        mode: Some(mode.name().into()),
         unfired: unfired(&inj),
         notes,
         ..EngineReport::default()
@@ -726,7 +923,38 @@ impl ReadLoop<'_> {
         }
     }
 
-    fn run(&self, depth: u32, sink: &mut dyn Sink, complete: bool) -> Result<DeviceStream, DevErr> {
+    /// Sends `code` (with `pos` and `size`) and waits for its completion; fails unless it
+    /// succeeded. Returns the completion's out-position.
+    fn one(&self, cmd: ServerCommand, tx: &Sender<Ev>, rx: &Receiver<Ev>) -> Result<u64, DevErr> {
+        let d = self.index;
+        let code = cmd.code();
+        let injected = inject(self.inj, self.set, code, d, "restore").map_err(DevErr::Root)?;
+        send(self.dev, cmd, tx, u64::MAX, injected).map_err(|e| match abort_cause(&e) {
+            Some(c) => DevErr::Aborted(c),
+            None => DevErr::Root(vd_fail(&e, "engine", &format!("sending on device {d}"))),
+        })?;
+        let ev = rx
+            .recv()
+            .map_err(|_| DevErr::Aborted(AbortCause::Unknown))?;
+        if ev.completion == completion::ERROR_OPERATION_ABORTED && ev.injected.is_none() {
+            // Only the echo of an abort: another device's thread knows its cause.
+            return Err(DevErr::Aborted(
+                self.set.abort_cause().unwrap_or(AbortCause::Unknown),
+            ));
+        }
+        if ev.completion != completion::ERROR_SUCCESS {
+            return Err(DevErr::Root(command_failure(self.set, &ev, "restore")));
+        }
+        Ok(ev.out_position)
+    }
+
+    fn run(
+        &self,
+        depth: u32,
+        sink: &mut dyn Sink,
+        complete: bool,
+        mode: DeviceMode,
+    ) -> Result<DeviceStream, DevErr> {
         let d = self.index;
         let vd = |e: vdi::VdError, what: &str| match abort_cause(&e) {
             Some(c) => DevErr::Aborted(c),
@@ -741,17 +969,60 @@ impl ReadLoop<'_> {
                     .map_err(|e| vd(e, "allocating buffers"))?,
             );
         }
+        if mode == DeviceMode::Tape {
+            self.one(ServerCommand::new(CommandCode::REWIND), &tx, &rx)?;
+        }
+        // Disk-like: the stream's length (SetPosition to the end), then positioned Reads
+        // of its segments, in pairs swapped (1, 0, 3, 2, ...) when two buffers allow.
+        let mt = u64::from(self.max_transfer);
+        let disk = if mode == DeviceMode::Disk {
+            let len = self.one(
+                ServerCommand::new(CommandCode::SET_POSITION)
+                    .with_position(0)
+                    .with_size(vdi::whence::END),
+                &tx,
+                &rx,
+            )?;
+            let segments = len.div_ceil(mt);
+            let swap = depth >= 2;
+            let order: Vec<u64> = (0..segments)
+                .map(|i| if swap && (i ^ 1) < segments { i ^ 1 } else { i })
+                .collect();
+            Some((len, order))
+        } else {
+            None
+        };
+        let positioned = |seg: u64, b: ServerBuffer, len: u64| {
+            let size = (len - seg * mt).min(mt) as u32;
+            ServerCommand::read(b, size).with_position(seg * mt)
+        };
         let mut dec = Decoder::new(Some(d));
         let (mut next_send, mut next_done, mut in_flight) = (0u64, 0u64, 0u32);
         let mut pending: BTreeMap<u64, Ev> = BTreeMap::new();
         let mut eof = false;
         let mut failure: Option<DevErr> = None;
+        // The next command to send: its tag (a segment, disk-like) and the command.
+        let next_cmd = |b: ServerBuffer, next_send: &mut u64| -> Option<(u64, ServerCommand)> {
+            match &disk {
+                Some((len, order)) => {
+                    let seg = *order.get(*next_send as usize)?;
+                    *next_send += 1;
+                    Some((seg, positioned(seg, b, *len)))
+                }
+                None => {
+                    let tag = *next_send;
+                    *next_send += 1;
+                    Some((tag, ServerCommand::read(b, self.max_transfer)))
+                }
+            }
+        };
         while let Some(b) = bufs.pop() {
+            let Some((tag, cmd)) = next_cmd(b, &mut next_send) else {
+                break;
+            };
             // A failed send still completes the command (the callback runs at once),
             // except for an injected abort, which never sends it.
-            let r = self.send(ServerCommand::read(b, self.max_transfer), &tx, next_send);
-            next_send += 1;
-            match r {
+            match self.send(cmd, &tx, tag) {
                 Ok(()) => in_flight += 1,
                 Err(e) => {
                     failure = Some(e);
@@ -783,8 +1054,25 @@ impl ReadLoop<'_> {
                 match ev.completion {
                     completion::ERROR_SUCCESS
                     | completion::ERROR_HANDLE_EOF
-                    | completion::ERROR_NO_DATA_DETECTED => {
+                    | completion::ERROR_NO_DATA_DETECTED
+                    | completion::ERROR_FILEMARK_DETECTED => {
                         let n = ev.bytes.min(ev.size) as usize;
+                        if disk.is_some()
+                            && (ev.completion != completion::ERROR_SUCCESS || n != ev.size as usize)
+                        {
+                            failure = Some(DevErr::Root(fail(
+                                Kind::PeerFailed,
+                                format!(
+                                    "the backup application served {n} of the {} bytes of a positioned Read at byte {} on device {d} (with {}), inside the {} bytes its SetPosition(0, VDC_End) reported",
+                                    ev.size,
+                                    ev.tag * mt,
+                                    code_name(ev.completion),
+                                    disk.as_ref().map_or(0, |x| x.0)
+                                ),
+                            )));
+                            let _ = self.set.signal_abort();
+                            continue;
+                        }
                         let data = ev
                             .buffer
                             .as_ref()
@@ -799,17 +1087,13 @@ impl ReadLoop<'_> {
                             eof = true;
                             continue;
                         }
-                        if let Some(b) = ev.buffer {
+                        if let Some(b) = ev.buffer
+                            && let Some((tag, cmd)) = next_cmd(b, &mut next_send)
+                        {
                             // A Read sent after the client already answered EOF to a later
                             // one finds the device in IO-ERROR; its callback reports
                             // ERROR_IO_DEVICE, which is handled in order below.
-                            let r = self.send(
-                                ServerCommand::read(b, self.max_transfer),
-                                &tx,
-                                next_send,
-                            );
-                            next_send += 1;
-                            match r {
+                            match self.send(cmd, &tx, tag) {
                                 Ok(()) => in_flight += 1,
                                 Err(e) => failure = Some(e),
                             }
@@ -842,29 +1126,14 @@ impl ReadLoop<'_> {
             return Err(f);
         }
         let stream = dec.finish().map_err(|e| damaged(d, e))?;
-        let finish = |code: CommandCode| -> Result<(), DevErr> {
-            let injected = inject(self.inj, self.set, code, d, "restore").map_err(DevErr::Root)?;
-            send(self.dev, ServerCommand::new(code), &tx, u64::MAX, injected)
-                .map_err(|e| vd(e, "sending"))?;
-            let ev = rx
-                .recv()
-                .map_err(|_| DevErr::Aborted(AbortCause::Unknown))?;
-            if ev.completion == completion::ERROR_OPERATION_ABORTED && ev.injected.is_none() {
-                // Only the echo of an abort: another device's thread knows its cause.
-                return Err(DevErr::Aborted(
-                    self.set.abort_cause().unwrap_or(AbortCause::Unknown),
-                ));
-            }
-            if ev.completion != completion::ERROR_SUCCESS {
-                return Err(DevErr::Root(command_failure(self.set, &ev, "restore")));
-            }
-            Ok(())
-        };
         if self.dev.in_io_error() {
-            finish(CommandCode::CLEAR_ERROR)?;
+            self.one(ServerCommand::new(CommandCode::CLEAR_ERROR), &tx, &rx)?;
+        }
+        if mode == DeviceMode::Tape {
+            self.one(ServerCommand::new(CommandCode::REWIND), &tx, &rx)?;
         }
         if complete {
-            finish(CommandCode::COMPLETE)?;
+            self.one(ServerCommand::new(CommandCode::COMPLETE), &tx, &rx)?;
         }
         self.dev.close_device().map_err(|e| vd(e, "closing"))?;
         Ok(stream)
@@ -877,7 +1146,7 @@ pub fn restore(cfg: &EngineCfg, spec: &Spec, force: bool, integrity: bool) -> Re
     let set = open_set(cfg)?;
     let started = Instant::now();
     let mut notes = Vec::new();
-    let (devices, buffers, complete) =
+    let (devices, buffers, complete, mode) =
         match configure(&set, cfg, features::READ_MEDIA, None, &mut notes) {
             Ok(v) => v,
             Err(e) => {
@@ -889,7 +1158,7 @@ pub fn restore(cfg: &EngineCfg, spec: &Spec, force: bool, integrity: bool) -> Re
     out.begin(devices);
     let inj = Injector::new(Role::Engine, &cfg.faults);
     let streams = with_agent(&set, cfg, "restore", || {
-        let devs = open_devices(&set, devices)?;
+        let devs = open_devices(&set, cfg, devices)?;
         let depth = (buffers / devices).max(1);
         let results: Vec<Result<DeviceStream, DevErr>> = std::thread::scope(|s| {
             let handles: Vec<_> = devs
@@ -906,7 +1175,7 @@ pub fn restore(cfg: &EngineCfg, spec: &Spec, force: bool, integrity: bool) -> Re
                             max_transfer: cfg.max_transfer,
                             inj,
                         }
-                        .run(depth, sink.as_mut(), complete);
+                        .run(depth, sink.as_mut(), complete, mode);
                         if r.is_err() {
                             let _ = set.signal_abort();
                         }
@@ -964,6 +1233,7 @@ pub fn restore(cfg: &EngineCfg, spec: &Spec, force: bool, integrity: bool) -> Re
         devices,
         stream_id: Some(stream::hex_id(&summary.stream_id)),
         seconds: started.elapsed().as_secs_f64(),
+        mode: Some(mode.name().into()),
         integrity_check: verdict,
         unfired: unfired(&inj),
         notes,
@@ -997,6 +1267,41 @@ pub fn failed_report(op: &str, e: &crate::Error) -> EngineReport {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn device_modes_follow_what_the_client_offers() {
+        let tape = features::LIKE_TAPE;
+        let disk = features::LIKE_DISK;
+        assert_eq!(DeviceMode::Auto.resolve(0).unwrap(), (DeviceMode::Pipe, 0));
+        assert_eq!(
+            DeviceMode::Auto.resolve(tape).unwrap(),
+            (DeviceMode::Tape, tape)
+        );
+        assert_eq!(
+            DeviceMode::Auto
+                .resolve(disk | features::REQUEST_COMPLETE)
+                .unwrap(),
+            (DeviceMode::Disk, disk)
+        );
+        // A pipe is always possible; tape and disk only when offered, and the refusal
+        // names what the client must set.
+        assert_eq!(
+            DeviceMode::Pipe.resolve(tape).unwrap(),
+            (DeviceMode::Pipe, 0)
+        );
+        let e = DeviceMode::Tape
+            .resolve(features::REQUEST_COMPLETE)
+            .unwrap_err();
+        assert!(e.to_string().contains("VDF_LikeTape"), "{e}");
+        let e = DeviceMode::Disk.resolve(tape).unwrap_err();
+        assert!(e.to_string().contains("VDF_LikeDisk"), "{e}");
+        assert_eq!(DeviceMode::parse(" Disk ").unwrap(), DeviceMode::Disk);
+        assert!(
+            DeviceMode::parse("floppy")
+                .unwrap_err()
+                .contains("pipe, tape, disk")
+        );
+    }
 
     #[test]
     fn buffer_counts_are_capped_and_say_why() {

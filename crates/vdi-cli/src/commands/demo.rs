@@ -349,6 +349,7 @@ pub fn run(a: &DemoArgs) -> Result<()> {
     ));
 
     let knobs = EngineKnobs {
+        device_mode: Default::default(),
         buffer_count: None,
         max_transfer_size: 1 << 20,
         block_size: 4096,

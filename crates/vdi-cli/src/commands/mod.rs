@@ -2,11 +2,13 @@
 //! into a message and an exit code.
 
 mod backup;
+pub mod check;
 mod client;
 pub mod demo;
 mod engine;
 mod restore;
 mod sets;
+pub mod sql;
 // -- repositories, completions, manual, configuration (issue 15)
 mod extras;
 mod repo;
@@ -41,9 +43,15 @@ fn output_of(cmd: &Cmd) -> OutputArgs {
         Cmd::Info(a) => a.output,
         Cmd::Expire(a) => a.output,
         Cmd::Config(a) => a.output,
+        Cmd::Sql(a) => a.output,
+        Cmd::CheckClient(a) => a.output,
         Cmd::Completions(_) | Cmd::Man(_) => OutputArgs {
             json: false,
             quiet: false,
+        },
+        Cmd::Sqlcmd(_) | Cmd::Osql(_) => OutputArgs {
+            json: false,
+            quiet: true,
         },
     }
 }
@@ -75,6 +83,10 @@ pub fn main(cli: Cli) -> ExitCode {
         Cmd::Completions(_) => "completions",
         Cmd::Man(_) => "man",
         Cmd::Config(_) => "config",
+        Cmd::Sql(_) => "sql",
+        Cmd::Sqlcmd(_) => "sqlcmd",
+        Cmd::Osql(_) => "osql",
+        Cmd::CheckClient(_) => "check-client",
     };
     let data_on_stdout = match &cli.cmd {
         Cmd::Backup(a) => a.dest.as_deref() == Some("-"),
@@ -217,6 +229,9 @@ pub(crate) fn engine_cfg(s: &EngineSession, k: &EngineKnobs) -> EngineCfg {
         wait: Duration::from_secs(s.wait),
         trust_owner: s.trust_owner,
         stall: s.stall.limit(),
+        device_names: Vec::new(),
+        mode: k.device_mode,
+        probe: None,
     }
 }
 
@@ -243,5 +258,9 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Completions(a) => extras::completions(a.shell),
         Cmd::Man(a) => extras::man(a.command.as_deref()),
         Cmd::Config(a) => extras::config(&a),
+        Cmd::Sql(a) => sql::run(&a),
+        Cmd::CheckClient(a) => check::run(&a),
+        Cmd::Sqlcmd(a) => sql::exit_with(sql::Dialect::Sqlcmd, &a.args),
+        Cmd::Osql(a) => sql::exit_with(sql::Dialect::Osql, &a.args),
     }
 }

@@ -121,7 +121,7 @@ fn devices(v: &SetView) -> String {
     );
     for d in &v.devices {
         let name = d.name.clone().unwrap_or_else(|| "-".into());
-        let name: String = name.chars().take(20).collect();
+        let name = fit(&name, 20);
         out.push_str(&format!(
             "  {:>4} {:<20} {:>10} {:>9} {:>4} {:>10.0}% {:>10.0}% {:<10}\n",
             d.index,
@@ -135,6 +135,17 @@ fn devices(v: &SetView) -> String {
         ));
     }
     out
+}
+
+/// `name` in at most `width` characters: a long one keeps its end (where device names
+/// differ: `set`, `set#1`, `set#2`) behind an ellipsis.
+fn fit(name: &str, width: usize) -> String {
+    let n = name.chars().count();
+    if n <= width {
+        return name.to_owned();
+    }
+    let tail: String = name.chars().skip(n - (width - 1)).collect();
+    format!("…{tail}")
 }
 
 fn device_json(d: &DeviceStats, age: Duration) -> serde_json::Value {
@@ -181,5 +192,23 @@ fn set_json(s: &LiveSet) -> serde_json::Value {
             "state": "hidden",
             "why": e,
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn long_device_names_keep_their_end() {
+        assert_eq!(super::fit("short", 20), "short");
+        assert_eq!(
+            super::fit("vdi-backup-16865-a245c531#3", 20),
+            "…up-16865-a245c531#3"
+        );
+        assert_eq!(
+            super::fit("vdi-backup-16865-a245c531#3", 20)
+                .chars()
+                .count(),
+            20
+        );
     }
 }

@@ -249,6 +249,7 @@ fn one_run(p: &Params, dir: &Path) -> Result<RunOutcome> {
     let bk = dir.join("backup");
     let compression = Compression::parse(&p.compression).map_err(|e| fail(Kind::Usage, e))?;
     let knobs = EngineKnobs {
+        device_mode: Default::default(),
         buffer_count: p.buffers,
         max_transfer_size: p.max_transfer,
         block_size: p.block_size,
@@ -281,6 +282,7 @@ fn one_run(p: &Params, dir: &Path) -> Result<RunOutcome> {
         ));
     }
     let rknobs = EngineKnobs {
+        device_mode: Default::default(),
         buffer_count: None,
         max_transfer_size: p.restore_transfer,
         block_size: p.restore_block,
