@@ -49,12 +49,11 @@ impl NobodyVdi {
         std::fs::copy(env!("CARGO_BIN_EXE_vdi"), &exe).unwrap();
         std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
         let me = NobodyVdi { dir, exe };
+        // Through spawn, which retries the exec a concurrent fork makes fail (ETXTBSY).
         let ok = me
-            .command(&["--version"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
+            .spawn(&["--version"])
+            .wait_with_output()
+            .is_ok_and(|o| o.status.success());
         assert!(
             ok,
             "as root, yet {} does not run as nobody",
