@@ -126,16 +126,33 @@ fn live_backup(journal: &str, devices: &str, compress: &str) {
     });
     let before = committed.load(Ordering::SeqCst);
     let bk = dir.path().join("bk");
-    run(&[
-        "backup",
-        &format!("sqlite:{}", s(&db)),
-        &s(&bk),
-        "--devices",
-        devices,
-        "--compress",
-        compress,
-    ])
-    .ok();
+    // The backup makes no scratch copy: nothing appears in its $TMPDIR.
+    let tmp = dir.path().join("tmp");
+    std::fs::create_dir(&tmp).unwrap();
+    let out = vdi()
+        .args([
+            "backup",
+            &format!("sqlite:{}", s(&db)),
+            &s(&bk),
+            "--devices",
+            devices,
+            "--compress",
+            compress,
+        ])
+        .env("TMPDIR", &tmp)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "backup failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        names_in(&tmp),
+        Vec::<String>::new(),
+        "files left in $TMPDIR"
+    );
     let after_backup = committed.load(Ordering::SeqCst);
     stop.store(true, Ordering::SeqCst);
     let batches = writer.join().unwrap();
