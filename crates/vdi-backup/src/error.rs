@@ -277,6 +277,7 @@ impl From<crate::format::manifest::BackupError> for Error {
     fn from(e: crate::format::manifest::BackupError) -> Error {
         let kind = match e {
             crate::format::manifest::BackupError::Unreadable(_) => Kind::Input,
+            crate::format::manifest::BackupError::Key(_) => Kind::Usage,
             _ => Kind::Damaged,
         };
         Error::new(kind, e.to_string())

@@ -28,6 +28,7 @@ pub mod fault;
 pub mod format;
 pub mod meter;
 pub mod repo;
+pub mod seal;
 pub mod source;
 pub mod store;
 pub mod units;

@@ -14,7 +14,9 @@ pub(super) fn run(a: &RestoreArgs) -> Result<()> {
     if a.target == "-" {
         crate::output::refuse_binary_on_terminal("vdi restore BACKUP - > FILE")?;
     }
+    let secret = a.key.secret()?;
     let o = spawn::restore(&spawn::RestoreRequest {
+        secret,
         backup: &a.backup,
         target: &a.target,
         devices: a.devices,
