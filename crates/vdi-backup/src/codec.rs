@@ -113,7 +113,7 @@ impl Media for File {
 enum Enc<M: Media> {
     Raw(Out<M>),
     Zstd(zstd::stream::write::Encoder<'static, Out<M>>),
-    Lz4(Box<lz4_flex::frame::FrameEncoder<Out<M>>>),
+    Lz4(Box<ParLz4<Out<M>>>),
 }
 
 /// The writing end of one stored stream: compresses (optionally), counts, and hashes
@@ -174,10 +174,7 @@ impl<M: Media> StreamWriter<M> {
         };
         let enc = match compression {
             Compression::None => Enc::Raw(c),
-            Compression::Lz4 => Enc::Lz4(Box::new(lz4_flex::frame::FrameEncoder::with_frame_info(
-                lz4_frame_info(),
-                c,
-            ))),
+            Compression::Lz4 => Enc::Lz4(Box::new(ParLz4::new(c))),
             Compression::Zstd { level } => {
                 let mut e = zstd::stream::write::Encoder::new(c, level)?;
                 e.include_checksum(true)?;
@@ -255,7 +252,7 @@ impl<M: Media> StreamWriter<M> {
         let out = match enc {
             Enc::Raw(w) => w,
             Enc::Zstd(w) => w.finish()?,
-            Enc::Lz4(w) => w.finish().map_err(io::Error::from)?,
+            Enc::Lz4(w) => w.finish()?,
         };
         let mut c = out.finish()?;
         c.flush()?;
@@ -272,12 +269,210 @@ impl<M: Media> StreamWriter<M> {
     }
 }
 
-/// lz4 frames as vdi writes them: 4 MiB blocks, linked within a frame, with the frame's
-/// content checksum.
+/// lz4 frames as vdi writes them: 4 MiB blocks, with the frame's content checksum.
 fn lz4_frame_info() -> lz4_flex::frame::FrameInfo {
     lz4_flex::frame::FrameInfo::new()
         .block_size(lz4_flex::frame::BlockSize::Max4MB)
         .content_checksum(true)
+}
+
+/// Reads concatenated lz4 frames as one stream (lz4_flex's decoder ends its reads at
+/// the end of each frame, then goes on with the next): the end is a frame's end with
+/// nothing after it.
+struct Lz4Frames<R: Read>(lz4_flex::frame::FrameDecoder<R>);
+
+impl<R: Read> Read for Lz4Frames<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        // A frame's end, then either the next frame's bytes or the end of the input.
+        for _ in 0..2 {
+            let n = self.0.read(buf)?;
+            if n > 0 {
+                return Ok(n);
+            }
+        }
+        Ok(0)
+    }
+}
+
+/// Bytes of the stream in one lz4 frame of [`ParLz4`].
+const LZ4_PIECE: usize = 4 << 20;
+
+/// A piece to compress: its number, its bytes, and a buffer for its frame.
+type Lz4Job = (u64, Vec<u8>, Vec<u8>);
+/// A piece compressed: its number, then its frame and its bytes (both buffers reused).
+type Lz4Done = (u64, io::Result<(Vec<u8>, Vec<u8>)>);
+
+/// lz4 on every core: the stream cut in pieces of 4 MiB, each compressed as a frame of
+/// its own on a pool of worker threads, written in order (an lz4 reader reads the
+/// concatenated frames as one stream). Memory: at most `2 × workers` pieces in flight,
+/// each with its compressed copy (with 2 workers, about 32 MiB at most); the buffers are
+/// reused, not allocated per piece.
+struct ParLz4<W: Write> {
+    out: W,
+    buf: Vec<u8>,
+    jobs: Option<std::sync::mpsc::SyncSender<Lz4Job>>,
+    done: std::sync::mpsc::Receiver<Lz4Done>,
+    workers: Vec<std::thread::JoinHandle<()>>,
+    sent: u64,
+    written: u64,
+    ready: std::collections::BTreeMap<u64, (Vec<u8>, Vec<u8>)>,
+    spare_in: Vec<Vec<u8>>,
+    spare_out: Vec<Vec<u8>>,
+    limit: usize,
+}
+
+/// A worker of [`ParLz4`]: one encoder for all its frames (its tables and buffers are
+/// kept from frame to frame; each frame starts afresh).
+fn lz4_worker(
+    jobs: Arc<std::sync::Mutex<std::sync::mpsc::Receiver<Lz4Job>>>,
+    done: std::sync::mpsc::Sender<Lz4Done>,
+) {
+    let mut enc = lz4_flex::frame::FrameEncoder::with_frame_info(lz4_frame_info(), Vec::new());
+    loop {
+        let job = match jobs.lock() {
+            Ok(rx) => rx.recv(),
+            Err(_) => return,
+        };
+        let Ok((seq, piece, mut out)) = job else {
+            return;
+        };
+        out.clear();
+        *enc.get_mut() = out;
+        let r = enc
+            .write_all(&piece)
+            .and_then(|()| enc.try_finish().map_err(io::Error::from))
+            .map(|()| (std::mem::take(enc.get_mut()), piece));
+        if done.send((seq, r)).is_err() {
+            return;
+        }
+    }
+}
+
+impl<W: Write> ParLz4<W> {
+    fn new(out: W) -> ParLz4<W> {
+        let n = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+            .clamp(1, 8);
+        let (jtx, jrx) = std::sync::mpsc::sync_channel::<Lz4Job>(n);
+        let jrx = Arc::new(std::sync::Mutex::new(jrx));
+        let (dtx, drx) = std::sync::mpsc::channel::<Lz4Done>();
+        let workers = (0..n)
+            .map(|_| {
+                let (jrx, dtx) = (jrx.clone(), dtx.clone());
+                std::thread::spawn(move || lz4_worker(jrx, dtx))
+            })
+            .collect();
+        ParLz4 {
+            out,
+            buf: Vec::with_capacity(LZ4_PIECE),
+            jobs: Some(jtx),
+            done: drx,
+            workers,
+            sent: 0,
+            written: 0,
+            ready: std::collections::BTreeMap::new(),
+            spare_in: Vec::new(),
+            spare_out: Vec::new(),
+            limit: 2 * n,
+        }
+    }
+
+    fn get_mut(&mut self) -> &mut W {
+        &mut self.out
+    }
+
+    /// Hands the buffered piece to the workers.
+    fn send(&mut self) -> io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let next = self
+            .spare_in
+            .pop()
+            .unwrap_or_else(|| Vec::with_capacity(LZ4_PIECE));
+        let piece = std::mem::replace(&mut self.buf, next);
+        let out = self.spare_out.pop().unwrap_or_default();
+        let jobs = self
+            .jobs
+            .as_ref()
+            .ok_or_else(|| io::Error::other("the lz4 stream is finished"))?;
+        jobs.send((self.sent, piece, out))
+            .map_err(|_| io::Error::other("the lz4 workers stopped"))?;
+        self.sent += 1;
+        Ok(())
+    }
+
+    fn take(&mut self, (seq, r): Lz4Done) -> io::Result<()> {
+        self.ready.insert(seq, r?);
+        Ok(())
+    }
+
+    /// Writes the frames that are done, in order; then, with `most` > 0, returns once
+    /// fewer than `most` pieces are in flight; with 0, once none is.
+    fn drain(&mut self, most: usize) -> io::Result<()> {
+        loop {
+            while let Some((frame, mut piece)) = self.ready.remove(&self.written) {
+                self.out.write_all(&frame)?;
+                self.written += 1;
+                piece.clear();
+                self.spare_in.push(piece);
+                self.spare_out.push(frame);
+            }
+            let in_flight = (self.sent - self.written) as usize;
+            if in_flight == 0 {
+                return Ok(());
+            }
+            if most > 0 && in_flight < most {
+                // Take what is done without waiting.
+                match self.done.try_recv() {
+                    Ok(d) => {
+                        self.take(d)?;
+                        continue;
+                    }
+                    Err(_) => return Ok(()),
+                }
+            }
+            let d = self
+                .done
+                .recv()
+                .map_err(|_| io::Error::other("the lz4 workers stopped"))?;
+            self.take(d)?;
+        }
+    }
+
+    fn finish(mut self) -> io::Result<W> {
+        self.flush()?;
+        self.jobs = None;
+        for w in self.workers.drain(..) {
+            let _ = w.join();
+        }
+        Ok(self.out)
+    }
+}
+
+impl<W: Write> Write for ParLz4<W> {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        let n = data.len().min(LZ4_PIECE - self.buf.len());
+        self.buf.extend_from_slice(&data[..n]);
+        if self.buf.len() == LZ4_PIECE {
+            self.send()?;
+            let limit = self.limit;
+            self.drain(limit)?;
+        }
+        Ok(n)
+    }
+
+    /// Compresses and writes everything so far (then the writer below is flushed by
+    /// the caller).
+    fn flush(&mut self) -> io::Result<()> {
+        self.send()?;
+        self.drain(0)?;
+        self.out.flush()
+    }
 }
 
 enum Dec {
@@ -339,9 +534,9 @@ impl StreamReader {
             Compression::Zstd { .. } => Dec::Raw(Box::new(ReadAhead::new(Box::new(
                 zstd::stream::read::Decoder::new(media)?,
             )))),
-            Compression::Lz4 => Dec::Raw(Box::new(ReadAhead::new(Box::new(
+            Compression::Lz4 => Dec::Raw(Box::new(ReadAhead::new(Box::new(Lz4Frames(
                 lz4_flex::frame::FrameDecoder::new(media),
-            )))),
+            ))))),
         };
         Ok(StreamReader {
             dec,
@@ -578,7 +773,8 @@ mod tests {
         let secret = crate::seal::Secret::key([9u8; 32]);
         let (keys, _) = crate::seal::Keys::create(&secret, [4u8; 16]).unwrap();
         let keys = Arc::new(keys);
-        let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+        // More than two lz4 frames (4 MiB each), and a sync in the middle of one.
+        let data: Vec<u8> = (0..10_000_000u32).map(|i| (i % 251) as u8).collect();
         for c in [
             Compression::None,
             Compression::Zstd { level: 1 },
@@ -596,7 +792,7 @@ mod tests {
                     StreamWriter::sealed(File::create(&p).unwrap(), c, seal.clone(), true).unwrap();
                 for (i, piece) in data.chunks(700_000).enumerate() {
                     w.write(piece).unwrap();
-                    if i == 1 {
+                    if i == 1 || i == 9 {
                         w.sync().unwrap();
                     }
                 }
@@ -604,7 +800,7 @@ mod tests {
                 assert_eq!(done.stored_bytes, std::fs::metadata(&p).unwrap().len());
                 let media: Box<dyn Read + Send> = Box::new(File::open(&p).unwrap());
                 let mut r = StreamReader::sealed(media, c, seal.clone(), true).unwrap();
-                let mut out = vec![0u8; 4_000_000];
+                let mut out = vec![0u8; 12_000_000];
                 let n = r.read_full(&mut out).unwrap();
                 assert_eq!(n, data.len(), "{c:?} {sealed}");
                 assert!(out[..n] == data[..], "{c:?} {sealed}");
