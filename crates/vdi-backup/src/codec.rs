@@ -113,7 +113,7 @@ impl Media for File {
 enum Enc<M: Media> {
     Raw(Out<M>),
     Zstd(zstd::stream::write::Encoder<'static, Out<M>>),
-    Lz4(Box<ParLz4<Out<M>>>),
+    Lz4(Box<crate::ordered::Ordered<Out<M>>>),
 }
 
 /// The writing end of one stored stream: compresses (optionally), counts, and hashes
@@ -174,7 +174,7 @@ impl<M: Media> StreamWriter<M> {
         };
         let enc = match compression {
             Compression::None => Enc::Raw(c),
-            Compression::Lz4 => Enc::Lz4(Box::new(ParLz4::new(c))),
+            Compression::Lz4 => Enc::Lz4(Box::new(par_lz4(c))),
             Compression::Zstd { level } => {
                 let mut e = zstd::stream::write::Encoder::new(c, level)?;
                 e.include_checksum(true)?;
@@ -297,182 +297,27 @@ impl<R: Read> Read for Lz4Frames<R> {
     }
 }
 
-/// Bytes of the stream in one lz4 frame of [`ParLz4`].
+/// Bytes of the stream in one lz4 frame.
 const LZ4_PIECE: usize = 4 << 20;
 
-/// A piece to compress: its number, its bytes, and a buffer for its frame.
-type Lz4Job = (u64, Vec<u8>, Vec<u8>);
-/// A piece compressed: its number, then its frame and its bytes (both buffers reused).
-type Lz4Done = (u64, io::Result<(Vec<u8>, Vec<u8>)>);
-
 /// lz4 on every core: the stream cut in pieces of 4 MiB, each compressed as a frame of
-/// its own on a pool of worker threads, written in order (an lz4 reader reads the
-/// concatenated frames as one stream). Memory: at most `2 × workers` pieces in flight,
-/// each with its compressed copy (with 2 workers, about 32 MiB at most); the buffers are
-/// reused, not allocated per piece.
-struct ParLz4<W: Write> {
-    out: W,
-    buf: Vec<u8>,
-    jobs: Option<std::sync::mpsc::SyncSender<Lz4Job>>,
-    done: std::sync::mpsc::Receiver<Lz4Done>,
-    workers: Vec<std::thread::JoinHandle<()>>,
-    sent: u64,
-    written: u64,
-    ready: std::collections::BTreeMap<u64, (Vec<u8>, Vec<u8>)>,
-    spare_in: Vec<Vec<u8>>,
-    spare_out: Vec<Vec<u8>>,
-    limit: usize,
-}
-
-/// A worker of [`ParLz4`]: one encoder for all its frames (its tables and buffers are
-/// kept from frame to frame; each frame starts afresh).
-fn lz4_worker(
-    jobs: Arc<std::sync::Mutex<std::sync::mpsc::Receiver<Lz4Job>>>,
-    done: std::sync::mpsc::Sender<Lz4Done>,
-) {
-    let mut enc = lz4_flex::frame::FrameEncoder::with_frame_info(lz4_frame_info(), Vec::new());
-    loop {
-        let job = match jobs.lock() {
-            Ok(rx) => rx.recv(),
-            Err(_) => return,
-        };
-        let Ok((seq, piece, mut out)) = job else {
-            return;
-        };
-        out.clear();
-        *enc.get_mut() = out;
-        let r = enc
-            .write_all(&piece)
-            .and_then(|()| enc.try_finish().map_err(io::Error::from))
-            .map(|()| (std::mem::take(enc.get_mut()), piece));
-        if done.send((seq, r)).is_err() {
-            return;
-        }
-    }
-}
-
-impl<W: Write> ParLz4<W> {
-    fn new(out: W) -> ParLz4<W> {
-        let n = std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1)
-            .clamp(1, 8);
-        let (jtx, jrx) = std::sync::mpsc::sync_channel::<Lz4Job>(n);
-        let jrx = Arc::new(std::sync::Mutex::new(jrx));
-        let (dtx, drx) = std::sync::mpsc::channel::<Lz4Done>();
-        let workers = (0..n)
-            .map(|_| {
-                let (jrx, dtx) = (jrx.clone(), dtx.clone());
-                std::thread::spawn(move || lz4_worker(jrx, dtx))
-            })
-            .collect();
-        ParLz4 {
-            out,
-            buf: Vec::with_capacity(LZ4_PIECE),
-            jobs: Some(jtx),
-            done: drx,
-            workers,
-            sent: 0,
-            written: 0,
-            ready: std::collections::BTreeMap::new(),
-            spare_in: Vec::new(),
-            spare_out: Vec::new(),
-            limit: 2 * n,
-        }
-    }
-
-    fn get_mut(&mut self) -> &mut W {
-        &mut self.out
-    }
-
-    /// Hands the buffered piece to the workers.
-    fn send(&mut self) -> io::Result<()> {
-        if self.buf.is_empty() {
-            return Ok(());
-        }
-        let next = self
-            .spare_in
-            .pop()
-            .unwrap_or_else(|| Vec::with_capacity(LZ4_PIECE));
-        let piece = std::mem::replace(&mut self.buf, next);
-        let out = self.spare_out.pop().unwrap_or_default();
-        let jobs = self
-            .jobs
-            .as_ref()
-            .ok_or_else(|| io::Error::other("the lz4 stream is finished"))?;
-        jobs.send((self.sent, piece, out))
-            .map_err(|_| io::Error::other("the lz4 workers stopped"))?;
-        self.sent += 1;
-        Ok(())
-    }
-
-    fn take(&mut self, (seq, r): Lz4Done) -> io::Result<()> {
-        self.ready.insert(seq, r?);
-        Ok(())
-    }
-
-    /// Writes the frames that are done, in order; then, with `most` > 0, returns once
-    /// fewer than `most` pieces are in flight; with 0, once none is.
-    fn drain(&mut self, most: usize) -> io::Result<()> {
-        loop {
-            while let Some((frame, mut piece)) = self.ready.remove(&self.written) {
-                self.out.write_all(&frame)?;
-                self.written += 1;
-                piece.clear();
-                self.spare_in.push(piece);
-                self.spare_out.push(frame);
-            }
-            let in_flight = (self.sent - self.written) as usize;
-            if in_flight == 0 {
-                return Ok(());
-            }
-            if most > 0 && in_flight < most {
-                // Take what is done without waiting.
-                match self.done.try_recv() {
-                    Ok(d) => {
-                        self.take(d)?;
-                        continue;
-                    }
-                    Err(_) => return Ok(()),
-                }
-            }
-            let d = self
-                .done
-                .recv()
-                .map_err(|_| io::Error::other("the lz4 workers stopped"))?;
-            self.take(d)?;
-        }
-    }
-
-    fn finish(mut self) -> io::Result<W> {
-        self.flush()?;
-        self.jobs = None;
-        for w in self.workers.drain(..) {
-            let _ = w.join();
-        }
-        Ok(self.out)
-    }
-}
-
-impl<W: Write> Write for ParLz4<W> {
-    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
-        let n = data.len().min(LZ4_PIECE - self.buf.len());
-        self.buf.extend_from_slice(&data[..n]);
-        if self.buf.len() == LZ4_PIECE {
-            self.send()?;
-            let limit = self.limit;
-            self.drain(limit)?;
-        }
-        Ok(n)
-    }
-
-    /// Compresses and writes everything so far (then the writer below is flushed by
-    /// the caller).
-    fn flush(&mut self) -> io::Result<()> {
-        self.send()?;
-        self.drain(0)?;
-        self.out.flush()
-    }
+/// its own on the worker pool of an [`Ordered`](crate::ordered::Ordered) writer, written
+/// in order (an lz4 reader reads the concatenated frames as one stream). Each worker
+/// keeps one encoder (its tables and buffers) for all its frames.
+fn par_lz4<W: Write>(out: W) -> crate::ordered::Ordered<W> {
+    let make: crate::ordered::MakeWork = Arc::new(|| {
+        let mut enc = lz4_flex::frame::FrameEncoder::with_frame_info(lz4_frame_info(), Vec::new());
+        Box::new(
+            move |_k: u64, piece: &[u8], _last: bool, out: &mut Vec<u8>| {
+                *enc.get_mut() = std::mem::take(out);
+                enc.write_all(piece)?;
+                enc.try_finish().map_err(io::Error::from)?;
+                *out = std::mem::take(enc.get_mut());
+                Ok(())
+            },
+        ) as crate::ordered::Work
+    });
+    crate::ordered::Ordered::new(out, LZ4_PIECE, crate::ordered::workers(), false, make)
 }
 
 enum Dec {

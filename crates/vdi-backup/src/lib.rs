@@ -27,6 +27,7 @@ pub mod error;
 pub mod fault;
 pub mod format;
 pub mod meter;
+pub mod ordered;
 pub mod repo;
 pub mod seal;
 pub mod source;

@@ -562,21 +562,43 @@ fn aad(header: &[u8; HEADER_LEN], chunk: u64, word: u32) -> [u8; HEADER_LEN + 12
     a
 }
 
-/// Seals what is written into chunks onto `inner`.
-pub struct SealWriter<W: Write> {
-    inner: W,
-    keys: Arc<Keys>,
+/// Seals chunk `chunk` of device `device`'s stream (`last`: the stream's last chunk):
+/// appends its record (word, ciphertext, tag) to `out`.
+fn seal_chunk(
+    keys: &Keys,
+    header: &[u8; HEADER_LEN],
     device: u32,
-    header: [u8; HEADER_LEN],
-    buf: Vec<u8>,
     chunk: u64,
+    last: bool,
+    plain: &[u8],
+    out: &mut Vec<u8>,
+) -> io::Result<()> {
+    let word = plain.len() as u32 | if last { FINAL } else { 0 };
+    let n = nonce(device, chunk);
+    let a = aad(header, chunk, word);
+    out.extend_from_slice(&word.to_le_bytes());
+    out.extend_from_slice(plain);
+    let tag = keys
+        .cipher
+        .encrypt_in_place_detached(Nonce::from_slice(&n), &a, &mut out[4..])
+        .map_err(|_| io::Error::other("encrypting a chunk failed"))?;
+    out.extend_from_slice(&tag);
+    Ok(())
+}
+
+/// Seals what is written into chunks onto `inner`, on every core (an
+/// [`Ordered`](crate::ordered::Ordered) writer: chunk `k` is sealed by whichever worker
+/// is free, the records are written in order). A flush seals what is buffered as a
+/// short chunk; [`SealWriter::finish`] seals the last chunk (possibly empty) with the
+/// last-chunk marker.
+pub struct SealWriter<W: Write> {
+    inner: crate::ordered::Ordered<W>,
 }
 
 impl<W: Write> std::fmt::Debug for SealWriter<W> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SealWriter")
-            .field("device", &self.device)
-            .field("chunk", &self.chunk)
+            .field("chunks", &self.inner.pieces())
             .finish()
     }
 }
@@ -586,63 +608,42 @@ impl<W: Write> SealWriter<W> {
     pub fn new(mut inner: W, keys: Arc<Keys>, device: u32) -> io::Result<SealWriter<W>> {
         let header = header(&keys, device);
         inner.write_all(&header)?;
-        let cap = keys.chunk_bytes as usize + TAG_LEN;
+        let chunk = keys.chunk_bytes as usize;
+        let make: crate::ordered::MakeWork = Arc::new(move || {
+            let keys = keys.clone();
+            Box::new(move |k: u64, plain: &[u8], last: bool, out: &mut Vec<u8>| {
+                seal_chunk(&keys, &header, device, k, last, plain, out)
+            }) as crate::ordered::Work
+        });
         Ok(SealWriter {
-            inner,
-            keys,
-            device,
-            header,
-            buf: Vec::with_capacity(cap),
-            chunk: 0,
+            inner: crate::ordered::Ordered::new(
+                inner,
+                chunk,
+                crate::ordered::workers(),
+                true,
+                make,
+            ),
         })
-    }
-
-    fn seal(&mut self, last: bool) -> io::Result<()> {
-        let word = self.buf.len() as u32 | if last { FINAL } else { 0 };
-        let n = nonce(self.device, self.chunk);
-        let a = aad(&self.header, self.chunk, word);
-        let tag = self
-            .keys
-            .cipher
-            .encrypt_in_place_detached(Nonce::from_slice(&n), &a, &mut self.buf)
-            .map_err(|_| io::Error::other("encrypting a chunk failed"))?;
-        self.inner.write_all(&word.to_le_bytes())?;
-        self.inner.write_all(&self.buf)?;
-        self.inner.write_all(&tag)?;
-        self.buf.clear();
-        self.chunk += 1;
-        Ok(())
     }
 
     /// The writer below.
     pub fn get_mut(&mut self) -> &mut W {
-        &mut self.inner
+        self.inner.get_mut()
     }
 
     /// Seals the last chunk and returns the writer below.
-    pub fn finish(mut self) -> io::Result<W> {
-        self.seal(true)?;
-        self.inner.flush()?;
-        Ok(self.inner)
+    pub fn finish(self) -> io::Result<W> {
+        self.inner.finish()
     }
 }
 
 impl<W: Write> Write for SealWriter<W> {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
-        let room = self.keys.chunk_bytes as usize - self.buf.len();
-        let n = data.len().min(room);
-        self.buf.extend_from_slice(&data[..n]);
-        if self.buf.len() == self.keys.chunk_bytes as usize {
-            self.seal(false)?;
-        }
-        Ok(n)
+        self.inner.write(data)
     }
 
     /// Seals what is buffered as a (short) chunk, so all written so far is on `inner`.
     fn flush(&mut self) -> io::Result<()> {
-        if !self.buf.is_empty() {
-            self.seal(false)?;
-        }
         self.inner.flush()
     }
 }
