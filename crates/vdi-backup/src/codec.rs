@@ -663,6 +663,41 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        /// Whatever a stored stream holds, reading it fails or succeeds, never panics,
+        /// for every compression, sealed or not.
+        #[test]
+        fn garbage_in_a_stored_stream_never_panics(
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..3000),
+            magic in 0usize..4,
+        ) {
+            let secret = crate::seal::Secret::key([9u8; 32]);
+            let (keys, _) = crate::seal::Keys::create(&secret, [4u8; 16]).unwrap();
+            let keys = Arc::new(keys);
+            let mut input = match magic {
+                1 => ZSTD_MAGIC.to_vec(),
+                2 => LZ4_MAGIC.to_vec(),
+                3 => {
+                    let mut w = crate::seal::SealWriter::new(Vec::new(), keys.clone(), 0).unwrap();
+                    w.write_all(b"x").unwrap();
+                    w.finish().unwrap()[..crate::seal::HEADER_LEN].to_vec()
+                }
+                _ => Vec::new(),
+            };
+            input.extend_from_slice(&bytes);
+            for c in [Compression::None, Compression::Zstd { level: 1 }, Compression::Lz4] {
+                for sealed in [false, true] {
+                    let seal = sealed.then(|| Sealing { keys: keys.clone(), device: 0 });
+                    let media: Box<dyn Read + Send> = Box::new(io::Cursor::new(input.clone()));
+                    if let Ok(mut r) = StreamReader::sealed(media, c, seal, true) {
+                        let mut out = vec![0u8; 1 << 16];
+                        let _ = r.read_full(&mut out);
+                    }
+                }
+            }
+        }
+    }
+
     #[test]
     fn writer_and_reader_agree() {
         for c in [
