@@ -550,6 +550,10 @@ fn the_split_client_encrypts_too() {
     let c = wait_output(client, std::time::Duration::from_secs(60));
     c.ok();
     assert_eq!(c.json()["encrypted"], true);
+    let info = run(&["info", &s(&bk)]);
+    info.ok();
+    let text = format!("{}{}", info.stdout_str(), info.stderr);
+    assert!(text.contains("aes-256-gcm (key: key file)"), "{text}");
     run(&["verify", &s(&bk)]).fails(2, &["encrypted"]);
     run(&["verify", &s(&bk), "--key-file", &kf]).ok();
     let out = d.join("out");
