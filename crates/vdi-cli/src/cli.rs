@@ -438,6 +438,17 @@ pub struct KeyArgs {
 }
 
 impl KeyArgs {
+    /// Refuses `--passphrase-fd 0` when standard input carries the data (`-`).
+    pub fn refuse_stdin(&self, stdin_is_data: bool) -> vdi_backup::Result<()> {
+        if stdin_is_data && self.passphrase_fd == Some(0) {
+            return Err(vdi_backup::fail(
+                vdi_backup::Kind::Usage,
+                "--passphrase-fd 0 reads standard input, which carries the data here (-): give the passphrase on another descriptor (--passphrase-fd 3 3<FILE) or with --passphrase-env",
+            ));
+        }
+        Ok(())
+    }
+
     /// Whether a key or passphrase was named.
     pub fn given(&self) -> bool {
         self.key_file.is_some() || self.passphrase_env.is_some() || self.passphrase_fd.is_some()

@@ -510,6 +510,15 @@ fn a_passphrase_from_an_environment_variable_or_a_file_descriptor() {
     run(&["verify", &s(&bk), "--passphrase-env", "VDI_TEST_UNSET_VAR"])
         .fails(2, &["VDI_TEST_UNSET_VAR", "not set"]);
     run(&["verify", &s(&bk), "--passphrase-fd", "9"]).fails(2, &["file descriptor 9"]);
+    run(&[
+        "backup",
+        "-",
+        &s(&d.join("bk2")),
+        "--encrypt",
+        "--passphrase-fd",
+        "0",
+    ])
+    .fails(2, &["standard input"]);
     run(&["verify", &s(&bk), "--key-file", &s(&key_file(d))])
         .fails(2, &["passphrase", "--passphrase-env"]);
 }

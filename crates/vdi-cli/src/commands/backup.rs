@@ -19,6 +19,7 @@ pub(super) fn run(a: &BackupArgs) -> Result<()> {
     if dest == "-" {
         crate::output::refuse_binary_on_terminal("vdi backup SOURCE - > FILE")?;
     }
+    a.key.refuse_stdin(a.source == "-")?;
     let secret = a.key.for_backup(a.encrypt)?;
     let o = spawn::backup(&spawn::BackupRequest {
         secret,

@@ -11,6 +11,7 @@ use crate::output;
 
 /// Verifies the backup `target` (a directory, or `-` for a stream on standard input).
 pub(super) fn run(target: &str, key: &KeyArgs, out: OutputArgs) -> Result<()> {
+    key.refuse_stdin(target == "-")?;
     let secret = key.secret()?;
     // Nothing to clean up: the first signal stops a verify at once.
     let _stop = cancel::on_interrupt(|| {
