@@ -81,7 +81,7 @@ impl Kind {
         match self {
             Kind::Other => "other error (the message says what went wrong)",
             Kind::Usage => {
-                "wrong command line: an unknown option or a bad value, a --devices count other than the backup's, a binary stream into a terminal, a sqlite: target for a backup that holds no database, - with standard input or output closed"
+                "wrong command line: an unknown option or a bad value, a --devices count other than the backup's, a binary stream into a terminal, a sqlite: target for a backup that holds no database, - with standard input or output closed, an encrypted backup without its key (--key-file, --passphrase-env, --passphrase-fd) or with a wrong one"
             }
             Kind::Input => {
                 "the source, the backup, the repository or a backup id is missing or unreadable (also: a directory as SOURCE, permission denied, a set that does not admit this user, an S3 bucket that is missing, refuses the credentials or cannot be reached)"
@@ -277,6 +277,7 @@ impl From<crate::format::manifest::BackupError> for Error {
     fn from(e: crate::format::manifest::BackupError) -> Error {
         let kind = match e {
             crate::format::manifest::BackupError::Unreadable(_) => Kind::Input,
+            crate::format::manifest::BackupError::Key(_) => Kind::Usage,
             _ => Kind::Damaged,
         };
         Error::new(kind, e.to_string())

@@ -53,8 +53,18 @@ pub fn check_stream(
     compression: Option<Compression>,
     device: Option<u32>,
 ) -> Result<StreamCheck, String> {
+    check_sealed_stream(media, compression, None, device)
+}
+
+/// [`check_stream`] of a stream encrypted as `seal` says (if at all).
+pub fn check_sealed_stream(
+    media: Box<dyn Read + Send>,
+    compression: Option<Compression>,
+    seal: Option<crate::codec::Sealing>,
+    device: Option<u32>,
+) -> Result<StreamCheck, String> {
     let mut r = match compression {
-        Some(c) => StreamReader::new(media, c),
+        Some(c) => StreamReader::sealed(media, c, seal, true),
         None => StreamReader::detect(media),
     }
     .map_err(|e| format!("cannot read: {e}"))?;
@@ -100,11 +110,21 @@ pub fn check_stream(
 /// chunk's checksum, every trailer, that the streams together hold the whole source, and
 /// that the store holds no stream the manifest does not list.
 pub fn verify(store: &dyn Store) -> Result<VerifyReport, BackupError> {
+    verify_with(store, None)
+}
+
+/// [`verify`], with the key or passphrase of an encrypted backup (without it, or with a
+/// wrong one: [`BackupError::Key`], saying which option to give).
+pub fn verify_with(
+    store: &dyn Store,
+    secret: Option<&crate::seal::Secret>,
+) -> Result<VerifyReport, BackupError> {
     let OpenedBackup {
         reader,
         manifest: m,
         streams: files,
     } = open_backup(store)?;
+    let keys = crate::seal::unlock_backup(&m, secret, &reader.place())?;
     let mut report = VerifyReport::default();
     let results: Vec<Result<StreamCheck, String>> = std::thread::scope(|s| {
         let handles: Vec<_> = m
@@ -113,9 +133,13 @@ pub fn verify(store: &dyn Store) -> Result<VerifyReport, BackupError> {
             .zip(files)
             .map(|(e, f)| {
                 let m = &m;
+                let seal = keys.as_ref().map(|k| crate::codec::Sealing {
+                    keys: k.clone(),
+                    device: e.device,
+                });
                 s.spawn(move || {
                     let f = f?;
-                    check_stream(f.reader, Some(m.compression), Some(e.device))
+                    check_sealed_stream(f.reader, Some(m.compression), seal, Some(e.device))
                         .map_err(|p| format!("stream file {} (device {}): {p}", e.file, e.device))
                 })
             })

@@ -62,6 +62,7 @@ fn backup(src: &std::path::Path, store: Arc<dyn Store>, devices: u32, force: boo
     let set = set_name();
     let spec = Spec::parse(&format!("file:{}", src.display()))?;
     let plan = BackupPlan {
+        secret: None,
         set: set.clone(),
         devices,
         compression: Compression::None,

@@ -184,6 +184,7 @@ fn manifest_of(secs: u64, data: &[u8]) -> Manifest {
         block_size: 4096,
         max_transfer_size: 65536,
         compression: Compression::None,
+        encryption: None,
         total_stream_bytes: data.len() as u64,
         total_stored_bytes: data.len() as u64,
         streams: vec![StreamEntry {

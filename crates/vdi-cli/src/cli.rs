@@ -604,6 +604,79 @@ pub struct InjectArgs {
     pub faults: Vec<Fault>,
 }
 
+/// Where the key of an encrypted backup comes from (never the command line itself).
+#[derive(Debug, Args, Clone, Default)]
+pub struct KeyArgs {
+    /// The key of an encrypted backup: a file holding 32 random bytes (head -c 32
+    /// /dev/urandom > KEY) or 64 hexadecimal digits (openssl rand -hex 32 > KEY). Keep
+    /// it apart from the backups: without it they cannot be restored.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["passphrase_env", "passphrase_fd"])]
+    pub key_file: Option<std::path::PathBuf>,
+    /// The passphrase of an encrypted backup, from this environment variable (the key is
+    /// derived from it with Argon2id; the manifest records the salt and parameters).
+    #[arg(long, value_name = "VAR", conflicts_with = "passphrase_fd")]
+    pub passphrase_env: Option<String>,
+    /// The passphrase of an encrypted backup, read from this open file descriptor to
+    /// its end (a final newline is dropped): --passphrase-fd 3 3<FILE.
+    #[arg(long, value_name = "N")]
+    pub passphrase_fd: Option<i32>,
+}
+
+impl KeyArgs {
+    /// Refuses `--passphrase-fd 0` when standard input carries the data (`-`).
+    pub fn refuse_stdin(&self, stdin_is_data: bool) -> vdi_backup::Result<()> {
+        if stdin_is_data && self.passphrase_fd == Some(0) {
+            return Err(vdi_backup::fail(
+                vdi_backup::Kind::Usage,
+                "--passphrase-fd 0 reads standard input, which carries the data here (-): give the passphrase on another descriptor (--passphrase-fd 3 3<FILE) or with --passphrase-env",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Whether a key or passphrase was named.
+    pub fn given(&self) -> bool {
+        self.key_file.is_some() || self.passphrase_env.is_some() || self.passphrase_fd.is_some()
+    }
+
+    /// The key or passphrase named, read (None if none was named).
+    pub fn secret(&self) -> vdi_backup::Result<Option<std::sync::Arc<vdi_backup::seal::Secret>>> {
+        use vdi_backup::seal::Secret;
+        let usage = |e: String| vdi_backup::fail(vdi_backup::Kind::Usage, e);
+        let s = if let Some(f) = &self.key_file {
+            Secret::from_key_file(f).map_err(usage)?
+        } else if let Some(v) = &self.passphrase_env {
+            // Not for the engine, nor the programs it runs.
+            crate::spawn::scrub_env(v);
+            Secret::from_env(v).map_err(usage)?
+        } else if let Some(fd) = self.passphrase_fd {
+            Secret::from_fd(fd).map_err(usage)?
+        } else {
+            return Ok(None);
+        };
+        Ok(Some(std::sync::Arc::new(s)))
+    }
+
+    /// For a backup: the secret to encrypt with when `encrypt`, refusing a key without
+    /// `--encrypt` and `--encrypt` without a key.
+    pub fn for_backup(
+        &self,
+        encrypt: bool,
+    ) -> vdi_backup::Result<Option<std::sync::Arc<vdi_backup::seal::Secret>>> {
+        match (encrypt, self.given()) {
+            (true, false) => Err(vdi_backup::fail(
+                vdi_backup::Kind::Usage,
+                "--encrypt needs a key: --key-file FILE, --passphrase-env VAR or --passphrase-fd N (never the key itself on the command line)",
+            )),
+            (false, true) => Err(vdi_backup::fail(
+                vdi_backup::Kind::Usage,
+                "a key or passphrase was given without --encrypt: add --encrypt to encrypt the backup with it",
+            )),
+            _ => self.secret(),
+        }
+    }
+}
+
 /// Output options.
 #[derive(Debug, Args, Clone, Copy)]
 pub struct OutputArgs {
@@ -644,9 +717,17 @@ pub struct BackupArgs {
     /// Virtual devices to stripe the backup over (1 to 64).
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
     pub devices: u32,
-    /// Compress each stored stream: none, zstd or zstd:LEVEL.
+    /// Compress each stored stream: none, lz4, zstd or zstd:LEVEL (1 to 22; -1 to -100
+    /// are zstd's fast levels).
     #[arg(long, value_name = "ALGO", default_value = "none", value_parser = Compression::parse)]
     pub compress: Compression,
+    /// Encrypt each stored stream (after compression) with AES-256-GCM, in
+    /// authenticated chunks, with the key of --key-file, --passphrase-env or
+    /// --passphrase-fd; restore and verify then need the same key.
+    #[arg(long)]
+    pub encrypt: bool,
+    #[command(flatten)]
+    pub key: KeyArgs,
     /// The virtual device set's name (default: a new unique name).
     #[arg(long, value_name = "NAME", value_parser = parse_set_name)]
     pub set: Option<String>,
@@ -697,6 +778,8 @@ pub struct RestoreArgs {
     #[arg(long)]
     pub integrity_check: bool,
     #[command(flatten)]
+    pub key: KeyArgs,
+    #[command(flatten)]
     pub engine: EngineKnobs,
     #[command(flatten)]
     pub stall: StallArgs,
@@ -712,6 +795,8 @@ pub struct VerifyArgs {
     /// The backup directory, or - (a single stream on standard input).
     #[arg(value_name = "BACKUP")]
     pub backup: String,
+    #[command(flatten)]
+    pub key: KeyArgs,
     #[command(flatten)]
     pub output: OutputArgs,
 }
@@ -750,9 +835,16 @@ pub struct ClientBackupArgs {
     /// Virtual devices (1 to 64).
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
     pub devices: u32,
-    /// Compress each stored stream: none, zstd or zstd:LEVEL.
+    /// Compress each stored stream: none, lz4, zstd or zstd:LEVEL (1 to 22; -1 to -100
+    /// are zstd's fast levels).
     #[arg(long, value_name = "ALGO", default_value = "none", value_parser = Compression::parse)]
     pub compress: Compression,
+    /// Encrypt each stored stream (after compression) with AES-256-GCM, with the key of
+    /// --key-file, --passphrase-env or --passphrase-fd.
+    #[arg(long)]
+    pub encrypt: bool,
+    #[command(flatten)]
+    pub key: KeyArgs,
     /// Replace an existing backup in DEST (written beside it, swapped in once complete).
     #[arg(long)]
     pub force: bool,
@@ -790,6 +882,8 @@ pub struct ClientRestoreArgs {
     /// Devices (default: the backup's count; any other count is refused).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=64))]
     pub devices: Option<u32>,
+    #[command(flatten)]
+    pub key: KeyArgs,
     /// Seconds to wait for an engine to configure the set (0: forever).
     #[arg(long, value_name = "SECS", default_value_t = 0)]
     pub wait: u64,

@@ -35,6 +35,17 @@ enum EngineEnd {
     Failed { kind: Kind, message: String },
 }
 
+/// Environment variables the engine (and the programs it runs) must not see: the one
+/// `--passphrase-env` names.
+static SCRUBBED: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+/// Keeps environment variable `var` from the engine this process starts.
+pub fn scrub_env(var: &str) {
+    if let Ok(mut v) = SCRUBBED.lock() {
+        v.push(var.to_owned());
+    }
+}
+
 impl EngineProc {
     fn spawn(args: &[String], stdin_inherit: bool, stdout_inherit: bool) -> Result<EngineProc> {
         let exe =
@@ -42,21 +53,26 @@ impl EngineProc {
         let mut cmd = Command::new(&exe);
         cmd.args(args)
             // The engine takes everything it needs from its arguments.
-            .env("VDI_CONFIG", "none")
-            .stdin(if stdin_inherit {
-                Stdio::inherit()
-            } else {
-                Stdio::null()
-            })
-            .stdout(if stdout_inherit {
-                Stdio::inherit()
-            } else {
-                Stdio::null()
-            })
-            .stderr(Stdio::piped())
-            // Its own process group: Ctrl-C on the terminal reaches this process only,
-            // which aborts the set, and the engine then stops cleanly.
-            .process_group(0);
+            .env("VDI_CONFIG", "none");
+        if let Ok(v) = SCRUBBED.lock() {
+            for var in v.iter() {
+                cmd.env_remove(var);
+            }
+        }
+        cmd.stdin(if stdin_inherit {
+            Stdio::inherit()
+        } else {
+            Stdio::null()
+        })
+        .stdout(if stdout_inherit {
+            Stdio::inherit()
+        } else {
+            Stdio::null()
+        })
+        .stderr(Stdio::piped())
+        // Its own process group: Ctrl-C on the terminal reaches this process only,
+        // which aborts the set, and the engine then stops cleanly.
+        .process_group(0);
         let mut child = cmd
             .spawn()
             .with_context(|| format!("starting the engine ({})", exe.display()))?;
@@ -315,6 +331,8 @@ pub struct BackupRequest<'a> {
     pub devices: u32,
     /// Compression.
     pub compression: Compression,
+    /// The key or passphrase to encrypt with (None: not encrypted).
+    pub secret: Option<Arc<vdi_backup::seal::Secret>>,
     /// Set name.
     pub set: Option<String>,
     /// Replace an existing backup.
@@ -393,6 +411,7 @@ pub fn backup(req: &BackupRequest<'_>) -> Result<BackupOutcome> {
         allow_group: None,
         inject: inject.clone(),
         stall: req.stall,
+        secret: req.secret.clone(),
     };
     let prep = client::prepare_backup(plan)?;
     let mut args = vec![
@@ -462,6 +481,8 @@ pub struct RestoreRequest<'a> {
     pub force: bool,
     /// Run PRAGMA integrity_check on a restored database.
     pub integrity_check: bool,
+    /// The key or passphrase of an encrypted backup.
+    pub secret: Option<Arc<vdi_backup::seal::Secret>>,
     /// The progress watchdog's limit (None: none).
     pub stall: Option<Duration>,
     /// Engine knobs.
@@ -546,7 +567,8 @@ pub fn restore(req: &RestoreRequest<'_>) -> Result<RestoreOutcome> {
     let target = Spec::parse(req.target)?;
     // BACKUP may name a repository (its latest backup), REPO:ID, or one backup.
     let located = vdi_backup::repo::locate_backup(req.backup)?;
-    let opened = client::open_backup(located.store.as_ref(), req.devices)?;
+    let opened =
+        client::open_backup_with(located.store.as_ref(), req.devices, req.secret.as_deref())?;
     refuse_mismatched_target(&target, opened.manifest.as_ref(), req.backup)?;
     if req.force {
         refuse_open_database(&target)?;

@@ -171,7 +171,7 @@ fn the_configuration_file_gives_the_repository_and_defaults() {
     // A wrong file is refused, naming it and the key.
     std::fs::write(&alt, "repo = \"x\"\n").unwrap();
     run_home(&home, &[], &["--config", &s(&alt), "list"]).fails(2, &["alt.toml", "repo"]);
-    std::fs::write(&alt, "[backup]\ncompress = \"lz4\"\n").unwrap();
+    std::fs::write(&alt, "[backup]\ncompress = \"lz5\"\n").unwrap();
     run_home(&home, &[], &["--config", &s(&alt), "list"]).fails(2, &["compress"]);
     run_home(
         &home,

@@ -125,6 +125,8 @@ pub struct BackupPlan {
     pub inject: Arc<Injector>,
     /// Give up when the engine makes no progress for this long (None: never).
     pub stall: Option<Duration>,
+    /// Encrypt the stored streams with this key or passphrase (None: not encrypted).
+    pub secret: Option<Arc<crate::seal::Secret>>,
 }
 
 /// A set created and a destination ready.
@@ -138,6 +140,8 @@ pub struct PreparedBackup {
     writer: Option<Box<dyn StoreWriter>>,
     backup_id: [u8; 16],
     started: u64,
+    /// The backup's keys and what the manifest records of them, if it is encrypted.
+    seal: Option<(Arc<crate::seal::Keys>, crate::seal::Encryption)>,
 }
 
 fn create_set(name: &str, devices: u32, allow_group: Option<u32>) -> Result<ClientSet> {
@@ -199,19 +203,39 @@ pub fn prepare_backup(plan: BackupPlan) -> Result<PreparedBackup> {
             },
         ));
     }
+    let backup_id = random_id();
+    let seal = match &plan.secret {
+        None => None,
+        Some(_) if !plan.store.properties().keeps_manifest => {
+            return Err(fail(
+                Kind::Usage,
+                format!(
+                    "--encrypt needs a destination that keeps a manifest (a directory or a repository), not {}: the manifest records how to find the key; encrypt a stream on standard output with another tool",
+                    plan.store.describe()
+                ),
+            ));
+        }
+        Some(secret) => {
+            let (keys, info) = crate::seal::Keys::create(secret, backup_id)
+                .map_err(|e| fail(Kind::Other, format!("cannot encrypt the backup: {e}")))?;
+            Some((Arc::new(keys), info))
+        }
+    };
+    let encrypted = seal.is_some();
     let mut writer = plan.store.begin(plan.force)?;
     let set = create_set(&plan.set, plan.devices, plan.allow_group)?;
     let mut media = Vec::new();
     for i in 0..plan.devices {
-        media.push(writer.create(&manifest::stream_file_name(i, plan.compression))?);
+        media.push(writer.create(&manifest::stored_file_name(i, plan.compression, encrypted))?);
     }
     Ok(PreparedBackup {
         set,
         plan,
         media,
         writer: Some(writer),
-        backup_id: random_id(),
+        backup_id,
         started: now_secs(),
+        seal,
     })
 }
 
@@ -366,8 +390,8 @@ fn hash_and_complete(
     rx: Receiver<Command<'_>>,
     index: u32,
     progress: &Meter,
+    mut h: blake3::Hasher,
 ) -> Result<blake3::Hasher, ClientErr> {
-    let mut h = blake3::Hasher::new();
     for cmd in rx {
         let n = cmd.buffer().map_or(0, |b| {
             h.update(b);
@@ -412,7 +436,7 @@ fn serve_backup_device(
     index: u32,
     media: Box<dyn ObjectWriter>,
     where_: String,
-    plan: &BackupPlan,
+    (plan, keys): (&BackupPlan, Option<&Arc<crate::seal::Keys>>),
     complete_enabled: bool,
     progress: &Arc<Meter>,
 ) -> Result<DeviceOutcome, ClientErr> {
@@ -444,12 +468,17 @@ fn serve_backup_device(
         meter: progress.clone(),
         index,
     });
-    let mut w = StreamWriter::new_unhashed(media, plan.compression)
+    let seal = keys.map(|k| codec::Sealing {
+        keys: k.clone(),
+        device: index,
+    });
+    let mut w = StreamWriter::sealed(media, plan.compression, seal, false)
         .map_err(|e| ClientErr::Root(store_err(&e).1))?;
     let dev = &dev;
+    let h0 = codec::stream_hasher(keys.map(|k| &**k));
     std::thread::scope(|s| {
         let (tx, rx) = mpsc::channel::<Command<'_>>();
-        let hasher = s.spawn(move || hash_and_complete(rx, index, progress));
+        let hasher = s.spawn(move || hash_and_complete(rx, index, progress, h0));
         let served = store_loop(
             dev,
             index,
@@ -813,11 +842,13 @@ pub fn serve_backup(
         .as_ref()
         .ok_or_else(|| ClientErr::Root(crate::Error::other("the backup is already committed")))?;
     let plan = &prep.plan;
+    let encrypted = prep.seal.is_some();
+    let keys = prep.seal.as_ref().map(|(k, _)| k.clone());
     let devices: Vec<(Box<dyn ObjectWriter>, String)> = std::mem::take(&mut prep.media)
         .into_iter()
         .enumerate()
         .map(|(i, m)| {
-            let name = manifest::stream_file_name(i as u32, plan.compression);
+            let name = manifest::stored_file_name(i as u32, plan.compression, encrypted);
             (m, writer.where_(&name))
         })
         .collect();
@@ -852,7 +883,15 @@ pub fn serve_backup(
         },
         |i, (m, where_), progress| {
             let complete = complete_enabled.load(std::sync::atomic::Ordering::Acquire);
-            serve_backup_device(&prep.set, i, m, where_, plan, complete, progress)
+            serve_backup_device(
+                &prep.set,
+                i,
+                m,
+                where_,
+                (plan, keys.as_ref()),
+                complete,
+                progress,
+            )
         },
     )?;
     let header = outcomes.first().and_then(|o| o.stream_id.clone());
@@ -928,13 +967,14 @@ fn source_info(told: &SourceInfo, header: Option<&StreamHeader>) -> SourceInfo {
 /// Writes the manifest (the completion marker), last, after every stream is durable.
 pub fn commit_backup(mut served: ServedBackup) -> Result<BackupDone> {
     let plan = &served.prep.plan;
+    let encryption = served.prep.seal.as_ref().map(|(_, e)| e.clone());
     let streams: Vec<StreamEntry> = served
         .streams
         .iter()
         .enumerate()
         .map(|(i, w)| StreamEntry {
             device: i as u32,
-            file: manifest::stream_file_name(i as u32, plan.compression),
+            file: manifest::stored_file_name(i as u32, plan.compression, encryption.is_some()),
             stream_bytes: w.stream_bytes,
             stored_bytes: w.stored_bytes,
             blake3: w.blake3.clone(),
@@ -942,7 +982,7 @@ pub fn commit_backup(mut served: ServedBackup) -> Result<BackupDone> {
         .collect();
     let manifest = Manifest {
         format: manifest::FORMAT.into(),
-        version: manifest::FORMAT_VERSION,
+        version: manifest::version_for(plan.compression, encryption.is_some()),
         backup_id: stream::hex_id(&served.prep.backup_id),
         stream_id: served.stream_id.clone(),
         set_name: plan.set.clone(),
@@ -955,6 +995,7 @@ pub fn commit_backup(mut served: ServedBackup) -> Result<BackupDone> {
         block_size: served.config.block_size,
         max_transfer_size: served.config.max_transfer_size,
         compression: plan.compression,
+        encryption,
         total_stream_bytes: streams.iter().map(|s| s.stream_bytes).sum(),
         total_stored_bytes: streams.iter().map(|s| s.stored_bytes).sum(),
         streams,
@@ -983,6 +1024,8 @@ pub struct OpenedBackup {
     /// Its manifest (None for a stream on standard input).
     pub manifest: Option<Manifest>,
     readers: Vec<(StreamReader, Option<StreamEntry>)>,
+    /// The backup's keys, if it is encrypted.
+    keys: Option<Arc<crate::seal::Keys>>,
 }
 
 impl std::fmt::Debug for OpenedBackup {
@@ -1002,7 +1045,18 @@ impl OpenedBackup {
 
 /// Opens a stored backup: the manifest with its completion marker, and every stream file
 /// with the size the manifest records. `devices`, if given, must be the backup's count.
+/// (An encrypted backup needs [`open_backup_with`].)
 pub fn open_backup(store: &dyn Store, devices: Option<u32>) -> Result<OpenedBackup> {
+    open_backup_with(store, devices, None)
+}
+
+/// [`open_backup`], with the key or passphrase of an encrypted backup: without it, or
+/// with a wrong one, it fails at once, saying which option to give.
+pub fn open_backup_with(
+    store: &dyn Store,
+    devices: Option<u32>,
+    secret: Option<&crate::seal::Secret>,
+) -> Result<OpenedBackup> {
     if !store.properties().keeps_manifest {
         // One bare stream (standard input): no manifest to check it against.
         if let Some(n) = devices.filter(|&n| n != 1) {
@@ -1025,6 +1079,7 @@ pub fn open_backup(store: &dyn Store, devices: Option<u32>) -> Result<OpenedBack
         return Ok(OpenedBackup {
             manifest: None,
             readers: vec![(r, None)],
+            keys: None,
         });
     }
     let opened = store::open_backup(store).map_err(|e| match &e {
@@ -1045,16 +1100,22 @@ pub fn open_backup(store: &dyn Store, devices: Option<u32>) -> Result<OpenedBack
             ),
         ));
     }
+    let keys = crate::seal::unlock_backup(&m, secret, &place)?;
     let mut readers = Vec::new();
     for (e, f) in m.streams.iter().zip(opened.streams) {
         let f = f.map_err(|p| fail(Kind::Damaged, format!("backup {place} is damaged: {p}")))?;
-        let r = StreamReader::new_unhashed(f.reader, m.compression)
+        let seal = keys.as_ref().map(|k| codec::Sealing {
+            keys: k.clone(),
+            device: e.device,
+        });
+        let r = StreamReader::sealed(f.reader, m.compression, seal, false)
             .map_err(|err| fail(Kind::Damaged, format!("stream file {}: {err}", e.file)))?;
         readers.push((r, Some(e.clone())));
     }
     Ok(OpenedBackup {
         manifest: Some(m),
         readers,
+        keys,
     })
 }
 
@@ -1135,8 +1196,8 @@ fn hash_and_serve(
     entry: Option<&StreamEntry>,
     file: &str,
     progress: &Meter,
+    mut h: blake3::Hasher,
 ) -> Result<(), ClientErr> {
-    let mut h = blake3::Hasher::new();
     let mut bytes = 0u64;
     for f in rx {
         if let Some(b) = f.cmd.buffer() {
@@ -1185,6 +1246,7 @@ fn serve_restore_device(
     entry: Option<&StreamEntry>,
     progress: &Meter,
     inj: &Injector,
+    h0: blake3::Hasher,
 ) -> Result<u64, ClientErr> {
     let dev = open_device(set, index)?;
     let file = entry.map_or_else(
@@ -1195,7 +1257,7 @@ fn serve_restore_device(
     std::thread::scope(|s| {
         let (tx, rx) = mpsc::channel::<Filled<'_>>();
         let file = file.as_str();
-        let hasher = s.spawn(move || hash_and_serve(rx, index, entry, file, progress));
+        let hasher = s.spawn(move || hash_and_serve(rx, index, entry, file, progress, h0));
         let served = read_loop(dev, index, &mut r, &tx, file, (set, inj), progress);
         drop(tx);
         let hashed = hasher.join().unwrap_or_else(|_| {
@@ -1317,10 +1379,14 @@ pub fn serve_restore(
         total: manifest.as_ref().map(|m| m.total_stream_bytes),
     };
     let inj = &*prep.inject;
+    let keys = prep.backup.keys.clone();
     let (_, stream_bytes, elapsed, metrics) = session.serve(
         prep.backup.readers,
         |_| {},
-        |i, (r, e), progress| serve_restore_device(&prep.set, i, r, e.as_ref(), progress, inj),
+        |i, (r, e), progress| {
+            let h0 = codec::stream_hasher(keys.as_deref());
+            serve_restore_device(&prep.set, i, r, e.as_ref(), progress, inj, h0)
+        },
     )?;
     Ok(ServedRestore {
         stream_bytes,

@@ -29,10 +29,16 @@ use serde::{Deserialize, Serialize};
 pub const MANIFEST: &str = "manifest.json";
 /// The value of the manifest's `format` field.
 pub const FORMAT: &str = "vdi-backup";
-/// The manifest version this code writes and reads.
+/// The manifest version of a backup that version-1 readers can read (no encryption, no
+/// lz4): what this code writes for such a backup, byte for byte as before.
 pub const FORMAT_VERSION: u32 = 1;
+/// The manifest version of a backup with encrypted (`encryption`) or lz4-compressed
+/// streams, which a version-1 reader cannot read: it refuses the version at once.
+pub const FORMAT_VERSION_2: u32 = 2;
 /// The zstd frame magic (a compressed stream starts with it).
 pub const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
+/// The lz4 frame magic.
+pub const LZ4_MAGIC: [u8; 4] = [0x04, 0x22, 0x4d, 0x18];
 
 /// How stream files are compressed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -42,44 +48,76 @@ pub enum Compression {
     None,
     /// One zstd frame per stream (with zstd's own content checksum).
     Zstd {
-        /// The zstd level (1 to 22; 3 is zstd's default).
+        /// The zstd level (1 to 22; 3 is zstd's default; -1 to -100 are zstd's fast
+        /// levels, faster than 1 and compressing less).
         level: i32,
     },
+    /// lz4 frames (4 MiB blocks, with the frame's content checksum).
+    Lz4,
 }
 
+/// The lowest zstd level accepted (zstd's fast levels go lower still, compressing
+/// next to nothing).
+pub const ZSTD_FASTEST: i32 = -100;
+
 impl Compression {
-    /// `none`, `zstd` or `zstd:LEVEL`.
+    /// `none`, `zstd`, `zstd:LEVEL` (1 to 22, or -1 to -100) or `lz4`.
     pub fn parse(s: &str) -> Result<Compression, String> {
         match s {
             "none" => Ok(Compression::None),
             "zstd" => Ok(Compression::Zstd { level: 3 }),
+            "lz4" => Ok(Compression::Lz4),
             _ => {
                 let level = s
                     .strip_prefix("zstd:")
                     .and_then(|l| l.parse::<i32>().ok())
-                    .ok_or_else(|| format!("'{s}': use none, zstd or zstd:LEVEL (1 to 22)"))?;
-                if !(1..=22).contains(&level) {
-                    return Err(format!("zstd level {level}: use 1 to 22"));
+                    .ok_or_else(|| {
+                        format!("'{s}': use none, lz4, zstd or zstd:LEVEL (1 to 22, or -1 to -100 for zstd's fast levels)")
+                    })?;
+                if !(1..=22).contains(&level) && !(ZSTD_FASTEST..=-1).contains(&level) {
+                    return Err(format!(
+                        "zstd level {level}: use 1 to 22, or -1 to -100 for zstd's fast levels"
+                    ));
                 }
                 Ok(Compression::Zstd { level })
             }
         }
     }
 
-    /// `none` or `zstd:LEVEL`.
+    /// `none`, `zstd:LEVEL` or `lz4`.
     pub fn label(&self) -> String {
         match self {
             Compression::None => "none".into(),
             Compression::Zstd { level } => format!("zstd:{level}"),
+            Compression::Lz4 => "lz4".into(),
         }
     }
 }
 
-/// The file name of device `device`'s stream.
+/// The file name of device `device`'s stream (not encrypted).
 pub fn stream_file_name(device: u32, compression: Compression) -> String {
-    match compression {
-        Compression::None => format!("device-{device}.stream"),
-        Compression::Zstd { .. } => format!("device-{device}.stream.zst"),
+    stored_file_name(device, compression, false)
+}
+
+/// The file name of device `device`'s stream: `device-N.stream`, then `.zst` or `.lz4`
+/// as compressed, then `.enc` if encrypted.
+pub fn stored_file_name(device: u32, compression: Compression, encrypted: bool) -> String {
+    let ext = match compression {
+        Compression::None => "",
+        Compression::Zstd { .. } => ".zst",
+        Compression::Lz4 => ".lz4",
+    };
+    let enc = if encrypted { ".enc" } else { "" };
+    format!("device-{device}.stream{ext}{enc}")
+}
+
+/// The manifest version for a backup compressed with `compression`, encrypted or not:
+/// [`FORMAT_VERSION`] (1) when a version-1 reader can read it, else [`FORMAT_VERSION_2`].
+pub fn version_for(compression: Compression, encrypted: bool) -> u32 {
+    if encrypted || compression == Compression::Lz4 {
+        FORMAT_VERSION_2
+    } else {
+        FORMAT_VERSION
     }
 }
 
@@ -156,6 +194,10 @@ pub struct Manifest {
     pub max_transfer_size: u32,
     /// How the stream files are compressed.
     pub compression: Compression,
+    /// How the stream files are encrypted (after compression); absent: not encrypted
+    /// (and then the manifest is exactly what version 1 wrote).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption: Option<crate::seal::Encryption>,
     /// Sum of `stream_bytes`.
     pub total_stream_bytes: u64,
     /// Sum of `stored_bytes`.
@@ -181,6 +223,10 @@ pub enum BackupError {
         /// The backup (a directory).
         place: String,
     },
+    /// The backup is encrypted and no key, a wrong key or the other kind of key was
+    /// given: the sentence says which option to give.
+    #[error("{0}")]
+    Key(String),
     /// The manifest cannot be parsed or is not complete.
     #[error("{place}: {what}")]
     BadManifest {
@@ -204,11 +250,17 @@ pub fn check_manifest(bytes: &[u8], place: &str) -> Result<Manifest, BackupError
     if m.format != FORMAT {
         return Err(bad(format!("format is '{}', not '{FORMAT}'", m.format)));
     }
-    if m.version != FORMAT_VERSION {
+    if m.version != FORMAT_VERSION && m.version != FORMAT_VERSION_2 {
         return Err(bad(format!(
-            "manifest version {}; this vdi reads version {FORMAT_VERSION}",
+            "manifest version {}; this vdi reads versions {FORMAT_VERSION} and {FORMAT_VERSION_2}: use a newer vdi",
             m.version
         )));
+    }
+    if m.version == FORMAT_VERSION && (m.encryption.is_some() || m.compression == Compression::Lz4)
+    {
+        return Err(bad(
+            "a version-1 manifest that records encryption or lz4 (written by no vdi): it was altered".into(),
+        ));
     }
     if !m.complete {
         return Err(bad(
@@ -266,7 +318,31 @@ mod tests {
             Ok(Compression::Zstd { level: 3 })
         );
         assert!(Compression::parse("zstd:0").is_err());
-        assert!(Compression::parse("lz4").is_err());
+        assert!(Compression::parse("zstd:23").is_err());
+        assert!(Compression::parse("zstd:-101").is_err());
+        assert_eq!(
+            Compression::parse("zstd:-5"),
+            Ok(Compression::Zstd { level: -5 })
+        );
+        assert_eq!(Compression::parse("lz4"), Ok(Compression::Lz4));
         assert_eq!(Compression::Zstd { level: 7 }.label(), "zstd:7");
+        assert_eq!(Compression::Lz4.label(), "lz4");
+        assert_eq!(
+            stored_file_name(2, Compression::Lz4, true),
+            "device-2.stream.lz4.enc"
+        );
+        assert_eq!(
+            stored_file_name(0, Compression::Zstd { level: 1 }, false),
+            "device-0.stream.zst"
+        );
+    }
+
+    /// The version a manifest is written with: 1 unless it needs 2.
+    #[test]
+    fn version_two_only_when_needed() {
+        assert_eq!(version_for(Compression::Zstd { level: -3 }, false), 1);
+        assert_eq!(version_for(Compression::None, false), 1);
+        assert_eq!(version_for(Compression::Lz4, false), 2);
+        assert_eq!(version_for(Compression::None, true), 2);
     }
 }

@@ -542,9 +542,11 @@ pub fn is_stream_file_name(name: &str) -> bool {
     let Some(rest) = name.strip_prefix("device-") else {
         return false;
     };
+    let rest = rest.strip_suffix(".enc").unwrap_or(rest);
     let digits = rest
         .strip_suffix(".stream")
-        .or_else(|| rest.strip_suffix(".stream.zst"));
+        .or_else(|| rest.strip_suffix(".stream.zst"))
+        .or_else(|| rest.strip_suffix(".stream.lz4"));
     digits.is_some_and(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()))
 }
 
@@ -561,7 +563,7 @@ fn classify(dir: &BackupDir) -> Result<Old, DestError> {
         } else if is_stream_file_name(n) {
             let ours = dir
                 .open_regular(n, None)
-                .is_ok_and(|f| codec::holds_vdi_stream(&f, n.ends_with(".zst")));
+                .is_ok_and(|f| codec::holds_vdi_stream(&f, n));
             if ours {
                 leftovers.push(n.clone());
             } else {
@@ -1172,6 +1174,10 @@ mod tests {
     fn stream_file_names() {
         assert!(is_stream_file_name("device-0.stream"));
         assert!(is_stream_file_name("device-63.stream.zst"));
+        assert!(is_stream_file_name("device-3.stream.lz4"));
+        assert!(is_stream_file_name("device-3.stream.enc"));
+        assert!(is_stream_file_name("device-3.stream.zst.enc"));
+        assert!(!is_stream_file_name("device-3.stream.enc.zst"));
         assert!(!is_stream_file_name("device-.stream"));
         assert!(!is_stream_file_name("device-0.stream.bak"));
         assert!(!is_stream_file_name("device-x.stream"));

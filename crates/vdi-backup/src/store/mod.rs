@@ -348,10 +348,39 @@ fn open_stream(
         .open(&entry.file)
         .map_err(|e| format!("{what} {e}"))?;
     let len = len.ok_or_else(|| format!("cannot read {what}: its size is unknown"))?;
-    if let Some(id) = &manifest.stream_id {
+    if manifest.encryption.is_some() {
+        // The container header names the backup and the device in the clear.
+        let mut head = vec![0u8; crate::seal::HEADER_LEN];
+        let got = codec::read_full(&mut reader, &mut head)
+            .map_err(|e| format!("cannot read {what}: {e}"))?;
+        head.truncate(got);
+        if let Some(h) = crate::seal::peek_header(&head) {
+            let theirs = stream::hex_id(&h.backup_id);
+            if theirs != manifest.backup_id {
+                return Err(format!(
+                    "{what} belongs to another backup ({theirs}), not to this one ({}): it was replaced after the backup",
+                    manifest.backup_id
+                ));
+            }
+            if h.device != entry.device {
+                let theirs = manifest
+                    .streams
+                    .get(h.device as usize)
+                    .map(|e| format!(", which the manifest calls {}", e.file))
+                    .unwrap_or_default();
+                return Err(format!(
+                    "{what} holds the stream of device {}{theirs}: the stream files were swapped or renamed",
+                    h.device
+                ));
+            }
+        }
+        reader = Box::new(io::Cursor::new(head).chain(reader));
+    } else if let Some(id) = &manifest.stream_id {
         let n = match manifest.compression {
             Compression::None => stream::HEADER_FIXED_LEN + stream::MAX_NAME + 4,
             Compression::Zstd { .. } => HEAD,
+            // A whole first lz4 block.
+            Compression::Lz4 => (4 << 20) + 64,
         };
         let mut head = vec![0u8; n.min(usize::try_from(len).unwrap_or(usize::MAX))];
         let got = codec::read_full(&mut reader, &mut head)

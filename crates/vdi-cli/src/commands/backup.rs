@@ -19,7 +19,10 @@ pub(super) fn run(a: &BackupArgs) -> Result<()> {
     if dest == "-" {
         crate::output::refuse_binary_on_terminal("vdi backup SOURCE - > FILE")?;
     }
+    a.key.refuse_stdin(a.source == "-")?;
+    let secret = a.key.for_backup(a.encrypt)?;
     let o = spawn::backup(&spawn::BackupRequest {
+        secret,
         source: &a.source,
         dest: &dest,
         devices: a.devices,
@@ -55,6 +58,7 @@ fn report_backup(o: &BackupOutcome, json: bool, quiet: bool) {
                 "dest": dest,
                 "devices": m.device_count,
                 "compression": m.compression.label(),
+                "encrypted": m.encryption.is_some(),
                 "source_bytes": o.engine.source_bytes,
                 "stream_bytes": m.total_stream_bytes,
                 "stored_bytes": m.total_stored_bytes,
@@ -77,13 +81,18 @@ fn report_backup(o: &BackupOutcome, json: bool, quiet: bool) {
             None => dest.clone(),
         };
         tracing::info!(
-            "backed up {} ({}) to {dest} through {} in {secs:.2} s ({}); stored {} ({}); backup id {}",
+            "backed up {} ({}) to {dest} through {} in {secs:.2} s ({}); stored {} ({}{}); backup id {}",
             m.source.name,
             human_bytes(o.engine.source_bytes),
             vdi_backup::util::devices(m.device_count),
             human_rate(o.engine.source_bytes, o.total),
             human_bytes(m.total_stored_bytes),
             m.compression.label(),
+            if m.encryption.is_some() {
+                ", encrypted"
+            } else {
+                ""
+            },
             m.backup_id
         );
     }

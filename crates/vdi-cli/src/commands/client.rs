@@ -20,8 +20,10 @@ pub(super) fn backup(a: &ClientBackupArgs) -> Result<()> {
     only_role(&a.inject.faults, Role::Client, "client backup")?;
     let inject = std::sync::Arc::new(Injector::new(Role::Client, &a.inject.faults));
     // A repository gets a new backup under a new id; anything else one plain backup.
+    let secret = a.key.for_backup(a.encrypt)?;
     let dest = vdi_backup::repo::Dest::locate(&a.dest, a.mode)?;
     let plan = BackupPlan {
+        secret,
         inject: inject.clone(),
         set: a.set.clone(),
         devices: a.devices,
@@ -69,6 +71,7 @@ pub(super) fn backup(a: &ClientBackupArgs) -> Result<()> {
                 "dest": a.dest,
                 "devices": m.device_count,
                 "compression": m.compression.label(),
+                "encrypted": m.encryption.is_some(),
                 "stream_bytes": m.total_stream_bytes,
                 "stored_bytes": m.total_stored_bytes,
                 "seconds": done.elapsed.as_secs_f64(),
@@ -96,7 +99,8 @@ pub(super) fn restore(a: &ClientRestoreArgs) -> Result<()> {
     let inject = std::sync::Arc::new(Injector::new(Role::Client, &a.inject.faults));
     // BACKUP may name a repository (its latest backup), REPO:ID, or one backup.
     let located = vdi_backup::repo::locate_backup(&a.backup)?;
-    let opened = client::open_backup(located.store.as_ref(), a.devices)?;
+    let secret = a.key.secret()?;
+    let opened = client::open_backup_with(located.store.as_ref(), a.devices, secret.as_deref())?;
     let label = format!(
         "serve {} through {}",
         a.backup,

@@ -358,6 +358,7 @@ pub fn run(a: &DemoArgs) -> Result<()> {
         std::sync::Arc::new(Mode::pick(quiet));
     let src = format!("sqlite:{}", db.display());
     let b = runner::backup(&runner::BackupRequest {
+        secret: None,
         source: &src,
         dest: &bk.display().to_string(),
         devices: a.devices,
@@ -388,6 +389,7 @@ pub fn run(a: &DemoArgs) -> Result<()> {
 
     let tgt = format!("sqlite:{}", restored.display());
     let r = runner::restore(&runner::RestoreRequest {
+        secret: None,
         backup: &bk.display().to_string(),
         target: &tgt,
         devices: None,

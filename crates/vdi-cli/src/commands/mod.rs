@@ -243,7 +243,7 @@ fn run(cli: Cli) -> Result<()> {
     match cli.cmd {
         Cmd::Backup(a) => backup::run(&a),
         Cmd::Restore(a) => restore::run(&a),
-        Cmd::Verify(a) => verify::run(&a.backup, a.output),
+        Cmd::Verify(a) => verify::run(&a.backup, &a.key, a.output),
         Cmd::Client(ClientCmd::Backup(a)) => client::backup(&a),
         Cmd::Client(ClientCmd::Restore(a)) => client::restore(&a),
         Cmd::Engine(EngineCmd::Backup(a)) => engine::backup(&a),

@@ -230,6 +230,13 @@ pub(super) fn info(a: &InfoArgs) -> Result<()> {
     line("stored", human_bytes(m.total_stored_bytes));
     line("compression", m.compression.label());
     line(
+        "encryption",
+        m.encryption.as_ref().map_or_else(
+            || "none".to_owned(),
+            |e| format!("{} (key: {})", e.algorithm, e.key.kind()),
+        ),
+    );
+    line(
         "devices",
         format!(
             "{} (block size {}, max transfer {})",

@@ -14,7 +14,10 @@ pub(super) fn run(a: &RestoreArgs) -> Result<()> {
     if a.target == "-" {
         crate::output::refuse_binary_on_terminal("vdi restore BACKUP - > FILE")?;
     }
+    a.key.refuse_stdin(a.backup == "-")?;
+    let secret = a.key.secret()?;
     let o = spawn::restore(&spawn::RestoreRequest {
+        secret,
         backup: &a.backup,
         target: &a.target,
         devices: a.devices,

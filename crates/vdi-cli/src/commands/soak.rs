@@ -256,6 +256,7 @@ fn one_run(p: &Params, dir: &Path) -> Result<RunOutcome> {
     };
     let spec = |path: &Path| format!("{}:{}", p.source, path.display());
     let b = runner::backup(&runner::BackupRequest {
+        secret: None,
         source: &spec(&src),
         dest: &bk.display().to_string(),
         devices: p.devices,
@@ -288,6 +289,7 @@ fn one_run(p: &Params, dir: &Path) -> Result<RunOutcome> {
         block_size: p.restore_block,
     };
     let r = runner::restore(&runner::RestoreRequest {
+        secret: None,
         backup: &bk.display().to_string(),
         target: &spec(&target),
         devices: None,

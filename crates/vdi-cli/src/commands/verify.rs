@@ -6,11 +6,13 @@ use vdi_backup::format::manifest::BackupError;
 use vdi_backup::units::human_bytes;
 use vdi_backup::{Result, cancel, source, verify};
 
-use crate::cli::OutputArgs;
+use crate::cli::{KeyArgs, OutputArgs};
 use crate::output;
 
 /// Verifies the backup `target` (a directory, or `-` for a stream on standard input).
-pub(super) fn run(target: &str, out: OutputArgs) -> Result<()> {
+pub(super) fn run(target: &str, key: &KeyArgs, out: OutputArgs) -> Result<()> {
+    key.refuse_stdin(target == "-")?;
+    let secret = key.secret()?;
     // Nothing to clean up: the first signal stops a verify at once.
     let _stop = cancel::on_interrupt(|| {
         crate::eprint_line(format_args!(
@@ -46,8 +48,9 @@ pub(super) fn run(target: &str, out: OutputArgs) -> Result<()> {
     } else {
         // A backup directory, a repository (its latest backup) or REPO:ID.
         let located = vdi_backup::repo::locate_backup(target)?;
-        verify::verify(located.store.as_ref()).map_err(|e| match &e {
+        verify::verify_with(located.store.as_ref(), secret.as_deref()).map_err(|e| match &e {
             BackupError::Unreadable { .. } => fail(Kind::Input, e.to_string()),
+            BackupError::Key(_) => fail(Kind::Usage, e.to_string()),
             _ => fail(
                 Kind::Damaged,
                 format!("backup {target} is not complete: {e}"),
