@@ -2,7 +2,8 @@
 # PostgreSQL through vdi against pg_basebackup alone, interleaved, the median of ROUNDS
 # runs of each: a throw-away cluster (initdb into DIR, run as nobody when root, on a
 # socket in DIR and a free port), pgbench -i -s SCALE for data, then
-#   pg_basebackup -D dir (plain and tar), pg_basebackup -D - -Ft into a file,
+#   pg_basebackup -D dir (plain and tar), pg_basebackup -D - -Ft into a file and piped
+#   into vdi backup -,
 #   vdi backup postgres: through 1 and 4 devices, vdi restore postgres-data: (which
 #   runs pg_verifybackup), pg_verifybackup alone;
 # with the size of what each wrote. The cluster is stopped and DIR removed at the end.
@@ -63,6 +64,7 @@ for r in $(seq "$ROUNDS"); do
     measure "pg_basebackup -D dir (plain)" plain "$BIN/pg_basebackup" -d "$CONN" -D plain -c fast
     measure "pg_basebackup -D dir -Ft" tardir "$BIN/pg_basebackup" -d "$CONN" -D tardir -Ft -X fetch -c fast
     measure "pg_basebackup -D - -Ft > file" base.tar sh -c "\"$BIN/pg_basebackup\" -d \"$CONN\" -D - -Ft -X fetch -c fast > base.tar"
+    measure "pg_basebackup -Ft | vdi backup -" bkp sh -c "\"$BIN/pg_basebackup\" -d \"$CONN\" -D - -Ft -X fetch -c fast | \"$VDI\" backup - bkp --quiet"
     measure "vdi backup postgres:, 1 device" bk1 "$VDI" backup "postgres:$CONN" bk1 --quiet
     measure "vdi backup postgres:, 4 devices" bk4 "$VDI" backup "postgres:$CONN" bk4 --devices 4 --quiet
     measure "vdi restore postgres-data: (4)" restored "$VDI" restore bk4 "postgres-data:$DIR/restored" --quiet
@@ -76,7 +78,7 @@ printf 'PostgreSQL %s, pgbench scale %s (database %s MiB), median of %s\n' \
     "$("$BIN/postgres" --version | awk '{print $3}')" "$SCALE" $((DB >> 20)) "$ROUNDS"
 printf '%-36s %10s %12s %12s\n' "what" "seconds" "MiB written" "MiB/s"
 for k in "pg_basebackup -D dir (plain)" "pg_basebackup -D dir -Ft" "pg_basebackup -D - -Ft > file" \
-         "vdi backup postgres:, 1 device" "vdi backup postgres:, 4 devices" \
+         "pg_basebackup -Ft | vdi backup -" "vdi backup postgres:, 1 device" "vdi backup postgres:, 4 devices" \
          "vdi restore postgres-data: (4)" "pg_verifybackup alone"; do
     m=$(echo "${T[$k]}" | median)
     mib=$(echo "${S[$k]} / 1048576" | bc -l)
