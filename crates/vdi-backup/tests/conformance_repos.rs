@@ -140,6 +140,7 @@ impl Harness for S3 {
 }
 
 fn harnesses() -> Vec<Box<dyn Harness>> {
+    #[cfg_attr(not(feature = "s3"), allow(unused_mut))]
     let mut v = harnesses_local();
     #[cfg(feature = "s3")]
     if s3_server::s3s_fs().is_some() {

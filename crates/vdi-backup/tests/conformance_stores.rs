@@ -115,6 +115,7 @@ impl Harness for S3 {
 }
 
 fn harnesses() -> Vec<(&'static str, Box<dyn Harness>)> {
+    #[cfg_attr(not(feature = "s3"), allow(unused_mut))]
     let mut v = harnesses_local();
     #[cfg(feature = "s3")]
     if let Some(server) = s3_server::S3Server::start("the S3 store's conformance") {
