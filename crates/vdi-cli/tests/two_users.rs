@@ -31,13 +31,7 @@ impl Drop for NobodyVdi {
 impl NobodyVdi {
     /// `None` when this process is not root (the caller prints SKIPPED).
     fn new(tag: &str) -> Option<NobodyVdi> {
-        let is_root = std::fs::read_to_string("/proc/self/status")
-            .map(|s| {
-                s.lines()
-                    .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
-            })
-            .unwrap_or(false);
-        if !is_root {
+        if !is_root() {
             return None;
         }
         let dir =

@@ -328,6 +328,22 @@ pub fn open_backup(store: &dyn Store) -> Result<OpenedBackup, BackupError> {
 const HEAD: usize = 256 << 10;
 
 /// The stream header at the start of a stored stream whose first bytes are `head`.
+/// Whether a stream whose header says `found` sits where the manifest keeps device
+/// `expected`; if not, which device's stream it is (the files were swapped or renamed).
+fn on_its_device(what: &str, manifest: &Manifest, expected: u32, found: u32) -> Result<(), String> {
+    if found == expected {
+        return Ok(());
+    }
+    let theirs = manifest
+        .streams
+        .get(found as usize)
+        .map(|e| format!(", which the manifest calls {}", e.file))
+        .unwrap_or_default();
+    Err(format!(
+        "{what} holds the stream of device {found}{theirs}: the stream files were swapped or renamed"
+    ))
+}
+
 fn peek_header(head: &[u8], compression: Compression) -> Option<StreamHeader> {
     let media: Box<dyn Read + Send> = Box::new(io::Cursor::new(head.to_vec()));
     let mut r = codec::StreamReader::new_unhashed(media, compression).ok()?;
@@ -362,17 +378,7 @@ fn open_stream(
                     manifest.backup_id
                 ));
             }
-            if h.device != entry.device {
-                let theirs = manifest
-                    .streams
-                    .get(h.device as usize)
-                    .map(|e| format!(", which the manifest calls {}", e.file))
-                    .unwrap_or_default();
-                return Err(format!(
-                    "{what} holds the stream of device {}{theirs}: the stream files were swapped or renamed",
-                    h.device
-                ));
-            }
+            on_its_device(&what, manifest, entry.device, h.device)?;
         }
         reader = Box::new(io::Cursor::new(head).chain(reader));
     } else if let Some(id) = &manifest.stream_id {
@@ -393,17 +399,7 @@ fn open_stream(
                     stream::hex_id(&h.stream_id)
                 ));
             }
-            if h.device != entry.device {
-                let theirs = manifest
-                    .streams
-                    .get(h.device as usize)
-                    .map(|e| format!(", which the manifest calls {}", e.file))
-                    .unwrap_or_default();
-                return Err(format!(
-                    "{what} holds the stream of device {}{theirs}: the stream files were swapped or renamed",
-                    h.device
-                ));
-            }
+            on_its_device(&what, manifest, entry.device, h.device)?;
         }
         // What was read to look at the header comes first again.
         reader = Box::new(io::Cursor::new(head).chain(reader));
