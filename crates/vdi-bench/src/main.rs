@@ -20,7 +20,7 @@ use vdi_bench::libvdi::LibVdi;
 #[derive(Parser, Debug)]
 #[command(name = "vdi-bench", version)]
 struct Cli {
-    /// vdi devices for the main vdi figure (1..8); a 4-device run is always added.
+    /// vdi devices for the main vdi figure (1..64); a 4-device run is always added.
     #[arg(long, default_value_t = 1)]
     devices: u32,
     /// Bytes per command / write / slot (64K .. 4M, a multiple of 64 KiB).
@@ -100,8 +100,8 @@ fn parse_size(s: &str) -> Result<u64, String> {
 }
 
 fn settings(cli: &Cli) -> Result<Settings> {
-    if !(1..=8).contains(&cli.devices) {
-        bail!("--devices must be 1 to 8");
+    if !(1..=vdi::config::MAX_DEVICES).contains(&cli.devices) {
+        bail!("--devices must be 1 to {}", vdi::config::MAX_DEVICES);
     }
     let t = cli.transfer_size;
     if !(64 << 10..=4 << 20).contains(&t) || !t.is_multiple_of(64 << 10) {

@@ -198,6 +198,12 @@ fn ratio(a: &[Sample], b: &[Sample]) -> Option<f64> {
     Some(gbps(a)?.1 / gbps(b)?.1)
 }
 
+/// `a`'s CPU per GiB (producer and consumer together) over `b`'s, medians.
+fn cpu_ratio(a: &[Sample], b: &[Sample]) -> Option<f64> {
+    let (x, y) = (per_gib(a)?, per_gib(b)?);
+    Some((x[0] + x[1]) / (y[0] + y[1]).max(f64::MIN_POSITIVE))
+}
+
 /// The peak of each figure over the samples.
 fn peak(v: &[Sample], side: impl Fn(&Sample) -> MemStatus) -> MemStatus {
     v.iter()
@@ -293,6 +299,13 @@ fn targets(r: &Results) -> Vec<Target> {
         unit: "us",
         met: value.map(|v| v <= max),
     };
+    let at_most_x = |name, value: Option<f64>, max: f64| Target {
+        name,
+        bound: format!("<= {max}x"),
+        value,
+        unit: "x",
+        met: value.map(|v| v <= max),
+    };
     let mem = |name, m: Option<MemCheck>| Target {
         name,
         bound: "<= area + 32 MiB".into(),
@@ -307,6 +320,11 @@ fn targets(r: &Results) -> Vec<Target> {
         at_least("vdi / unix socket", ratio(&r.vdi, &r.unix), 8.0),
         at_least("vdi / raw ring", ratio(&r.vdi, &r.ring), 0.8),
         at_least("vdi 4 devices / vdi", ratio(&r.vdi4, &r.vdi), 1.0),
+        at_most_x(
+            "vdi 4 devices CPU per GiB / vdi's",
+            cpu_ratio(&r.vdi4, &r.vdi),
+            1.15,
+        ),
         at_most(
             "busy round trip p50",
             median_of(&r.latency, |l| l.busy_p50 / 1e3),
@@ -607,6 +625,7 @@ pub fn json(s: &Settings, r: &Results, elapsed: f64) -> Value {
             "vdi_over_unix": ratio(&r.vdi, &r.unix),
             "vdi_over_raw_ring": ratio(&r.vdi, &r.ring),
             "vdi4_over_vdi1": ratio(&r.vdi4, &r.vdi),
+            "vdi4_cpu_per_gib_over_vdi1": cpu_ratio(&r.vdi4, &r.vdi),
             "c_client_over_rust_client": ratio(&r.vdi_c, &r.vdi),
             "c_client_busy_p50_minus_rust_us": c_minus_rust_busy_p50(r),
             "c_client_over_rust_client_paired_median": c_paired(r).0,

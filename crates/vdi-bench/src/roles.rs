@@ -17,7 +17,6 @@ use vdi_bench::clock::now_ns;
 use vdi_bench::libvdi::LibVdi;
 use vdi_bench::mem::{CpuUsage, MemStatus};
 use vdi_bench::raw_ring::RawRing;
-use vdi_bench::wait;
 use vdi_bench::work::{self, Plan};
 
 use crate::ctl::{Args, Link};
@@ -443,11 +442,15 @@ impl Returns {
     fn put(&self, b: ServerBuffer) {
         self.bufs.lock().unwrap_or_else(|e| e.into_inner()).push(b);
         self.count.fetch_add(1, Ordering::Release);
-        wait::notify(&self.word);
+        vdi::protocol::event::notify(&self.word);
     }
 
     fn take_all(&self, into: &mut Vec<ServerBuffer>) {
-        wait::wait_until(&self.word, || self.count.load(Ordering::Acquire) > 0);
+        // The library's own wait (spin, then yield, then sleep): with a sender thread per
+        // device there are more waiters than cores, and a pure spin would starve them.
+        vdi::protocol::event::wait_until(&self.word, None, || {
+            self.count.load(Ordering::Acquire) > 0
+        });
         let mut q = self.bufs.lock().unwrap_or_else(|e| e.into_inner());
         self.count.fetch_sub(q.len() as u32, Ordering::AcqRel);
         into.append(&mut q);
