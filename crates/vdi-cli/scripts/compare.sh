@@ -21,7 +21,8 @@
 # last column: cp for plain backup and restore, cat | cat for pipes and lz4, zstd -1 -T1 for
 # zstd compression, zstd -d for zstd restores, the unencrypted row for an encrypted one,
 # sqlite3 .backup for the sqlite rows). Then the issue's targets, met or MISSED, with the
-# numbers. With --json, one JSON object instead (rows, targets, size, rounds, cores, load).
+# numbers. With --json, one JSON object instead (rows, targets, size, rounds, cores, load);
+# JSON_OUT=FILE writes that object to FILE as well (beside the table).
 # Every restore is checked byte for byte against its source (cmp); a mismatch stops the run.
 #
 #   cargo build --release -p vdi-cli
@@ -57,6 +58,7 @@ DATA=${DATA:-mixed}
 ALL_GROUPS="devices pipes codecs encrypt sqlite"
 ONLY=${ONLY:-$ALL_GROUPS}
 ONLY=${ONLY//,/ }
+JSON_OUT=${JSON_OUT:-}
 [[ $SIZE =~ ^[1-9][0-9]*$ ]] || die "SIZE_MIB must be a whole number of MiB, not '$SIZE'"
 [[ $ROUNDS =~ ^[1-9][0-9]*$ ]] || die "ROUNDS must be a whole number, not '$ROUNDS'"
 case $DATA in mixed | random) ;; *) die "DATA is mixed or random, not '$DATA'" ;; esac
@@ -82,6 +84,11 @@ if [ -e "$DIR" ] && [ ! -e "$DIR/.vdi-compare" ] && [ -n "$(ls -A "$DIR")" ]; th
 fi
 mkdir -p "$DIR"
 DIR=$(cd "$DIR" && pwd)
+if [ -n "$JSON_OUT" ]; then
+    JSON_OUT=$(cd "$(dirname "$JSON_OUT")" && pwd)/$(basename "$JSON_OUT")
+    case $JSON_OUT in "$DIR"/*) die "JSON_OUT must not be in DIR (removed at the end)" ;; esac
+    : > "$JSON_OUT"
+fi
 trap 'rm -rf "$DIR"' EXIT
 trap 'exit 130' INT TERM
 touch "$DIR/.vdi-compare"
@@ -383,7 +390,8 @@ js() { local s=${1//\\/\\\\}; printf '"%s"' "${s//\"/\\\"}"; }
 num() { if [ -n "$1" ]; then printf "${2:-%s}" "$1"; else printf null; fi; }
 VERSION=$("$VDI" --version)
 
-if [ $JSON = 1 ]; then
+print_json() {
+    local sep k b t n ok d g
     printf '{"size_mib": %d, "data": "%s", "rounds": %d, "cores": %d, "load": {"before": [%s], "after": [%s]}, ' \
         "$SIZE" "$DATA" "$ROUNDS" "$CORES" "${LOAD_BEFORE// /, }" "${LOAD_AFTER// /, }"
     printf '"vdi": %s, "groups": [' "$(js "$VERSION")"
@@ -412,42 +420,47 @@ if [ $JSON = 1 ]; then
         sep=","
     done
     printf ']}\n'
-    exit 0
-fi
+}
 
-SQL=""
-[ "$DBBYTES" = 0 ] || SQL=" (the database: $(calc "int($DBBYTES / 1048576 + 0.5)") MiB)"
-printf '%s MiB of %s data%s, median of %s round(s); %s cores; load %s before, %s after; %s; %s s (%s s making the data)\n' \
-    "$SIZE" "$DATA" "$SQL" "$ROUNDS" "$CORES" "$LOAD_BEFORE" "$LOAD_AFTER" "$VERSION" "$ELAPSED" "$SETUP"
-printf '%-42s %7s %7s %7s %7s %6s %6s  %s\n' "" "wall s" "CPU s" "MiB/s" "RSS MiB" "out/in" "vs cp" "vs baseline"
-group=""
-for k in "${RAN[@]}"; do
-    if [ "${GROUP[$k]}" != "$group" ]; then
-        group=${GROUP[$k]}
-        printf '%s\n' "$group"
-    fi
-    rss=$(mib "${MM[$k]}")
-    out=""
-    [ -z "${OUT[$k]:-}" ] || out=$(calc "${OUT[$k]} / ${NB[$k]}")
-    r=$(vs "$k" cp)
-    b=${VS[$k]}
-    rb=""
-    [ "$b" = - ] || rb=$(vs "$k" "$b")
-    printf '  %-40s %7.3f %7.3f %7.0f %7s %6s %6s  %s\n' "$k" "${MW[$k]}" "${MC[$k]}" "${RATE[$k]}" \
-        "$([ -n "$rss" ] && printf '%.1f' "$rss" || echo -)" \
-        "$([ -n "$out" ] && printf '%.2f' "$out" || echo -)" \
-        "$([ -n "$r" ] && printf '%.2f' "$r" || echo -)" \
-        "$([ -n "$rb" ] && printf '%.2f %s' "$rb" "$b" || echo -)"
-done
-printf 'ratios: of throughput medians (above 1: faster); out/in: output bytes over input bytes\n'
-if [ ${#TARGETS[@]} -gt 0 ]; then
-    printf '\ntargets:\n'
-    for t in "${TARGETS[@]}"; do
-        IFS=$'\t' read -r n ok d <<<"$t"
-        case $ok in
-            1) printf '  %-62s %-6s %s\n' "$n" met "$d" ;;
-            0) printf '  %-62s %-6s %s\n' "$n" MISSED "$d" ;;
-            *) printf '  %s (no target):\n    %s\n' "$n" "${d//; /$'\n'    }" ;;
-        esac
+print_table() {
+    local SQL group k rss out r b rb t n ok d
+    SQL=""
+    [ "$DBBYTES" = 0 ] || SQL=" (the database: $(calc "int($DBBYTES / 1048576 + 0.5)") MiB)"
+    printf '%s MiB of %s data%s, median of %s round(s); %s cores; load %s before, %s after; %s; %s s (%s s making the data)\n' \
+        "$SIZE" "$DATA" "$SQL" "$ROUNDS" "$CORES" "$LOAD_BEFORE" "$LOAD_AFTER" "$VERSION" "$ELAPSED" "$SETUP"
+    printf '%-42s %7s %7s %7s %7s %6s %6s  %s\n' "" "wall s" "CPU s" "MiB/s" "RSS MiB" "out/in" "vs cp" "vs baseline"
+    group=""
+    for k in "${RAN[@]}"; do
+        if [ "${GROUP[$k]}" != "$group" ]; then
+            group=${GROUP[$k]}
+            printf '%s\n' "$group"
+        fi
+        rss=$(mib "${MM[$k]}")
+        out=""
+        [ -z "${OUT[$k]:-}" ] || out=$(calc "${OUT[$k]} / ${NB[$k]}")
+        r=$(vs "$k" cp)
+        b=${VS[$k]}
+        rb=""
+        [ "$b" = - ] || rb=$(vs "$k" "$b")
+        printf '  %-40s %7.3f %7.3f %7.0f %7s %6s %6s  %s\n' "$k" "${MW[$k]}" "${MC[$k]}" "${RATE[$k]}" \
+            "$([ -n "$rss" ] && printf '%.1f' "$rss" || echo -)" \
+            "$([ -n "$out" ] && printf '%.2f' "$out" || echo -)" \
+            "$([ -n "$r" ] && printf '%.2f' "$r" || echo -)" \
+            "$([ -n "$rb" ] && printf '%.2f %s' "$rb" "$b" || echo -)"
     done
-fi
+    printf 'ratios: of throughput medians (above 1: faster); out/in: output bytes over input bytes\n'
+    if [ ${#TARGETS[@]} -gt 0 ]; then
+        printf '\ntargets:\n'
+        for t in "${TARGETS[@]}"; do
+            IFS=$'\t' read -r n ok d <<<"$t"
+            case $ok in
+                1) printf '  %-62s %-6s %s\n' "$n" met "$d" ;;
+                0) printf '  %-62s %-6s %s\n' "$n" MISSED "$d" ;;
+                *) printf '  %s (no target):\n    %s\n' "$n" "${d//; /$'\n'    }" ;;
+            esac
+        done
+    fi
+}
+
+if [ -n "$JSON_OUT" ]; then print_json > "$JSON_OUT"; fi
+if [ $JSON = 1 ]; then print_json; else print_table; fi
