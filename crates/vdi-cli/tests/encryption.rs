@@ -576,3 +576,42 @@ fn the_split_client_encrypts_too() {
     .ok();
     assert_eq!(digest(&src), digest(&out));
 }
+
+#[test]
+fn a_repository_lists_which_backups_are_encrypted_and_with_what_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let src = d.join("src.bin");
+    std::fs::write(&src, vec![7u8; 300_000]).unwrap();
+    let repo = s(&d.join("repo"));
+    run(&["init", &repo]).ok();
+    let file_src = format!("file:{}", s(&src));
+    run(&["backup", &file_src, &repo]).ok();
+    let kf = s(&key_file(d));
+    run(&["backup", &file_src, &repo, "--encrypt", "--key-file", &kf]).ok();
+    vdi_with_env(
+        &[
+            "backup",
+            &file_src,
+            &repo,
+            "--encrypt",
+            "--passphrase-env",
+            "VDI_TEST_PASS",
+        ],
+        &[("VDI_TEST_PASS", PASS)],
+    )
+    .ok();
+    let table = run(&["list", &repo]).ok().stdout_str();
+    let lines: Vec<&str> = table.lines().collect();
+    let key_col = lines[0].find("KEY").expect("a KEY column");
+    let keys: Vec<&str> = lines[1..4]
+        .iter()
+        .map(|l| l[key_col..].split_whitespace().next().unwrap())
+        .collect();
+    assert_eq!(keys, ["-", "file", "pass"], "{table}");
+    let j = run(&["list", &repo, "--json"]).ok().json();
+    let enc: Vec<&serde_json::Value> = (0..3).map(|i| &j["backups"][i]["encryption"]).collect();
+    assert!(enc[0].is_null(), "{j}");
+    assert_eq!(enc[1], "key file");
+    assert_eq!(enc[2], "passphrase");
+}

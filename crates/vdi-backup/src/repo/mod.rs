@@ -189,9 +189,13 @@ pub struct Entry {
     /// Devices (= stream objects).
     #[serde(default)]
     pub devices: Option<u32>,
-    /// `none` or `zstd:LEVEL`.
+    /// `none`, `zstd:LEVEL` or `lz4`.
     #[serde(default)]
     pub compression: Option<String>,
+    /// Where an encrypted backup's key comes from (`key file`, `passphrase`); absent for
+    /// a backup that is not encrypted (and in catalogs written before encryption).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption: Option<String>,
     /// When it started, seconds since the Unix epoch (from the id for a backup without
     /// a manifest).
     pub started: u64,
@@ -229,6 +233,7 @@ impl Entry {
             stored_bytes: Some(m.total_stored_bytes),
             devices: Some(m.device_count),
             compression: Some(m.compression.label()),
+            encryption: m.encryption.as_ref().map(|e| e.key.kind().to_owned()),
             started: m.started,
             completed: Some(m.completed),
             duration_seconds: Some(m.completed.saturating_sub(m.started)),
@@ -252,6 +257,7 @@ impl Entry {
             stored_bytes: None,
             devices: None,
             compression: None,
+            encryption: None,
             started: parse_id(id).map_or(0, |t| t.secs),
             completed: None,
             duration_seconds: None,

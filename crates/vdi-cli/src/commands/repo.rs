@@ -131,12 +131,21 @@ pub(super) fn list(a: &ListArgs) -> Result<()> {
         return Ok(());
     }
     crate::print_line(format_args!(
-        "{:<21}  {:<19}  {:<20}  {:>3}  {:>9}  {:>9}  {:<7}  {:>6}  {}",
-        "ID", "STARTED (UTC)", "SOURCE", "DEV", "ORIGINAL", "STORED", "COMPR", "TIME", "STATE"
+        "{:<21}  {:<19}  {:<20}  {:>3}  {:>9}  {:>9}  {:<7}  {:<4}  {:>6}  {}",
+        "ID",
+        "STARTED (UTC)",
+        "SOURCE",
+        "DEV",
+        "ORIGINAL",
+        "STORED",
+        "COMPR",
+        "KEY",
+        "TIME",
+        "STATE"
     ));
     for e in &l.entries {
         crate::print_line(format_args!(
-            "{:<21}  {:<19}  {:<20}  {:>3}  {:>9}  {:>9}  {:<7}  {:>6}  {}",
+            "{:<21}  {:<19}  {:<20}  {:>3}  {:>9}  {:>9}  {:<7}  {:<4}  {:>6}  {}",
             e.id,
             format_utc(e.started),
             cut_left(e.source.as_deref().unwrap_or("-"), 20),
@@ -144,6 +153,13 @@ pub(super) fn list(a: &ListArgs) -> Result<()> {
             size(e.original_bytes.or(e.stream_bytes)),
             size(e.stored_bytes),
             cut(e.compression.as_deref().unwrap_or("-"), 7),
+            // An encrypted backup: what unlocks it (`file`: --key-file, `pass`: a
+            // passphrase).
+            match e.encryption.as_deref() {
+                Some("key file") => "file",
+                Some(_) => "pass",
+                None => "-",
+            },
             e.duration_seconds
                 .map_or_else(|| "-".into(), |s| format!("{s}s")),
             e.state.word(),
