@@ -112,7 +112,8 @@ pub trait Pace {
 /// with `vdi-bench` (docs in its README): spinning 10 µs before yielding (the earlier
 /// pacing) made a 64 KiB, 1-device, sender-thread-per-device engine run at 4-9 GB/s,
 /// yielding from the start at 9-10 GB/s but doubled the busy round trip (1.4 µs), and
-/// this pacing keeps both (10.7 GB/s, 0.62 µs).
+/// this pacing keeps both (10.7 GB/s, 0.62 µs with the two threads on different CPUs;
+/// 11.5 µs instead of 28 µs when both must share one). Figures: `docs/benchmarks.md`.
 #[derive(Clone, Copy, Debug)]
 pub struct Monotonic {
     /// When the wait gives up (`None`: never).
