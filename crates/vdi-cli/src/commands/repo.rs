@@ -131,7 +131,7 @@ pub(super) fn list(a: &ListArgs) -> Result<()> {
         return Ok(());
     }
     crate::print_line(format_args!(
-        "{:<21}  {:<19}  {:<20}  {:>3}  {:>9}  {:>9}  {:<7}  {:<4}  {:>6}  {}",
+        "{:<21}  {:<19}  {:<15}  {:>3}  {:>9}  {:>9}  {:<7}  {:<4}  {:>5}  {}",
         "ID",
         "STARTED (UTC)",
         "SOURCE",
@@ -145,10 +145,10 @@ pub(super) fn list(a: &ListArgs) -> Result<()> {
     ));
     for e in &l.entries {
         crate::print_line(format_args!(
-            "{:<21}  {:<19}  {:<20}  {:>3}  {:>9}  {:>9}  {:<7}  {:<4}  {:>6}  {}",
+            "{:<21}  {:<19}  {:<15}  {:>3}  {:>9}  {:>9}  {:<7}  {:<4}  {:>5}  {}",
             e.id,
             format_utc(e.started),
-            cut_left(e.source.as_deref().unwrap_or("-"), 20),
+            cut_left(e.source.as_deref().unwrap_or("-"), 15),
             e.devices.map_or_else(|| "-".into(), |d| d.to_string()),
             size(e.original_bytes.or(e.stream_bytes)),
             size(e.stored_bytes),
