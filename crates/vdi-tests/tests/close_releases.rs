@@ -210,9 +210,18 @@ fn send_until_the_client_pauses(
     peer: &mut Peer,
     calls: &Arc<Mutex<Vec<u32>>>,
 ) {
-    for k in 0..8u64 {
-        let mut b = set.allocate_buffer(65536, 0).unwrap();
-        pattern::fill(plan.seed, 0, k * 65536, b.as_mut_slice());
+    // Every buffer filled first, then the eight sent back to back: the client completes
+    // what it holds when it finds nothing more to fetch, so a send that came late (a
+    // fill between two sends, on a loaded machine) would let it complete some before it
+    // pauses.
+    let bufs: Vec<_> = (0..8u64)
+        .map(|k| {
+            let mut b = set.allocate_buffer(65536, 0).unwrap();
+            pattern::fill(plan.seed, 0, k * 65536, b.as_mut_slice());
+            b
+        })
+        .collect();
+    for b in bufs {
         let c = calls.clone();
         dev.send_command(ServerCommand::write(b, 65536), move |done| {
             c.lock().unwrap().push(done.completion_code)
@@ -257,11 +266,16 @@ fn server_close_with_devices_open_aborts_calls_back_and_releases_all_at_once() {
         let dev = set.open_device(&name).unwrap();
         let kept = set.allocate_buffer(65536, 0).unwrap();
         send_until_the_client_pauses(&set, &dev, &plan, &mut peer, &calls);
-        assert_eq!(set.outstanding(), 8);
+        // Asserted after the close: a failed assertion inside the scope would wait for
+        // the agent forever.
+        let outstanding = set.outstanding();
         let close = set.close();
-        agent_ended_by_the_close(agent.join().unwrap());
-        (dev, kept, close)
+        let agent = agent.join().unwrap();
+        (dev, kept, (outstanding, close, agent))
     });
+    let (outstanding, close, agent) = close;
+    assert_eq!(outstanding, 8);
+    agent_ended_by_the_close(agent);
     assert_eq!(close.unwrap_err().code(), ErrorCode::Protocol);
     assert_eq!(
         *calls.lock().unwrap(),
@@ -295,14 +309,20 @@ fn object_server_close_with_commands_outstanding_releases_all_while_the_object_l
     let dev = set.open_device(&name).unwrap();
     let aborted = Arc::new(AtomicU32::new(0));
     let mut first = std::ptr::null_mut();
-    for k in 0..8u64 {
-        let p = set.allocate_buffer(65536, 0).unwrap();
+    // Filled first, sent back to back (see `send_until_the_client_pauses`).
+    let bufs: Vec<*mut u8> = (0..8u64)
+        .map(|k| {
+            let p = set.allocate_buffer(65536, 0).unwrap();
+            // SAFETY: `p` is a 65536-byte buffer this test owns until it is sent.
+            let b = unsafe { std::slice::from_raw_parts_mut(p, 65536) };
+            pattern::fill(plan.seed, 0, k * 65536, b);
+            p
+        })
+        .collect();
+    for (k, p) in bufs.into_iter().enumerate() {
         if k == 0 {
             first = p;
         }
-        // SAFETY: `p` is a 65536-byte buffer this test owns until it is sent.
-        let b = unsafe { std::slice::from_raw_parts_mut(p, 65536) };
-        pattern::fill(plan.seed, 0, k * 65536, b);
         let a = aborted.clone();
         dev.send_command(CommandCode::WRITE.value(), 65536, 0, p, move |c| {
             if c.completion_code == completion::ERROR_OPERATION_ABORTED {
