@@ -292,18 +292,16 @@ fn targets(r: &Results) -> Vec<Target> {
         unit: "x",
         met: value.map(|v| v >= min),
     };
-    let at_most = |name, value: Option<f64>, max: f64| Target {
+    // A bound in microseconds ("us": "<= 1 us") or a ratio ("x": "<= 1.15x").
+    let at_most = |name, value: Option<f64>, max: f64, unit: &'static str| Target {
         name,
-        bound: format!("<= {max} us"),
+        bound: if unit == "x" {
+            format!("<= {max}x")
+        } else {
+            format!("<= {max} {unit}")
+        },
         value,
-        unit: "us",
-        met: value.map(|v| v <= max),
-    };
-    let at_most_x = |name, value: Option<f64>, max: f64| Target {
-        name,
-        bound: format!("<= {max}x"),
-        value,
-        unit: "x",
+        unit,
         met: value.map(|v| v <= max),
     };
     let mem = |name, m: Option<MemCheck>| Target {
@@ -320,20 +318,23 @@ fn targets(r: &Results) -> Vec<Target> {
         at_least("vdi / unix socket", ratio(&r.vdi, &r.unix), 8.0),
         at_least("vdi / raw ring", ratio(&r.vdi, &r.ring), 0.8),
         at_least("vdi 4 devices / vdi", ratio(&r.vdi4, &r.vdi), 1.0),
-        at_most_x(
+        at_most(
             "vdi 4 devices CPU per GiB / vdi's",
             cpu_ratio(&r.vdi4, &r.vdi),
             1.15,
+            "x",
         ),
         at_most(
             "busy round trip p50",
             median_of(&r.latency, |l| l.busy_p50 / 1e3),
             1.0,
+            "us",
         ),
         at_most(
             "busy round trip p99",
             median_of(&r.latency, |l| l.busy_p99 / 1e3),
             5.0,
+            "us",
         ),
         at_least(
             "C client / Rust client",
